@@ -1,0 +1,56 @@
+"""`IQAModel`: what every keras-iqa model offers to evaluation, export and scoring code.
+
+- inputs: float32 RGB crops [B, crop_size, crop_size, 3] with pixel values in [0, 255] (normalisation is inside the model);
+- `score(crops)`: the final quality score per crop, shape [B], on the model's `score_range` scale;
+- `score_range`, `higher_better`, `crop_size`, `test_crops` (crops averaged per image at test time) and `crop_policy`
+  ("random" | "grid" | "resize") describe the test-time contract; they are saved by `get_config`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+class IQAModel(keras.Model):
+    """Base class of the REQA, MetaIQA and HCL models (see the module docstring).
+
+    Args:
+        score_range: (low, high) of the output scale.
+        higher_better: score direction.
+        crop_size: square crop side the model was built for.
+        test_crops: number of crops averaged per test image.
+        crop_policy: how test crops are taken: "random" (official REQA), "grid" (deterministic) or "resize" (whole image).
+    """
+
+    def __init__(self, score_range=(0.0, 100.0), higher_better=True, crop_size=224, test_crops=25, crop_policy="random",
+                 **kwargs):
+        super().__init__(**kwargs)
+        if crop_policy not in ("random", "grid", "resize"):
+            raise ValueError(f"crop_policy must be 'random', 'grid' or 'resize', got {crop_policy!r}")
+        self.score_range = tuple(float(v) for v in score_range)
+        self.higher_better = bool(higher_better)
+        self.crop_size = int(crop_size)
+        self.test_crops = int(test_crops)
+        self.crop_policy = crop_policy
+
+    def score(self, crops):
+        """Final score per crop, shape [B]. Subclasses whose `call` returns several outputs override this."""
+        out = self(crops, training=False)
+        return ops.reshape(out, (-1,))
+
+    def normalized_score(self, scores):
+        """Maps scores from `score_range` to [0, 1], higher = better."""
+        lo, hi = self.score_range
+        x = ops.clip((scores - lo) / (hi - lo), 0.0, 1.0)
+        return x if self.higher_better else 1.0 - x
+
+    def get_config(self):
+        return {
+            "score_range": list(self.score_range),
+            "higher_better": self.higher_better,
+            "crop_size": self.crop_size,
+            "test_crops": self.test_crops,
+            "crop_policy": self.crop_policy,
+            "name": self.name,
+        }

@@ -1,0 +1,122 @@
+"""Model cards: name -> builder, default config, input contract, score range and direction, training data, citation.
+
+Each model family registers its cards at import time with `register(ModelCard(...))`; the families listed in
+`_FAMILY_MODULES` are imported lazily the first time the registry is read, so `import keras_iqa` stays light.
+
+Example:
+>>> import keras_iqa
+>>> keras_iqa.list_models()
+>>> model = keras_iqa.create_model("reqa-tiny", feedback_steps=2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+_FAMILY_MODULES = ("keras_iqa.models.reqa", "keras_iqa.models.metaiqa", "keras_iqa.models.hcl")
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a model expects: RGB float32 pixels in [0, 255], `crop_size` square crops; normalisation happens inside the model."""
+
+    crop_size: int = 224
+    value_range: tuple = (0.0, 255.0)
+    normalization: str = "imagenet mean/std (inside the model)"
+    test_crops: str = "25 random crops averaged"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a user needs to know to use a model name.
+
+    Args:
+        name: registry key, e.g. "reqa".
+        builder: callable(config) -> keras.Model.
+        config_cls: the dataclass holding the model config (defaults are the card's defaults).
+        defaults: overrides applied on top of `config_cls()` for this card (e.g. a tiny variant).
+        score_range: (low, high) of the model's output scale.
+        higher_better: direction of the score.
+        trained_on: datasets / data the card's weights come from ("random init" when no weights ship).
+        paper: citation.
+        input: the input contract.
+        description: one line.
+    """
+
+    name: str
+    builder: Callable[[Any], Any]
+    config_cls: type
+    defaults: dict = field(default_factory=dict)
+    score_range: tuple = (0.0, 100.0)
+    higher_better: bool = True
+    trained_on: str = "random init (train it: keras-iqa train ...)"
+    paper: str = ""
+    input: InputContract = InputContract()
+    description: str = ""
+
+    def config(self, **overrides):
+        from keras_iqa.config import apply_overrides
+
+        return apply_overrides(self.config_cls(), {**self.defaults, **overrides})
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "score_range": list(self.score_range),
+            "higher_better": self.higher_better,
+            "trained_on": self.trained_on,
+            "paper": self.paper,
+            "input": dataclasses.asdict(self.input),
+            "config": dataclasses.asdict(self.config()),
+        }
+
+
+_REGISTRY: dict[str, ModelCard] = {}
+_loaded = False
+
+
+def register(card: ModelCard) -> ModelCard:
+    """Adds a card (re-registering the same name replaces it, so module reloads are harmless)."""
+    _REGISTRY[card.name] = card
+    return card
+
+
+def _load_families() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _FAMILY_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # a family's own import failed: surface it
+                raise
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def get_card(name: str) -> ModelCard:
+    """The card for `name`; unknown names fail with a "did you mean" suggestion."""
+    _load_families()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"Unknown model {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY)) or '(none)'}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, config: Optional[Any] = None, **overrides):
+    """Builds a registered model: `create_model("reqa", feedback_steps=3)`; `config` replaces the card's config entirely."""
+    card = get_card(name)
+    cfg = config if config is not None else card.config(**overrides)
+    return card.builder(cfg)

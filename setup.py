@@ -1,0 +1,41 @@
+"""keras-iqa: no-reference image quality assessment (HCL, REQA, MetaIQA) on TensorFlow 2 / Keras 3."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "tensorflow==2.21.*",
+    "keras>=3.15",
+    "keras-hub>=0.32",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pillow",
+    "scikit-image",
+    "matplotlib",
+    "pyyaml",
+    "openpyxl",  # BID / SPAQ score sheets (.xlsx)
+]
+EXTRAS = {
+    "beam": ["apache-beam[tfrecord]==2.77.*"],
+    "lite": ["ai-edge-litert"],
+    "serving": ["tensorflow-serving-api==2.21.*"],
+    "notebooks": ["nbclient", "nbformat", "ipykernel"],
+    "torch": ["torch==2.13.0"],  # only for `keras-iqa convert metaiqa-official` and the bench peer
+}
+EXTRAS["dev"] = sorted(
+    {"pytest", "hypothesis"} | {d for k in ("beam", "lite", "serving", "notebooks") for d in EXTRAS[k]}
+)
+
+setup(
+    name="keras-iqa",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_iqa", "keras_iqa.*", "data_pipeline", "data_pipeline.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["keras-iqa=keras_iqa.cli:main"]},
+    license="Apache-2.0",
+)
