@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): measurements written to bench/results/*.json, never pass/fail."""

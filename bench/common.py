@@ -1,0 +1,86 @@
+"""Shared benchmark helpers: timing with warm-up and medians, machine facts, JSON results.
+
+Each benchmark module `bench/<area>.py` defines `main(quick: bool = False) -> dict` that calls `measure(...)` and returns
+`write_results("<area>", entries)`. `python -m bench.run` runs them all and writes the markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    """Facts about the machine a result was measured on."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    for name in ("tensorflow", "keras", "keras_hub", "torch"):
+        try:
+            info[name] = __import__(name).__version__
+        except Exception:
+            pass
+    return info
+
+
+def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, items: int = 1, unit: str = "s",
+            name: str = "", **extra) -> dict:
+    """Runs `fn` `warmup` times untimed, then `repeats` timed; returns median/min/max seconds and items/s."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {
+        "name": name,
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": repeats,
+        "items": items,
+        "items_per_s": items / med if med > 0 else None,
+        "ms_per_item": 1000 * med / items,
+        **extra,
+    }
+
+
+def peak_rss_mib() -> Optional[float]:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except Exception:
+        return None
+
+
+def write_results(area: str, entries: list, **extra) -> dict:
+    """Writes bench/results/<area>.json and returns its content."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {"area": area, "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": entries,
+           "peak_rss_mib": peak_rss_mib(), **extra}
+    path = RESULTS / f"{area}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, path)
+    return doc
