@@ -105,7 +105,7 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_card(name: str) -> ModelCard:
+def get_card(name: str, /) -> ModelCard:
     """The card for `name`; unknown names fail with a "did you mean" suggestion."""
     _load_families()
     if name not in _REGISTRY:
@@ -115,7 +115,7 @@ def get_card(name: str) -> ModelCard:
     return _REGISTRY[name]
 
 
-def create_model(name: str, config: Optional[Any] = None, **overrides):
+def create_model(name: str, /, config: Optional[Any] = None, **overrides):
     """Builds a registered model: `create_model("reqa", feedback_steps=3)`; `config` replaces the card's config entirely."""
     card = get_card(name)
     cfg = config if config is not None else card.config(**overrides)

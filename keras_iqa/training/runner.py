@@ -221,10 +221,15 @@ def fit(
     verbose: Any = "auto",
     tensorboard: bool = True,
 ):
-    """`model.fit` with the run directory's callbacks (resume, checkpoints, CSV, TensorBoard) plus `callbacks`."""
+    """`model.fit` with the run directory's callbacks (resume, checkpoints, CSV, TensorBoard) plus `callbacks`.
+
+    `train_data` is a `tf.data.Dataset` (or anything `fit` takes as x) or an `(x, y)` tuple of arrays.
+    """
     cbs = run.callbacks(monitor=monitor, tensorboard=tensorboard) + list(callbacks)
+    x, y = train_data if isinstance(train_data, tuple) and len(train_data) == 2 else (train_data, None)
     return model.fit(
-        train_data,
+        x,
+        y,
         epochs=epochs,
         validation_data=validation_data,
         callbacks=cbs,
