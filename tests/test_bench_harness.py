@@ -1,0 +1,94 @@
+"""bench.run: a failing area is recorded and the run goes on; the summary table is written. No real benchmark runs here."""
+
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from bench import run as bench_run
+
+FAKE_OK = textwrap.dedent('''
+    import json, os
+    def main(quick=False):
+        doc = {"area": "fake_ok", "machine": {"cpus": 2}, "quick": quick, "peak_rss_mib": 12.0,
+               "results": [{"name": "step", "median_s": 0.5, "min_s": 0.4, "max_s": 0.6, "repeats": 3, "items": 8,
+                            "items_per_s": 16.0, "ms_per_item": 62.5, "batch": 8}],
+               "table_md": "| fake | table |\\n|---|---|\\n| 1 | 2 |"}
+        return doc
+''')
+FAKE_BAD = "def main(quick=False):\n    raise RuntimeError('boom: out of fake memory')\n"
+FAKE_HANG = "import time\ndef main(quick=False):\n    time.sleep(60)\n    return {}\n"
+FAKE_NOT_DICT = "def main(quick=False):\n    return 42\n"
+
+
+@pytest.fixture
+def fake_pkg(tmp_path):
+    pkg = tmp_path / "fakebench"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name, src in {"fake_ok": FAKE_OK, "fake_bad": FAKE_BAD, "fake_hang": FAKE_HANG, "fake_nd": FAKE_NOT_DICT}.items():
+        (pkg / f"{name}.py").write_text(src)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    return tmp_path, env
+
+
+def test_failing_and_passing_areas(fake_pkg, tmp_path):
+    root, env = fake_pkg
+    out = tmp_path / "results"
+    records = bench_run.run_all(["fakebench.fake_bad", "fakebench.fake_ok", "fakebench.fake_nd", "fakebench.fake_hang"],
+                                quick=True, timeout=10, results_dir=out, env=env, log=lambda *_: None)
+    status = {r["area"]: r["status"] for r in records}
+    assert status == {"fake_bad": "failed", "fake_ok": "ok", "fake_nd": "failed", "fake_hang": "timeout"}
+    assert "boom: out of fake memory" in records[0]["error"]
+    assert "expected the dict" in records[2]["error"]
+    assert records[1]["doc"]["quick"] is True  # --quick reached the area's main
+    summary = (out / "summary.md").read_text()
+    assert "Quick smoke pass" in summary
+    assert "| fake_ok | ok |" in summary and "| fake_bad | **failed** |" in summary and "| fake_hang | **timeout** |" in summary
+    assert "| step | 16.00 | 62.50 |" in summary and "batch=8" in summary
+    assert "| fake | table |" in summary and "boom" in summary
+    runs = json.loads((out / "runs.json").read_text())
+    assert [r["area"] for r in runs] == ["fake_bad", "fake_ok", "fake_nd", "fake_hang"]
+
+
+def test_discover_and_cli(tmp_path, capsys):
+    (tmp_path / "common.py").write_text("")
+    (tmp_path / "run.py").write_text("")
+    (tmp_path / "_helper.py").write_text("")
+    for n in ("zeta", "roofline", "backbones", "data_pipeline"):
+        (tmp_path / f"{n}.py").write_text("")
+    assert bench_run.discover(tmp_path) == ["data_pipeline", "backbones", "roofline", "zeta"]
+    assert "backbones" in bench_run.discover()  # the real bench/ directory
+    assert bench_run.main(["--only", "no_such_area"]) == 2
+    assert "unknown area" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bench_run.main(["--help"])
+    assert e.value.code == 0
+    assert "Examples" in capsys.readouterr().out
+
+
+def test_configure_cpu_precision_choice():
+    from keras_iqa.training import cpu
+
+    assert cpu.resolve_precision("auto", flags={"avx512f", "avx512_bf16"}) == "bf16"
+    assert cpu.resolve_precision("auto", flags={"amx_bf16"}) == "bf16"
+    assert cpu.resolve_precision("auto", flags={"avx2"}) == "fp32"
+    assert cpu.resolve_precision("auto", flags={"avx512_bf16"}, gpu=True) == "fp32"
+    assert cpu.resolve_precision("fp32", flags={"avx512_bf16"}) == "fp32"
+    with pytest.raises(ValueError, match="'fp16'"):
+        cpu.resolve_precision("fp16")
+
+
+def test_configure_cpu_applies_policy_in_fresh_process(tmp_path):
+    import subprocess
+
+    code = ("from keras_iqa.training.cpu import configure_cpu; import keras, json, tensorflow as tf;"
+            "a = configure_cpu('bf16', threads=1);"
+            "print(json.dumps([a['policy'], keras.mixed_precision.global_policy().name, a['threads_applied'],"
+            " tf.config.threading.get_intra_op_parallelism_threads()]))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["mixed_bfloat16", "mixed_bfloat16", True, 1]
