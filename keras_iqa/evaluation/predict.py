@@ -1,0 +1,80 @@
+"""Per-image predictions of an `IQAModel` over a prepared dataset: the test-time protocol of the papers.
+
+Each image gives `num_crops` crops (`RecordReader.eval_dataset`); the model's `score()` is applied to every crop and the crop
+scores are averaged per image (REQA: 25 random 224 crops, spec/reqa.md 1.10). Crops of several images share one forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["predict_reader", "predict_dataset", "make_score_fn"]
+
+
+def make_score_fn(model, crop_size: int):
+    """A `tf.function` over `model.score` with a fixed [None, c, c, 3] signature: one trace whatever the batch size."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, crop_size, crop_size, 3], tf.float32)], reduce_retracing=True)
+    def score(crops):
+        return tf.reshape(tf.cast(model.score(crops), tf.float32), [-1])
+
+    return score
+
+
+def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[int] = None):
+    """Scores a dataset of (crops [N, c, c, 3], target, image_id) elements; returns a DataFrame(image_id, target, pred).
+
+    `batch_size` is the number of CROPS per forward pass (images per pass = max(1, batch_size // N)), so memory does not grow
+    with the number of test crops.
+    """
+    import pandas as pd
+    import tensorflow as tf
+
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 3):
+        raise ValueError(f"expected elements (crops, target, image_id) as RecordReader.eval_dataset yields, got {spec}")
+    n_crops = spec[0].shape[0]
+    c = int(crop_size or spec[0].shape[1] or getattr(model, "crop_size", 224))
+    score = make_score_fn(model, c)
+    per_pass = max(1, int(batch_size) // int(n_crops)) if n_crops else 1
+    ids, targets, preds = [], [], []
+    for crops, target, image_id in dataset.batch(per_pass).prefetch(2):
+        b, n = tf.shape(crops)[0], tf.shape(crops)[1]
+        flat = tf.reshape(tf.cast(crops, tf.float32), tf.concat([[b * n], tf.shape(crops)[2:]], 0))
+        s = tf.reduce_mean(tf.reshape(score(flat), [b, n]), axis=1)
+        preds.append(s.numpy())
+        targets.append(np.asarray(target.numpy(), dtype=np.float64).reshape(-1))
+        ids.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in image_id.numpy().reshape(-1))
+    if not ids:
+        return pd.DataFrame({"image_id": pd.Series([], dtype=str), "target": np.zeros(0), "pred": np.zeros(0)})
+    return pd.DataFrame({"image_id": ids, "target": np.concatenate(targets), "pred": np.concatenate(preds).astype(np.float64)})
+
+
+def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optional[str] = None, batch_size: int = 32,
+                   seed: int = 0):
+    """Predictions of `model` on every image `reader` yields: DataFrame(image_id, target, pred).
+
+    Args:
+        model: an `IQAModel` (uses its `score()`, `crop_size`, `test_crops`, `crop_policy`).
+        reader: a `data_pipeline.input.RecordReader` (its `split` / `subset` choose the images).
+        num_crops: crops per image (default: `model.test_crops`; forced to 1 for mode "resize").
+        mode: "random" (paper REQA), "grid" (deterministic) or "resize" (default: `model.crop_policy`).
+        batch_size: crops per forward pass.
+        seed: seed of the random crops (fixed: repeated evaluations see the same crops).
+
+    Example:
+        df = predict_reader(model, RecordReader("prepared/koniq", split="split_00", subset="test"))
+        evaluate_predictions(df.pred, df.target)
+    """
+    mode = mode or getattr(model, "crop_policy", "random")
+    if mode not in ("random", "grid", "resize"):
+        raise ValueError(f"mode must be 'random', 'grid' or 'resize', got {mode!r}")
+    num_crops = int(num_crops or getattr(model, "test_crops", 25))
+    if mode == "resize":
+        num_crops = 1
+    crop = int(getattr(model, "crop_size", 224))
+    ds = reader.eval_dataset(num_crops=num_crops, crop_size=crop, mode=mode, seed=seed)
+    return predict_dataset(model, ds, batch_size=batch_size, crop_size=crop)

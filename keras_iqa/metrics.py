@@ -1,0 +1,340 @@
+"""The IQA field's agreement metrics between predicted scores and subjective scores (MOS).
+
+- `srocc` (Spearman rank-order), `krocc` (Kendall tau-b, ties handled), `plcc` (Pearson) on raw predictions;
+- `fit_logistic` / `logistic_map`: the nonlinear mapping the literature applies before PLCC and RMSE:
+    5 parameters (VQEG FR-TV Phase I as used by Sheikh et al. 2006, Eq. "Q(x)")::
+
+        f(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5
+
+    4 parameters (VQEG FR-TV Phase II)::
+
+        f(x) = (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2
+
+  fitted by least squares (`scipy.optimize.curve_fit`) from several data-driven starting points; when every start fails a
+  `LogisticFitWarning` is issued and the mapping falls back to the least-squares LINEAR map (so PLCC after "mapping" equals raw PLCC);
+- `plcc_logistic`, `rmse` (after mapping by default), `mae` (raw by default: |pred - MOS| as in REQA's Fig. 7);
+- `evaluate_predictions(pred, mos) -> dict` with all of the above;
+- Keras metrics `SROCC()` and `PLCC()` that accumulate every prediction of an epoch (not a mean of per-batch values).
+
+Inputs must be finite, of equal length, with at least 2 samples (3 for correlations... see `MIN_SAMPLES`) and not constant;
+violations raise `MetricInputError` (a `ValueError`) naming the problem and the offending index.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "MetricInputError", "LogisticFitWarning", "srocc", "krocc", "plcc", "plcc_logistic", "rmse", "mae", "fit_logistic",
+    "logistic_map", "logistic4", "logistic5", "evaluate_predictions", "SROCC", "PLCC",
+]
+
+MIN_SAMPLES = 3  # a correlation of 2 points is always +-1: refuse it as a measurement
+
+
+class MetricInputError(ValueError):
+    """Predictions / MOS that no metric can be computed on (NaN, wrong length, too few samples, constant)."""
+
+
+class LogisticFitWarning(RuntimeWarning):
+    """The logistic mapping could not be fitted; the linear least-squares map was used instead."""
+
+
+def _as_arrays(pred, mos, what: str, min_samples: int = MIN_SAMPLES, check_constant: bool = True):
+    p = np.asarray(pred, dtype=np.float64).reshape(-1)
+    m = np.asarray(mos, dtype=np.float64).reshape(-1)
+    if p.shape != m.shape:
+        raise MetricInputError(f"{what}: pred has {p.size} values but mos has {m.size}; pass one prediction per image")
+    for name, a in (("pred", p), ("mos", m)):
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            raise MetricInputError(
+                f"{what}: {name} has {bad.size} non-finite value(s) (first at index {bad[0]}: {a[bad[0]]!r}); "
+                "drop or fix those images before computing metrics")
+    if p.size < min_samples:
+        raise MetricInputError(f"{what}: needs at least {min_samples} samples, got {p.size}")
+    if check_constant:
+        for name, a in (("pred", p), ("mos", m)):
+            if np.ptp(a) == 0:
+                raise MetricInputError(
+                    f"{what}: {name} is constant ({a[0]!r} for all {a.size} samples); the correlation is undefined "
+                    "(a collapsed model, or a subset with a single score)")
+    return p, m
+
+
+def srocc(pred, mos) -> float:
+    """Spearman rank-order correlation (average ranks for ties), in [-1, 1]."""
+    from scipy import stats
+
+    p, m = _as_arrays(pred, mos, "srocc")
+    return float(stats.spearmanr(p, m)[0])
+
+
+def krocc(pred, mos) -> float:
+    """Kendall rank-order correlation, tau-b (tie-corrected), in [-1, 1]."""
+    from scipy import stats
+
+    p, m = _as_arrays(pred, mos, "krocc")
+    return float(stats.kendalltau(p, m, variant="b")[0])
+
+
+def plcc(pred, mos) -> float:
+    """Pearson linear correlation on the raw predictions (no mapping)."""
+    p, m = _as_arrays(pred, mos, "plcc")
+    return _pearson(p, m)
+
+
+def _pearson(p: np.ndarray, m: np.ndarray) -> float:
+    pc, mc = p - p.mean(), m - m.mean()
+    den = np.sqrt(np.dot(pc, pc) * np.dot(mc, mc))
+    if den == 0:
+        raise MetricInputError("plcc: a constant input (after mapping); the correlation is undefined")
+    return float(np.clip(np.dot(pc, mc) / den, -1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------------------------------------- logistic
+def logistic5(x, b1, b2, b3, b4, b5):
+    """VQEG 5-parameter logistic: b1 * (0.5 - 1 / (1 + exp(b2 (x - b3)))) + b4 x + b5."""
+    z = np.clip(b2 * (np.asarray(x, dtype=np.float64) - b3), -500, 500)
+    return b1 * (0.5 - 1.0 / (1.0 + np.exp(z))) + b4 * x + b5
+
+
+def logistic4(x, b1, b2, b3, b4):
+    """VQEG 4-parameter logistic: (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2."""
+    z = np.clip(-(np.asarray(x, dtype=np.float64) - b3) / (np.abs(b4) + 1e-12), -500, 500)
+    return (b1 - b2) / (1.0 + np.exp(z)) + b2
+
+
+class LogisticFit:
+    """Result of `fit_logistic`: `params` (on the original pred scale), `n_params`, `ok` (False: linear fallback), `__call__`."""
+
+    def __init__(self, n_params: int, params: Sequence[float], ok: bool, message: str = ""):
+        self.n_params = int(n_params)
+        self.params = [float(v) for v in params]
+        self.ok = bool(ok)
+        self.message = message
+
+    def __call__(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if not self.ok:
+            a, b = self.params
+            return a * x + b
+        fn = logistic5 if self.n_params == 5 else logistic4
+        return fn(x, *self.params)
+
+    def to_dict(self) -> dict:
+        return {"n_params": self.n_params, "params": self.params, "ok": self.ok,
+                "function": (f"logistic{self.n_params}" if self.ok else "linear"), "message": self.message}
+
+    def __repr__(self):
+        return f"LogisticFit(n_params={self.n_params}, params={self.params}, ok={self.ok})"
+
+
+def fit_logistic(pred, mos, params: int = 5, maxfev: int = 20000) -> LogisticFit:
+    """Least-squares fit of the `params`-parameter VQEG logistic mapping pred -> mos.
+
+    The fit runs on standardised predictions z = (pred - mean) / std (well conditioned whatever the model's scale) from several
+    starting points (slope sign from the data's correlation, three steepnesses); the lowest residual wins and the parameters
+    are converted back to the original pred scale. If all starts fail, issues `LogisticFitWarning` and returns the linear
+    least-squares map (`ok=False`).
+    """
+    from scipy import optimize
+
+    if params not in (4, 5):
+        raise ValueError(f"params must be 4 or 5 (the VQEG logistic functions), got {params!r}")
+    p, m = _as_arrays(pred, mos, f"fit_logistic({params})", min_samples=params + 1 if params else 2)
+    mu, sd = p.mean(), p.std()
+    z = (p - mu) / sd
+    sign = 1.0 if _pearson(p, m) >= 0 else -1.0
+    lo, hi, span = m.min(), m.max(), np.ptp(m)
+    best, best_sse, errors = None, np.inf, []
+    for steep in (1.0, 3.0, 0.3):
+        if params == 5:
+            # b1 spans the MOS range with the correlation's sign, b2 steepness, b3 centre, small linear term, b5 offset.
+            p0 = [sign * span, steep, 0.0, 0.0, m.mean()]
+            fn = logistic5
+        else:
+            p0 = [hi, lo, 0.0, 1.0 / steep] if sign > 0 else [lo, hi, 0.0, 1.0 / steep]
+            fn = logistic4
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                popt, _ = optimize.curve_fit(fn, z, m, p0=p0, maxfev=maxfev)
+            resid = m - fn(z, *popt)
+            sse = float(np.dot(resid, resid))
+            if np.all(np.isfinite(popt)) and np.isfinite(sse) and sse < best_sse:
+                best, best_sse = popt, sse
+        except (RuntimeError, ValueError, optimize.OptimizeWarning) as e:  # no convergence / bad values
+            errors.append(str(e))
+    if best is None:
+        a, b = np.polyfit(p, m, 1)
+        msg = (f"the {params}-parameter logistic mapping did not converge ({'; '.join(errors[:1])}); "
+               "using the linear least-squares map instead (PLCC after mapping = raw PLCC)")
+        warnings.warn(msg, LogisticFitWarning, stacklevel=2)
+        return LogisticFit(params, [a, b], ok=False, message=msg)
+    if params == 5:
+        b1, b2, b3, b4, b5 = best
+        orig = [b1, b2 / sd, mu + sd * b3, b4 / sd, b5 - b4 * mu / sd]
+    else:
+        b1, b2, b3, b4 = best
+        orig = [b1, b2, mu + sd * b3, sd * abs(b4)]
+    return LogisticFit(params, orig, ok=True)
+
+
+def logistic_map(pred, mos, params: int = 5) -> np.ndarray:
+    """Predictions mapped onto the MOS scale by the fitted logistic (or linear fallback)."""
+    return fit_logistic(pred, mos, params)(np.asarray(pred, dtype=np.float64).reshape(-1))
+
+
+def plcc_logistic(pred, mos, params: int = 5) -> float:
+    """PLCC after the `params` (4 or 5) parameter logistic mapping of the predictions."""
+    p, m = _as_arrays(pred, mos, "plcc_logistic")
+    return _pearson(fit_logistic(p, m, params)(p), m)
+
+
+def rmse(pred, mos, params: Optional[int] = 5) -> float:
+    """Root mean squared error on the MOS scale, after the logistic mapping (`params=None`: raw predictions)."""
+    p, m = _as_arrays(pred, mos, "rmse", min_samples=1 if params is None else MIN_SAMPLES, check_constant=params is not None)
+    q = p if params is None else fit_logistic(p, m, params)(p)
+    return float(np.sqrt(np.mean((q - m) ** 2)))
+
+
+def mae(pred, mos, params: Optional[int] = None) -> float:
+    """Mean absolute error |pred - MOS| on raw predictions (`params=4|5`: after the logistic mapping)."""
+    p, m = _as_arrays(pred, mos, "mae", min_samples=1 if params is None else MIN_SAMPLES, check_constant=params is not None)
+    q = p if params is None else fit_logistic(p, m, params)(p)
+    return float(np.mean(np.abs(q - m)))
+
+
+def evaluate_predictions(pred, mos, logistic: Sequence[int] = (4, 5)) -> dict:
+    """Every metric of the field on one set of predictions.
+
+    Returns a dict: n, srocc, krocc, plcc (raw), plcc_logistic4 / plcc_logistic5 and rmse_logistic4 / rmse_logistic5 (for each
+    entry of `logistic`), rmse (after the 5-parameter map when fitted, else the last), rmse_raw, mae (raw), and
+    `logistic{k}`: the fitted parameters (`LogisticFit.to_dict`).
+    """
+    p, m = _as_arrays(pred, mos, "evaluate_predictions")
+    out = {"n": int(p.size), "srocc": srocc(p, m), "krocc": krocc(p, m), "plcc": _pearson(p, m)}
+    rm = None
+    for k in logistic:
+        fit = fit_logistic(p, m, k)
+        q = fit(p)
+        out[f"plcc_logistic{k}"] = _pearson(q, m) if np.ptp(q) > 0 else float("nan")
+        out[f"rmse_logistic{k}"] = float(np.sqrt(np.mean((q - m) ** 2)))
+        out[f"logistic{k}"] = fit.to_dict()
+        rm = out[f"rmse_logistic{k}"] if (rm is None or k == 5) else rm
+    out["rmse"] = rm if rm is not None else float(np.sqrt(np.mean((p - m) ** 2)))
+    out["rmse_raw"] = float(np.sqrt(np.mean((p - m) ** 2)))
+    out["mae"] = float(np.mean(np.abs(p - m)))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- Keras metrics
+def _make_keras_metrics():
+    import keras
+    import tensorflow as tf
+
+    def _average_ranks(x):
+        """1-based ranks with ties given their average rank (as scipy.stats.rankdata), O(n log n), graph-safe."""
+        s = tf.sort(x)
+        left = tf.cast(tf.searchsorted(s, x, side="left"), tf.float64)
+        right = tf.cast(tf.searchsorted(s, x, side="right"), tf.float64)
+        return (left + right + 1.0) / 2.0
+
+    def _pearson_tf(x, y):
+        xc, yc = x - tf.reduce_mean(x), y - tf.reduce_mean(y)
+        den = tf.sqrt(tf.reduce_sum(xc * xc) * tf.reduce_sum(yc * yc))
+        return tf.where(den > 0, tf.reduce_sum(xc * yc) / tf.where(den > 0, den, 1.0), tf.constant(np.nan, tf.float64))
+
+    class _EpochCorrelation(keras.metrics.Metric):
+        """Keeps every (y_true, y_pred) of the epoch in a fixed buffer of `capacity` samples and correlates them in `result()`.
+
+        Args:
+            capacity: most samples per epoch (an error names it when exceeded; memory = 8 bytes x 2 x capacity).
+            output_index: for models whose output is [B, T] (e.g. REQA's T steps), the column to use (default: the last).
+            name, dtype: as for any Keras metric.
+
+        `sample_weight` is ignored (correlations over images are unweighted). Under a multi-replica strategy each replica
+        buffers its own shard; evaluate with one replica for exact numbers.
+        """
+
+        def __init__(self, capacity: int = 1 << 17, output_index: int = -1, name=None, dtype=None):
+            super().__init__(name=name, dtype=dtype)
+            self.capacity = int(capacity)
+            self.output_index = int(output_index)
+            self.y_true_buf = self.add_variable(shape=(self.capacity,), initializer="zeros", dtype="float64", name="y_true_buf")
+            self.y_pred_buf = self.add_variable(shape=(self.capacity,), initializer="zeros", dtype="float64", name="y_pred_buf")
+            self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
+
+        @staticmethod
+        def _column(y, index):
+            y = tf.convert_to_tensor(y)
+            if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] not in (None, 1):
+                y = tf.gather(y, index if index >= 0 else y.shape[-1] + index, axis=-1)
+            return tf.cast(tf.reshape(y, [-1]), tf.float64)
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            yt = tf.cast(tf.reshape(tf.convert_to_tensor(y_true), [-1]), tf.float64)
+            yp = self._column(y_pred, self.output_index)
+            n = tf.shape(yt)[0]
+            start = tf.convert_to_tensor(self.count.value)
+            tf.debugging.assert_less_equal(
+                start + n, self.capacity,
+                message=f"{self.name}: more samples this epoch than capacity={self.capacity}; create the metric with a larger capacity")
+            idx = tf.expand_dims(tf.range(start, start + n), 1)
+            self.y_true_buf.assign(tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.y_true_buf.value), idx, yt))
+            self.y_pred_buf.assign(tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.y_pred_buf.value), idx, yp))
+            self.count.assign(start + n)
+
+        def _values(self):
+            n = tf.convert_to_tensor(self.count.value)
+            return tf.convert_to_tensor(self.y_true_buf.value)[:n], tf.convert_to_tensor(self.y_pred_buf.value)[:n]
+
+        def reset_state(self):
+            self.count.assign(0)
+
+        def get_config(self):
+            return {**super().get_config(), "capacity": self.capacity, "output_index": self.output_index}
+
+    @keras.saving.register_keras_serializable(package="keras_iqa")
+    class SROCC(_EpochCorrelation):
+        """Spearman rank correlation over the whole epoch (ties: average ranks). NaN for < 3 samples or constant input."""
+
+        def __init__(self, capacity: int = 1 << 17, output_index: int = -1, name="srocc", dtype=None):
+            super().__init__(capacity=capacity, output_index=output_index, name=name, dtype=dtype)
+
+        def result(self):
+            yt, yp = self._values()
+            r = _pearson_tf(_average_ranks(yp), _average_ranks(yt))
+            r = tf.where(tf.shape(yt)[0] >= MIN_SAMPLES, r, tf.constant(np.nan, tf.float64))
+            return tf.cast(r, self.dtype)
+
+    @keras.saving.register_keras_serializable(package="keras_iqa")
+    class PLCC(_EpochCorrelation):
+        """Pearson correlation (raw, no logistic mapping) over the whole epoch. NaN for < 3 samples or constant input."""
+
+        def __init__(self, capacity: int = 1 << 17, output_index: int = -1, name="plcc", dtype=None):
+            super().__init__(capacity=capacity, output_index=output_index, name=name, dtype=dtype)
+
+        def result(self):
+            yt, yp = self._values()
+            r = _pearson_tf(yp, yt)
+            r = tf.where(tf.shape(yt)[0] >= MIN_SAMPLES, r, tf.constant(np.nan, tf.float64))
+            return tf.cast(r, self.dtype)
+
+    return SROCC, PLCC
+
+
+_KERAS = None
+
+
+def __getattr__(name):  # lazy: `import keras_iqa.metrics` for the numpy metrics does not import TensorFlow
+    global _KERAS
+    if name in ("SROCC", "PLCC"):
+        if _KERAS is None:
+            _KERAS = dict(zip(("SROCC", "PLCC"), _make_keras_metrics()))
+        return _KERAS[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
