@@ -1,0 +1,129 @@
+"""Pristine (reference) photos for the synthetic generator: the embedded set and user folders.
+
+The embedded set is the colour photographs that ship inside the scikit-image wheel, so the demo and the tests need no
+download. Each reference is named by a *source string*: ``"skimage:astronaut"`` for an embedded photo or a file path;
+:func:`load_reference` turns one into ``(id, uint8 HxWx3, encoded bytes, format)``, which is what the Beam workers call.
+
+Example:
+    >>> from data_pipeline import pristine
+    >>> [name for name, _ in pristine.embedded()][:3]
+    ['astronaut', 'chelsea', 'coffee']
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+#: Embedded photo name -> (scikit-image loader name, index into a tuple result or None).
+EMBEDDED = {
+    "astronaut": ("astronaut", None),
+    "chelsea": ("chelsea", None),
+    "coffee": ("coffee", None),
+    "rocket": ("rocket", None),
+    "motorcycle_left": ("stereo_motorcycle", 0),
+    "motorcycle_right": ("stereo_motorcycle", 1),
+    "hubble_deep_field": ("hubble_deep_field", None),
+    "retina": ("retina", None),
+    "ihc": ("immunohistochemistry", None),
+    "color": ("colorwheel", None),
+}
+PREFIX = "skimage:"
+
+
+def embedded_names() -> list[str]:
+    """Names of the embedded pristine photos (stable order)."""
+    return list(EMBEDDED)
+
+
+def load_embedded(name: str) -> np.ndarray:
+    """One embedded photo as uint8 HxWx3."""
+    import skimage.data
+
+    if name not in EMBEDDED:
+        raise ValueError(f"unknown embedded pristine photo {name!r}; available: {', '.join(EMBEDDED)}")
+    fn, idx = EMBEDDED[name]
+    img = getattr(skimage.data, fn)()
+    if idx is not None:
+        img = img[idx]
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
+
+def embedded(names: Iterable[str] | None = None) -> list[tuple[str, np.ndarray]]:
+    """The embedded pristine set: ``[(name, uint8 HxWx3)]`` from the photos bundled with scikit-image."""
+    return [(n, load_embedded(n)) for n in (names or EMBEDDED)]
+
+
+def from_folder(directory: str | os.PathLike, recursive: bool = True) -> list[tuple[str, np.ndarray]]:
+    """Every readable image under ``directory`` as ``[(id, uint8 HxWx3)]`` (decode policy of :mod:`data_pipeline.images`).
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no image files.
+    """
+    from data_pipeline.images import load_image
+
+    return [(reference_id(p), load_image(p)) for p in list_folder(directory, recursive)]
+
+
+def list_folder(directory: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Sorted image file paths under ``directory``."""
+    from data_pipeline.images import is_image_file
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"pristine folder {str(d)!r} does not exist (pass a folder of reference photos, or 'embedded')")
+    it = d.rglob("*") if recursive else d.iterdir()
+    paths = sorted(str(p) for p in it if p.is_file() and is_image_file(str(p)))
+    if not paths:
+        raise FileNotFoundError(f"no image files (.jpg, .png, .bmp, .tif, ...) found in pristine folder {str(d)!r}")
+    return paths
+
+
+def sources(spec: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Source strings for ``--pristine``: ``'embedded'`` (all embedded photos), ``'embedded:astronaut,coffee'``, or a folder."""
+    s = str(spec)
+    if s == "embedded" or s.startswith("embedded:"):
+        names = s.split(":", 1)[1].split(",") if ":" in s else embedded_names()
+        for n in names:
+            if n not in EMBEDDED:
+                raise ValueError(f"unknown embedded pristine photo {n!r} in {s!r}; available: {', '.join(EMBEDDED)}")
+        return [PREFIX + n for n in names]
+    return list_folder(s, recursive)
+
+
+def reference_id(source: str) -> str:
+    """A stable id for a source: the embedded name, or the file path's stem with unsafe characters replaced."""
+    if source.startswith(PREFIX):
+        return source[len(PREFIX):]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem)
+
+
+def load_reference(source: str, max_long_side: int = 0) -> tuple[np.ndarray, bytes, str]:
+    """Loads a reference: ``(uint8 HxWx3 pixels, stored bytes, format)``.
+
+    The stored bytes decode to exactly the pixels returned: the original file when the decode policy keeps it
+    (:func:`data_pipeline.images.canonical_bytes`), otherwise a lossless PNG (embedded photos, resized or converted files).
+
+    Args:
+        max_long_side: downscale (area) so that the long side is at most this; 0 keeps the size.
+    """
+    from data_pipeline.images import DecodePolicy, canonical_bytes, encode_png, load_image
+
+    policy = DecodePolicy(max_long_side=int(max_long_side or 0))
+    if source.startswith(PREFIX):
+        pixels = load_embedded(source[len(PREFIX):])
+        if max_long_side and max(pixels.shape[:2]) > max_long_side:
+            pixels = load_image(encode_png(pixels), policy)
+        return pixels, encode_png(pixels), "png"
+    pixels = load_image(source, policy)
+    data, fmt, h, w = canonical_bytes(source)
+    if (h, w) != pixels.shape[:2]:
+        return pixels, encode_png(pixels), "png"
+    return pixels, data, fmt
