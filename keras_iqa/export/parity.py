@@ -1,0 +1,75 @@
+"""Parity of exported .tflite files with the Keras model, run with the `ai-edge-litert` interpreter.
+
+For a set of images, every image's served crops (`keras_iqa.export.crops`) are scored by the Keras model and by each .tflite:
+- `max_abs_diff`: largest |tflite - keras| over all crops, also as a fraction of the score range (`max_abs_diff_rel`);
+- `srocc_vs_keras`: Spearman correlation of the per-image scores (mean over crops) with the Keras model's.
+Targets (issue #9): fp32 `max_abs_diff_rel` <= 1e-4, fp16 <= 1e-2; int8 (and dynamic) SROCC vs the fp32 Keras model >= 0.98.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+TARGETS = {
+    "none": {"max_abs_diff_rel": 1e-4},
+    "fp16": {"max_abs_diff_rel": 1e-2},
+    "dynamic": {"srocc_vs_keras": 0.98},
+    "int8": {"srocc_vs_keras": 0.98},
+}
+
+
+def _srocc(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).correlation)
+
+
+def keras_crop_scores(model, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Per-crop scores of the Keras model (one traced function, fixed signature)."""
+    import tensorflow as tf
+
+    c = int(model.crop_size)
+    fn = tf.function(lambda x: tf.reshape(model.score(x), [-1]),
+                     input_signature=[tf.TensorSpec([None, c, c, 3], tf.float32)])
+    return np.concatenate([np.asarray(fn(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)])
+
+
+def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_images: int = 24,
+                  num_threads: int = 2) -> dict:
+    """Scores `images` (uint8 HxWx3 list; default `samples.synthetic_images`) with Keras and each .tflite; see the module doc."""
+    from keras_iqa.export.crops import crop_function, num_crops
+    from keras_iqa.export.samples import synthetic_images
+    from keras_iqa.export.tflite import TFLiteScorer
+
+    if images is None:
+        images = synthetic_images(num_images, seed=1234)
+    n = num_crops(model.crop_policy, model.test_crops)
+    served = "resize" if model.crop_policy == "resize" else "grid"
+    fn = crop_function(model.crop_size, model.test_crops, served)
+    crops = np.concatenate([np.asarray(fn(np.asarray(im, np.uint8))) for im in images])
+    lo, hi = model.score_range
+    ref = keras_crop_scores(model, crops)
+    ref_img = ref.reshape(len(images), n).mean(1)
+    report = {"images": len(images), "crops_per_image": n, "score_range": [lo, hi],
+              "keras_score_spread": float(np.std(ref_img)), "variants": {}}
+    for q, path in tflite_files.items():
+        got = TFLiteScorer(path, num_threads=num_threads)(crops)
+        got_img = got.reshape(len(images), n).mean(1)
+        diff = float(np.max(np.abs(got - ref)))
+        entry = {
+            "file": str(path),
+            "max_abs_diff": diff,
+            "max_abs_diff_rel": diff / (hi - lo),
+            "mean_abs_diff": float(np.mean(np.abs(got - ref))),
+            "srocc_vs_keras": _srocc(got_img, ref_img),
+        }
+        checks = {k: (entry[k] <= v if k.startswith("max") else entry[k] >= v) for k, v in TARGETS.get(q, {}).items()}
+        entry["targets"] = TARGETS.get(q, {})
+        entry["pass"] = bool(all(checks.values()))
+        report["variants"][q] = entry
+    report["pass"] = all(v["pass"] for v in report["variants"].values())
+    return report

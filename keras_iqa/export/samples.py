@@ -1,0 +1,96 @@
+"""Images for int8 calibration and parity checks when no dataset is at hand, and the calibration source chain.
+
+`calibration_crops(model, data_dir)` draws, in this order: crops of the model's training records (`data_pipeline.input.
+RecordReader`, when `data_dir` is given), crops of the embedded pristine photos (`data_pipeline.pristine.embedded()`), else
+`synthetic_images` (deterministic, seeded): smooth random scenes with edges, degraded by blur, noise, contrast and
+blockiness at random strengths so that quality varies across the set (a parity SROCC needs a spread of scores).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def synthetic_images(n: int = 32, size: tuple = (96, 128), seed: int = 0) -> list:
+    """`n` uint8 [H, W, 3] images with varied content and degradation (vectorised numpy; deterministic for a seed)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = []
+    for i in range(n):
+        freqs = rng.uniform(0.01, 0.15, size=(4, 2))
+        phases = rng.uniform(0, 2 * np.pi, size=(4, 3))
+        base = np.stack([
+            sum(np.sin(freqs[k, 0] * yy + freqs[k, 1] * xx + phases[k, ch]) for k in range(4)) for ch in range(3)
+        ], axis=-1)
+        img = 127.5 + 30.0 * base
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        img[y0:y0 + h // 3, x0:x0 + w // 3] = rng.uniform(0, 255, size=3)  # a sharp-edged block
+        kind = i % 4
+        level = rng.uniform(0, 1)
+        if kind == 0:
+            img = ndimage.gaussian_filter(img, sigma=(3 * level, 3 * level, 0))
+        elif kind == 1:
+            img = img + rng.normal(0, 40 * level, size=img.shape)
+        elif kind == 2:
+            img = 127.5 + (img - 127.5) * (1 - 0.9 * level)
+        else:
+            b = 1 + int(7 * level)
+            img = np.repeat(np.repeat(img[::b, ::b], b, 0), b, 1)[:h, :w]
+        out.append(np.clip(np.round(img), 0, 255).astype(np.uint8))
+    return out
+
+
+def _embedded_images(limit: int) -> list:
+    from data_pipeline import pristine  # written by the data helpers; optional here
+
+    items = pristine.embedded()
+    items = list(items.values()) if isinstance(items, dict) else list(items)
+    images = []
+    for it in items[:limit]:
+        if isinstance(it, (tuple, list)):
+            it = next((x for x in it if isinstance(x, np.ndarray)), None)
+        elif isinstance(it, dict):
+            it = next((x for x in it.values() if isinstance(x, np.ndarray)), None)
+        if isinstance(it, np.ndarray) and it.ndim == 3 and it.shape[-1] == 3:
+            images.append(it.astype(np.uint8))
+    return images
+
+
+def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: int = 0) -> tuple[np.ndarray, str]:
+    """float32 [<=n, c, c, 3] crops for int8 calibration and the name of their source ("records:...", "pristine", "synthetic")."""
+    from keras_iqa.export.crops import crop_function
+
+    c = int(model.crop_size)
+    if data_dir:
+        from data_pipeline.input import RecordReader
+
+        reader = RecordReader(data_dir, subset="train")
+        ds = reader.train_dataset(batch_size=min(n, 32), crop_size=c, flip=False, shuffle=True, seed=seed, repeat=False)
+        crops = []
+        for x, _ in ds:
+            crops.append(np.asarray(x, np.float32))
+            if sum(len(b) for b in crops) >= n:
+                break
+        if not crops:
+            raise ValueError(f"--data {data_dir}: no training records to calibrate int8 with (check split/subset)")
+        return np.concatenate(crops)[:n], f"records:{data_dir}"
+    images, source = [], "synthetic"
+    try:
+        images = _embedded_images(n)
+        source = "pristine"
+    except Exception as e:  # module not there yet, or no photos: fall back
+        logger.info("embedded pristine photos unavailable (%s); using synthetic calibration images", e)
+    if not images:
+        images, source = synthetic_images(n, seed=seed), "synthetic"
+    fn = crop_function(c, 4, "grid")
+    crops = np.concatenate([np.asarray(fn(im)) for im in images])
+    rng = np.random.default_rng(seed)
+    return crops[rng.permutation(len(crops))[:n]].astype(np.float32), source

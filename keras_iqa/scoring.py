@@ -1,0 +1,261 @@
+"""Batched scoring of image files and folders with any keras-iqa model artifact.
+
+MODEL may be:
+- a run directory (`runs/NAME/` holding `model.keras`, written by `RunDir.save_final`);
+- a `.keras` file;
+- a SavedModel directory written by `keras-iqa export --format savedmodel` (`saved_models/NAME/1/`, or `saved_models/NAME/`,
+  which picks the highest version); its `predict_crops` signature is used;
+- a `.tflite` file with its sidecar `.json` (batch-1 contract, one invoke per crop).
+
+Every image goes through the decode policy's Python path (`data_pipeline.images.load_image`: all formats Pillow reads, EXIF
+orientation, CMYK, alpha, 16-bit) and the SAME deterministic crops as the SavedModel signatures (`keras_iqa.export.crops`);
+the image score is the mean of its crops' scores. Unreadable files are reported with the reason and skipped.
+
+Example:
+>>> scorer = load_scorer("saved_models/reqa/1")
+>>> rows, bad = score_paths(scorer, ["photos/"], recursive=True, batch_size=32)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+
+@dataclass
+class Scorer:
+    """A loaded model: `crop_scores(crops [N, c, c, 3] float32) -> [N]` plus the contract needed to crop and normalise."""
+
+    crop_scores: Callable[[np.ndarray], np.ndarray]
+    kind: str
+    source: str
+    score_range: tuple
+    higher_better: bool
+    crop_size: int
+    test_crops: int
+    crop_policy: str
+    max_crops_per_call: int = 256
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def served_policy(self) -> str:
+        return "resize" if self.crop_policy == "resize" else "grid"
+
+    def normalized(self, scores: np.ndarray) -> np.ndarray:
+        lo, hi = self.score_range
+        x = np.clip((np.asarray(scores, np.float64) - lo) / (hi - lo), 0.0, 1.0)
+        return x if self.higher_better else 1.0 - x
+
+
+def _contract_fields(d: dict) -> dict:
+    return {k: d[k] for k in ("score_range", "higher_better", "crop_size", "test_crops", "crop_policy")}
+
+
+def _from_keras_model(model, kind: str, source: str) -> Scorer:
+    import tensorflow as tf
+
+    c = int(model.crop_size)
+    fn = tf.function(lambda x: tf.reshape(model.score(x), [-1]), input_signature=[tf.TensorSpec([None, c, c, 3], tf.float32)])
+    return Scorer(lambda crops: np.asarray(fn(crops)), kind, source, tuple(model.score_range), bool(model.higher_better),
+                  c, int(model.test_crops), model.crop_policy, extra={"model": model})
+
+
+def load_keras_model(path: os.PathLike):
+    """Loads a `.keras` file with every keras-iqa family registered (so their custom classes deserialize)."""
+    import keras
+
+    from keras_iqa import registry
+
+    registry.list_models()  # imports the family modules: registers their serializable classes
+    return keras.saving.load_model(str(path), compile=False)
+
+
+def _latest_version(root: Path) -> Optional[Path]:
+    versions = sorted((int(p.name), p) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return versions[-1][1] if versions else None
+
+
+def load_scorer(path: os.PathLike) -> Scorer:
+    """Opens any MODEL kind (see the module docstring). Errors name the path and what was expected there."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"MODEL {p} does not exist (expected a run directory, .keras file, SavedModel directory or .tflite)")
+    if p.is_file() and p.suffix == ".keras":
+        return _from_keras_model(load_keras_model(p), "keras", str(p))
+    if p.is_file() and p.suffix == ".tflite":
+        from keras_iqa.export.tflite import TFLiteScorer
+
+        sidecar = p.with_suffix(".json")
+        if not sidecar.exists():
+            raise ValueError(f"{p}: sidecar {sidecar.name} (score range, crop policy) is missing; re-export with keras-iqa export")
+        meta = json.loads(sidecar.read_text())
+        tfl = TFLiteScorer(p, num_threads=min(4, os.cpu_count() or 1))
+        return Scorer(tfl, "tflite", str(p), **_contract_fields(meta), extra={"contract": meta})
+    if p.is_dir():
+        if (p / "model.keras").is_file():  # run directory
+            return _from_keras_model(load_keras_model(p / "model.keras"), "run", str(p))
+        if not (p / "saved_model.pb").is_file():
+            latest = _latest_version(p)
+            if latest is not None and (latest / "saved_model.pb").is_file():
+                p = latest
+        if (p / "saved_model.pb").is_file():
+            return _load_savedmodel(p)
+        if (p / "checkpoints").is_dir() or (p / "config.json").is_file():
+            raise ValueError(f"{p} looks like a run directory without model.keras (training not finished?); "
+                             "finish training or pass a .keras file")
+        raise ValueError(f"{p} is neither a run directory (model.keras), nor a SavedModel (saved_model.pb), "
+                         "nor a TF Serving model root (numbered version folders)")
+    raise ValueError(f"MODEL {p}: unsupported file type {p.suffix!r}; use a run directory, .keras, SavedModel directory or .tflite")
+
+
+def _load_savedmodel(p: Path) -> Scorer:
+    import tensorflow as tf
+
+    from keras_iqa.export.savedmodel import CONTRACT_FILE
+
+    meta_path = p / CONTRACT_FILE
+    if not meta_path.is_file():
+        raise ValueError(f"{p}: {CONTRACT_FILE} is missing (not written by keras-iqa export); cannot know the crop contract")
+    meta = json.loads(meta_path.read_text())
+    loaded = tf.saved_model.load(str(p))
+    if "predict_crops" not in loaded.signatures:
+        raise ValueError(f"{p}: no predict_crops signature (has {sorted(loaded.signatures)})")
+    sig = loaded.signatures["predict_crops"]
+
+    def run(crops):
+        return np.asarray(sig(crops=tf.constant(crops, tf.float32))["score"])
+
+    return Scorer(run, "savedmodel", str(p), **_contract_fields(meta), extra={"contract": meta, "loaded": loaded})
+
+
+def iter_image_files(paths: Iterable[os.PathLike], recursive: bool = False) -> tuple[list, list]:
+    """Expands files and folders to image files (by extension, sorted). Returns (files, problems[(path, reason)])."""
+    from data_pipeline.images import is_image_file
+
+    files, problems = [], []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            found = sorted(str(f) for f in it if f.is_file() and is_image_file(f))
+            if not found:
+                problems.append((str(p), "folder holds no image files" + ("" if recursive else " (use --recursive for subfolders)")))
+            files.extend(found)
+        elif p.is_file():
+            files.append(str(p))  # named explicitly: try it whatever its extension; the decoder decides
+        else:
+            problems.append((str(p), "no such file or directory"))
+    return list(dict.fromkeys(files)), problems
+
+
+def score_paths(scorer: Scorer, paths: Iterable[os.PathLike], recursive: bool = False, batch_size: int = 32,
+                progress: bool = True, workers: int = 2, on_rows: Optional[Callable[[list], None]] = None) -> tuple[list, list]:
+    """Scores every image under `paths`; returns (rows, bad).
+
+    rows: dicts {path, score, score_normalized, crops}; bad: (path, reason) for files that could not be decoded.
+    `batch_size` images are decoded (in `workers` threads), cropped and scored together; `on_rows` receives each batch's rows
+    (for streaming output).
+    """
+    import tensorflow as tf
+
+    from data_pipeline.images import ImageDecodeError, load_image
+    from keras_iqa.export.crops import crop_function
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    files, bad = iter_image_files(paths, recursive)
+    crop = crop_function(scorer.crop_size, scorer.test_crops, scorer.served_policy)
+    bar = _progress(len(files)) if progress and files else None
+
+    def decode(path):
+        try:
+            return path, load_image(path), None
+        except ImageDecodeError as e:
+            return path, None, str(e)
+        except Exception as e:  # anything else a broken file triggers: report and go on
+            return path, None, f"{type(e).__name__}: {e}"
+
+    rows = []
+    done = 0
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(files), batch_size):
+            batch = list(pool.map(decode, files[start:start + batch_size]))
+            good, crops = [], []
+            for path, img, err in batch:
+                if err is not None:
+                    bad.append((path, err))
+                    continue
+                try:
+                    crops.append(np.asarray(crop(tf.constant(img))))
+                    good.append(path)
+                except Exception as e:
+                    bad.append((path, f"cropping failed: {e}"))
+            batch_rows = []
+            if good:
+                allc = np.concatenate(crops)
+                step = scorer.max_crops_per_call
+                per_crop = np.concatenate([scorer.crop_scores(allc[i:i + step]) for i in range(0, len(allc), step)])
+                n = len(per_crop) // len(good)
+                scores = per_crop.reshape(len(good), n).mean(axis=1)
+                norm = scorer.normalized(scores)
+                batch_rows = [{"path": pth, "score": float(s), "score_normalized": float(z), "crops": n}
+                              for pth, s, z in zip(good, scores, norm)]
+                rows.extend(batch_rows)
+                if on_rows:
+                    on_rows(batch_rows)
+            done += len(batch)
+            if bar is not None:
+                bar(done, len(bad))
+    return rows, bad
+
+
+def _progress(total: int):
+    """A progress callback(done, bad) on stderr: tqdm when installed, else keras' Progbar (stdout may hold the table)."""
+    import sys
+
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True)
+
+        def update(done, nbad):
+            bar.set_postfix(skipped=nbad, refresh=False)
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+        return update
+    except ImportError:
+        import keras
+
+        pb = keras.utils.Progbar(total, unit_name="image")
+        return lambda done, nbad: pb.update(done)
+
+
+def write_rows(rows: list, out: os.PathLike) -> Path:
+    """Writes scores as CSV (`.csv`) or JSON lines (`.jsonl` / `.json`), atomically."""
+    import csv
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    elif out.suffix.lower() in (".csv", ".tsv", ".txt"):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "score", "score_normalized", "crops"],
+                               delimiter="\t" if out.suffix.lower() == ".tsv" else ",")
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        raise ValueError(f"--out {out}: use a .csv or .jsonl file name")
+    os.replace(tmp, out)
+    return out
