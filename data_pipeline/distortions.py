@@ -399,7 +399,8 @@ def high_sharpen(x, amount, rng=None):
 def contrast_change(x, amount, rng=None):
     """25 Contrast change: spline tone curve through (0,0), (0.3, 0.25 - a/4), (0.5,0.5), (0.7, 0.75 + a/4), (1,1).
 
-    (a > 0 raises contrast, a = 0 is the identity, a < 0 lowers it; not monotone in level.)
+    (The curve is the identity at a = -0.2: levels 1-3 (0.3, 0.15, 0) raise the contrast, decreasingly; levels 4-5 (-0.4,
+    -0.6) lower it; so the strength is not monotone in the level.)
     """
     return _spline_curve(x, (0.0, 0.3, 0.5, 0.7, 1.0), (0.0, 0.25 - amount / 4.0, 0.5, 0.75 + amount / 4.0, 1.0))
 
@@ -455,7 +456,8 @@ LEVELS = {i: d.levels for i, d in DISTORTIONS.items()}
 NAMES = {i: d.name for i, d in DISTORTIONS.items()}
 #: KADID id -> KADIS short key.
 KEYS = {i: d.key for i, d in DISTORTIONS.items()}
-#: Types whose strength is not monotone in the level: 18 mean shift (+0.15 .. -0.15) and 25 contrast change (+0.3 .. -0.6).
+#: Types whose strength is not monotone in the level: 18 mean shift (+0.15 .. -0.15, identity at level 3) and 25 contrast
+#: change (+0.3 .. -0.6, identity at amount -0.2, between levels 3 and 4).
 NON_MONOTONE = (18, 25)
 MONOTONE = tuple(i for i in DISTORTIONS if i not in NON_MONOTONE)
 
