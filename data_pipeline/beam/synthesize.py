@@ -1,0 +1,187 @@
+"""Beam pipeline `synthesize`: pristine photos -> distorted images (25 KADID types x 5 levels) as two prepared datasets.
+
+- ``<out>/<name>``: kind "synthetic" — one record per distorted image (lossless PNG) with ``distortion/type``,
+  ``distortion/name``, ``distortion/level``, ``reference/id``; ``score/mos`` is NaN (no human score exists) and, with
+  ``pseudo_label="ssim"|"ms-ssim"``, ``score/pseudo`` holds the full-reference score of the distorted image against its
+  reference (metric named in the manifest's ``pseudo_label``).
+- ``<out>/<name>_pairs``: kind "pair" — the same records plus ``reference/encoded`` (the reference's stored bytes).
+
+Both are written by :func:`data_pipeline.beam.writer.write_records` (sharded TFRecords, sha256 manifest, atomic shards,
+resumable). Splits are grouped by reference: every distorted version of a reference lands on the same side.
+
+One work item (row) is one (reference, distortion type) with all requested levels, so a reference is decoded once per type
+and the work spreads over Beam workers. Randomness is derived per (seed, reference id, type, level) with
+``numpy.random.SeedSequence``, so outputs do not depend on the runner, the number of workers or the order of work.
+
+Example:
+    >>> from data_pipeline.beam.synthesize import synthesize
+    >>> synthesize("embedded:astronaut,chelsea", "records/", name="demo_synth", types="1,10", levels="1-5")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+from data_pipeline import distortions as D
+from data_pipeline import pristine
+
+PSEUDO_LABELS = {"ssim": "SSIM (Wang et al. 2004) on BT.601 luma, 11x11 Gaussian window sigma 1.5",
+                 "ms-ssim": "MS-SSIM (Wang et al. 2003), 5 scales, weights 0.0448/0.2856/0.3001/0.2363/0.1333, on BT.601 luma"}
+
+
+def image_id(reference_id: str, type_id: int, level: int) -> str:
+    """KADID-style id of a distorted image: ``<reference>_<type:02d>_<level:02d>``."""
+    return f"{reference_id}_{type_id:02d}_{level:02d}"
+
+
+def _rng(seed: int, reference_id: str, type_id: int, level: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(reference_id.encode()), type_id, level]))
+
+
+def plan(sources: Sequence[str], types: Sequence[int], levels: Sequence[int], per_image_types: int = 0,
+         seed: int = 0) -> list[dict]:
+    """Work rows: one per (reference, type) with its levels.
+
+    Args:
+        sources: reference source strings (file paths or ``skimage:<name>``), see :func:`data_pipeline.pristine.sources`.
+        per_image_types: when > 0, each reference gets only this many types, drawn (seeded) from ``types`` (KADIS-700k
+            style); 0 = every type for every reference.
+    """
+    if per_image_types < 0 or per_image_types > len(types):
+        raise ValueError(f"--per-image-types must be in 0..{len(types)} (number of selected types), got {per_image_types}")
+    rows, seen = [], {}
+    for src in sources:
+        ref = pristine.reference_id(src)
+        if ref in seen:  # same stem in two folders: make the id unique and stable
+            seen[ref] += 1
+            ref = f"{ref}_{seen[ref]}"
+        else:
+            seen[ref] = 0
+        chosen = list(types)
+        if per_image_types:
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(ref.encode()), 0]))
+            chosen = sorted(rng.choice(np.asarray(types), size=per_image_types, replace=False).tolist())
+        for t in chosen:
+            rows.append({"id": f"{ref}_{t:02d}", "path": src, "reference_id": ref, "type": int(t),
+                         "levels": [int(lv) for lv in levels]})
+    return rows
+
+
+class DistortedExamples:
+    """``to_examples(row)`` for the writer: distorts one reference with one type at each level, yields serialized Examples.
+
+    Picklable (Beam ships it to workers). Raises ``ImageDecodeError`` for an unreadable reference (recorded as a reject).
+
+    Args:
+        kind: "synthetic" or "pair".
+        dataset_name: written to ``dataset/name``.
+        pseudo_label: None, "ssim" or "ms-ssim".
+        seed: base seed of the distortion randomness.
+        max_long_side: downscale references so their long side is at most this (0 = keep).
+        restretch: the MATLAB generator's min-max stretch of input and output (see :func:`data_pipeline.distortions.distort`).
+    """
+
+    def __init__(self, kind: str, dataset_name: str, pseudo_label: str | None = None, seed: int = 0,
+                 max_long_side: int = 0, restretch: bool = False):
+        if kind not in ("synthetic", "pair"):
+            raise ValueError(f"kind must be 'synthetic' or 'pair', got {kind!r}")
+        if pseudo_label not in (None, *PSEUDO_LABELS):
+            raise ValueError(f"pseudo_label must be one of {sorted(PSEUDO_LABELS)} or None, got {pseudo_label!r}")
+        self.kind, self.dataset_name, self.pseudo_label = kind, dataset_name, pseudo_label
+        self.seed, self.max_long_side, self.restretch = int(seed), int(max_long_side), bool(restretch)
+
+    def __call__(self, row: dict):
+        from data_pipeline.images import encode_png
+        from data_pipeline.schema import make_example
+
+        pixels, ref_bytes, _fmt = pristine.load_reference(row["path"], self.max_long_side)
+        ref, t = row["reference_id"], int(row["type"])
+        h, w = pixels.shape[:2]
+        for lv in row["levels"]:
+            out = D.distort(pixels, t, int(lv), _rng(self.seed, ref, t, int(lv)), restretch=self.restretch)
+            iid = image_id(ref, t, int(lv))
+            fields = {
+                "image/encoded": encode_png(out), "image/format": "png", "image/height": h, "image/width": w,
+                "image/id": iid, "dataset/name": self.dataset_name,
+                "score/mos": float("nan"), "score/std": float("nan"), "score/normalized": float("nan"),
+                "score/pseudo": (D.PSEUDO_METRICS[self.pseudo_label](out, pixels) if self.pseudo_label else float("nan")),
+                "distortion/type": t, "distortion/name": D.NAMES[t], "distortion/level": int(lv), "reference/id": ref,
+            }
+            if self.kind == "pair":
+                fields["reference/encoded"] = ref_bytes
+            yield iid, make_example(self.kind, fields).SerializeToString()
+
+
+def reference_splits(rows: Sequence[dict], num_splits: int = 10, test_fraction: float = 0.2, seed: int = 0):
+    """Reference-grouped random splits: ``DataFrame(image_id, split_00..split_NN)`` with "train"/"test".
+
+    Split k permutes the references with seed ``(seed, k)`` and puts ``round(test_fraction * n_refs)`` (at least 1 when
+    there are 2+ references) on the test side; all distorted versions of a reference follow it.
+    """
+    import pandas as pd
+
+    refs = sorted({r["reference_id"] for r in rows})
+    ids = [(image_id(r["reference_id"], r["type"], lv), r["reference_id"]) for r in rows for lv in r["levels"]]
+    n_test = int(round(test_fraction * len(refs)))
+    if len(refs) >= 2:
+        n_test = min(max(n_test, 1), len(refs) - 1)
+    df = pd.DataFrame({"image_id": [i for i, _ in ids]})
+    ref_of = np.asarray([r for _, r in ids])
+    for k in range(num_splits):
+        perm = np.random.default_rng([int(seed), k]).permutation(len(refs))
+        test_refs = {refs[i] for i in perm[:n_test]}
+        df[f"split_{k:02d}"] = np.where(np.isin(ref_of, list(test_refs)), "test", "train")
+    return df
+
+
+def manifest_extra(types, levels, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec) -> dict:
+    return {
+        "pseudo_label": pseudo_label,
+        "pseudo_label_description": PSEUDO_LABELS.get(pseudo_label) if pseudo_label else None,
+        "generator": {
+            "tool": "keras-iqa synthesize", "pristine": str(pristine_spec), "types": list(types), "levels": list(levels),
+            "per_image_types": int(per_image_types), "seed": int(seed), "restretch": bool(restretch),
+            "max_long_side": int(max_long_side), "split_by": "reference/id",
+            "distortions": {str(i): {"name": d.name, "key": d.key, "levels": list(d.levels)} for i, d in D.DISTORTIONS.items()
+                            if i in set(types)},
+        },
+    }
+
+
+def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", levels="1-5", per_image_types: int = 0,
+               seed: int = 0, pseudo_label: str | None = None, pairs: bool = True, runner: str = "DirectRunner",
+               pipeline_args: Sequence[str] = (), num_shards: int | None = None, max_long_side: int = 0,
+               restretch: bool = False, num_splits: int = 10, test_fraction: float = 0.2) -> dict:
+    """Runs the synthesize pipeline; returns ``{"synthetic": manifest, "pair": manifest or None}``.
+
+    Args:
+        pristine_spec: a folder of reference photos, ``"embedded"`` or ``"embedded:astronaut,coffee"``, or a list of sources.
+        out_dir: parent folder; writes ``out_dir/name`` and ``out_dir/name_pairs``.
+        types, levels: ``"all"`` / ``"1,3,10"`` / ``"1-5"`` (see :func:`data_pipeline.distortions.parse_types`).
+        per_image_types: K random types per reference (0 = all selected types).
+        pseudo_label: None, "ssim" or "ms-ssim" (stored under ``score/pseudo``, never ``score/mos``).
+        pairs: also write the pair dataset.
+        runner, pipeline_args, num_shards: passed to the writer (Beam runner and its options).
+    """
+    from data_pipeline.beam.writer import write_records
+
+    type_ids, level_ids = D.parse_types(types), D.parse_levels(levels)
+    srcs = list(pristine_spec) if isinstance(pristine_spec, (list, tuple)) else pristine.sources(pristine_spec)
+    rows = plan(srcs, type_ids, level_ids, per_image_types, seed)
+    splits = reference_splits(rows, num_splits, test_fraction, seed)
+    extra = manifest_extra(type_ids, level_ids, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec)
+    result = {}
+    for kind, ds_name in (("synthetic", name), ("pair", f"{name}_pairs")):
+        if kind == "pair" and not pairs:
+            result[kind] = None
+            continue
+        to_examples = DistortedExamples(kind, ds_name, pseudo_label, seed, max_long_side, restretch)
+        result[kind] = write_records(
+            rows, to_examples, os.path.join(os.fspath(out_dir), ds_name), kind=kind, dataset_name=ds_name,
+            score_range=(0.0, 1.0), higher_better=True, num_shards=num_shards, runner=runner,
+            pipeline_args=tuple(pipeline_args), manifest_extra=extra, splits=splits)
+    return result
