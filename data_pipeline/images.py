@@ -198,10 +198,16 @@ def decode_image_tensor(encoded, policy: DecodePolicy = DEFAULT_POLICY):
     def _generic():
         return tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
 
+    def _jpeg():
+        # INTEGER_ACCURATE (libjpeg ISLOW) is what Pillow uses: pixels then match `load_image` exactly; TF's default
+        # (INTEGER_FAST) differs by up to ~8 levels, which would make served scores differ from the Python path.
+        return tf.io.decode_jpeg(encoded, channels=0, dct_method="INTEGER_ACCURATE")
+
     # PNG bit depth lives in byte 24 of the IHDR chunk.
     bit_depth = tf.strings.substr(encoded, 24, 1)
     is16 = tf.logical_and(is_png, tf.equal(bit_depth, b"\x10"))
-    img = tf.cond(is16, _png16, _generic)
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 2), b"\xff\xd8")
+    img = tf.cond(is16, _png16, lambda: tf.cond(is_jpeg, _jpeg, _generic))
     img.set_shape([None, None, None])
     img = _channels_to_rgb(img)
     return resize_to_policy(img, policy)
