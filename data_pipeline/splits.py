@@ -1,0 +1,122 @@
+"""Seeded train/test splits stored as columns of `splits.csv` (DESIGN.md section 4).
+
+`splits.csv` holds `image_id, split_00 .. split_NN` (values `train` | `test`) and, where the dataset has one, `official`
+(`train` | `validation` | `test`). Splits are never baked into the records: readers filter by id.
+
+- Authentic sets: each column is an independent seeded random permutation of the images, the first `round(ratio * n)` train
+  (REQA / MetaIQA protocol: random 80/20, repeated).
+- Synthetic sets: the permutation is over REFERENCE ids (content), so no reference (nor any of its distorted versions) is in both
+  train and test; `round(ratio * n_refs)` references train.
+- Column `k` uses the seed `seed + k`, so adding repetitions keeps the earlier columns unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import asdict, dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+OFFICIAL_VALUES = ("train", "validation", "test")
+
+
+@dataclass
+class SplitConfig:
+    """How `splits.csv` is made.
+
+    Args:
+        num_splits: number of random columns `split_00 ..` (10 by default).
+        train_ratio: fraction of images (authentic) or references (synthetic) in train.
+        seed: column k uses `seed + k`.
+        group_by_reference: None = automatic (True for synthetic/pair records, False for authentic).
+    """
+
+    num_splits: int = 10
+    train_ratio: float = 0.8
+    seed: int = 0
+    group_by_reference: Optional[bool] = None
+
+    def __post_init__(self):
+        if self.num_splits < 0:
+            raise ValueError(f"num_splits must be >= 0, got {self.num_splits}")
+        if not 0.0 < self.train_ratio < 1.0:
+            raise ValueError(f"train_ratio must be in (0, 1), got {self.train_ratio}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_column(k: int) -> str:
+    return f"split_{k:02d}"
+
+
+def make_splits(image_ids: Sequence[str], groups: Optional[Sequence[str]] = None, num_splits: int = 10,
+                train_ratio: float = 0.8, seed: int = 0, official: Optional[Mapping[str, str]] = None) -> dict:
+    """Returns `{column: [train|test per image]}` plus `"image_id"` (and `"official"` if given).
+
+    Args:
+        image_ids: unique ids (order kept in the output).
+        groups: one group (reference id) per image, or None to split images independently.
+        official: `{image_id: train|validation|test}` for datasets with an official split (e.g. KonIQ-10k).
+
+    Raises:
+        ValueError: duplicate ids, groups of the wrong length, an official value outside train/validation/test.
+    """
+    ids = [str(i) for i in image_ids]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"duplicate image ids in splits: {dup}")
+    if groups is not None and len(groups) != len(ids):
+        raise ValueError(f"groups has {len(groups)} entries for {len(ids)} images")
+    keys = np.asarray([str(g) for g in groups] if groups is not None else ids)
+    uniq = np.unique(keys)  # sorted: independent of the input order
+    out = {"image_id": ids}
+    n_train = int(round(train_ratio * len(uniq)))
+    if len(uniq) >= 2:
+        n_train = min(max(n_train, 1), len(uniq) - 1)  # both sides non-empty whenever possible
+    for k in range(num_splits):
+        perm = np.random.default_rng(seed + k).permutation(len(uniq))
+        train_keys = set(uniq[perm[:n_train]].tolist())
+        out[split_column(k)] = ["train" if key in train_keys else "test" for key in keys.tolist()]
+    if official is not None:
+        vals = []
+        for i in ids:
+            v = official.get(i, "")
+            v = {"training": "train", "val": "validation", "valid": "validation"}.get(v, v)
+            if v not in OFFICIAL_VALUES and v != "":
+                raise ValueError(f"official split of {i!r} is {v!r}; expected one of {OFFICIAL_VALUES}")
+            vals.append(v)
+        out["official"] = vals
+    return out
+
+
+def write_splits_csv(path: str, table: Mapping[str, Sequence[str]]) -> None:
+    """Writes the table of `make_splits` atomically (tmp file + rename)."""
+    cols = ["image_id"] + sorted(c for c in table if c.startswith("split_")) + (["official"] if "official" in table else [])
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for row in zip(*(table[c] for c in cols)):
+            w.writerow(row)
+    os.replace(tmp, path)
+
+
+def read_splits_csv(path: str) -> dict:
+    """Reads `splits.csv` into `{column: list of str}`; raises a ValueError naming the file if `image_id` is missing."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "image_id" not in rows[0]:
+        raise ValueError(f"{path}: not a splits file (first row must name the column 'image_id'); got {rows[:1]}")
+    header = rows[0]
+    return {c: [r[j] for r in rows[1:]] for j, c in enumerate(header)}
+
+
+def ids_for(path: str, column: str, subset: str) -> list[str]:
+    """Image ids whose `column` equals `subset` (e.g. `ids_for(p, "split_03", "test")`)."""
+    table = read_splits_csv(path)
+    if column not in table:
+        raise ValueError(f"{path}: no split column {column!r}; available: {[c for c in table if c != 'image_id']}")
+    return [i for i, v in zip(table["image_id"], table[column]) if v == subset]
