@@ -1,0 +1,603 @@
+"""MetaIQA training: the bi-level first-order meta-learner (Algorithm 1), fine-tuning, and the paper's protocols.
+
+`MetaLearner(model)` works for ANY Keras regression model (image in, one score out). For a meta-batch of k tasks
+(Zhu et al. 2020, Alg. 1, Eq. 4-7):
+
+    for each task i:   theta_i' = S Adam steps from theta on the support set   (fresh Adam state: m = v = 0, t = 0)
+                       theta_i  = S Adam steps from theta_i' on the query set  (fresh Adam state again)
+    theta <- theta - beta * (1/k) * sum_i (theta - theta_i)                    (first order, Eq. 7)
+
+Adam is the Keras Adam update written out in TF ops over the variable lists (so the state can be reset per phase):
+`m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`, with an optional
+coupled L2 term `g += weight_decay * w` (PyTorch Adam's `weight_decay`, the paper's 1e-5).
+
+Where the state lives:
+- fast weights = the model's own trainable variables (the forward pass uses them directly);
+- theta (meta weights), the sum of theta_i over the meta-batch, Adam m / v / t, and both learning rates are `tf.Variable`s;
+- one `tf.function` runs a whole task (copy theta -> model, S support steps, S query steps, accumulate theta_i) with a
+  `tf.while_loop` over steps; a second applies the outer update. Both are traced once (`trace_counts` shows it); batches of
+  any sizes are packed into one tensor + row offsets so shapes never retrace.
+- non-trainable state (BatchNorm moving mean / variance, dropout seeds) is NOT part of theta: the model keeps updating its
+  moving statistics through every inner step of every task and they are never reset or averaged (what the official code
+  does, spec/metaiqa.md 2.4). After `meta_step` the model holds theta plus these running statistics; `k = 1, beta = 1` is
+  therefore exactly 2*S plain sequential Adam steps, moving statistics included (tested).
+
+Besides `MetaLearner.fit_meta` (epochs, callbacks, progress bar, LR decay, checkpoints and resume), this module holds
+fine-tuning (`finetune`, presets "paper" / "official"), evaluation helpers, and the protocols of the paper:
+`leave_one_distortion_out` (Table 2), `synthetic_to_authentic` (Table 3) and `baseline_then_finetune` (Table 4).
+
+Example:
+>>> learner = MetaLearner(model, inner_steps=6, inner_lr=1e-4, outer_lr=1e-2)
+>>> learner.meta_step([{"support_x": xs, "support_y": ys, "query_x": xq, "query_y": yq}, ...])
+>>> learner.fit_meta(reader.metaiqa_tasks(batch_size=32), epochs=100, checkpoint_dir="runs/meta/state")
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+__all__ = [
+    "MetaLearner", "lr_factor", "FINETUNE_PRESETS", "compile_for_finetune", "finetune", "load_meta_weights",
+    "predict_batches", "evaluate_model", "lodo_splits", "leave_one_distortion_out", "synthetic_to_authentic",
+    "baseline_then_finetune", "tasks_to_dataset",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------- schedules
+def lr_factor(schedule: Union[str, Callable[[int], float], None], epoch: int) -> float:
+    """Multiplier of the initial learning rates at `epoch` (0-based).
+
+    "paper": x0.8 every 5 epochs (Sec. 4.2): 0.8 ** (epoch // 5).
+    "official": the released code's cumulative decay, lr_e = lr_0 * prod_{j<=e} 0.9 ** (j // 2) (meta-training script).
+    "official-finetune": cumulative 0.8 ** (j // 10) (fine-tuning script).  "constant" / None: 1.  A callable: its value.
+    """
+    if schedule is None or schedule == "constant":
+        return 1.0
+    if callable(schedule):
+        return float(schedule(epoch))
+    if schedule == "paper":
+        return 0.8 ** (epoch // 5)
+    if schedule == "official":
+        return float(np.prod([0.9 ** (j // 2) for j in range(epoch + 1)]))
+    if schedule == "official-finetune":
+        return float(np.prod([0.8 ** (j // 10) for j in range(epoch + 1)]))
+    raise ValueError(f"Unknown LR schedule {schedule!r}; use 'paper', 'official', 'official-finetune', 'constant' or a callable")
+
+
+# ------------------------------------------------------------------------------------------------------------ learner
+def _as_batches(v, what: str) -> list:
+    if isinstance(v, (list, tuple)):
+        if not v:
+            raise ValueError(f"task {what!r} is an empty list of batches")
+        return list(v)
+    return [v]
+
+
+def _pack(batches: list):
+    """Batches of possibly different sizes -> (concatenated tensor, int32 row offsets [n + 1])."""
+    sizes = [int(tf.shape(b)[0]) for b in batches]
+    if min(sizes) <= 0:
+        raise ValueError(f"a task holds an empty batch (batch sizes {sizes})")
+    flat = batches[0] if len(batches) == 1 else tf.concat(batches, axis=0)
+    return flat, tf.constant(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
+
+
+class MetaLearner:
+    """Bi-level first-order meta-learner of MetaIQA (Algorithm 1) for any Keras regression model.
+
+    Args:
+        model: a built-or-unbuilt `keras.Model` mapping a batch of inputs to scores [B] or [B, 1].
+        inner_steps: S, Adam steps per phase (support, then query); paper 6.
+        inner_lr: alpha, inner Adam learning rate; paper 1e-4.
+        outer_lr: beta, outer (meta) learning rate; paper 1e-2.
+        beta_1, beta_2, epsilon: Adam constants; paper 0.9, 0.99, 1e-8 (the official code uses beta_2 0.999).
+        loss: "mse" (paper, squared Euclidean distance) or any Keras loss name / callable(y_true, y_pred).
+        weight_decay: coupled L2 added to the inner gradients (PyTorch Adam `weight_decay`); paper 1e-5, default 0.
+        adam_state: "fresh" (paper: m = v = 0, t = 0 at the start of every support and every query phase) or "persistent"
+            (one Adam state carried across phases and tasks, as the official code's single optimiser).
+
+    Example:
+    >>> learner = MetaLearner(keras.Sequential([keras.layers.Dense(1)]), inner_steps=2)
+    >>> loss = learner.meta_step([{"support_x": x, "support_y": y, "query_x": xq, "query_y": yq}])
+    """
+
+    def __init__(self, model: keras.Model, inner_steps: int = 6, inner_lr: float = 1e-4, outer_lr: float = 1e-2,
+                 beta_1: float = 0.9, beta_2: float = 0.99, epsilon: float = 1e-8, loss: Any = "mse",
+                 weight_decay: float = 0.0, adam_state: str = "fresh"):
+        if int(inner_steps) < 1:
+            raise ValueError(f"inner_steps (S) must be >= 1, got {inner_steps!r}")
+        if adam_state not in ("fresh", "persistent"):
+            raise ValueError(f"adam_state must be 'fresh' (paper) or 'persistent' (official code), got {adam_state!r}")
+        for name, val in (("inner_lr", inner_lr), ("outer_lr", outer_lr), ("epsilon", epsilon)):
+            if not float(val) > 0:
+                raise ValueError(f"{name} must be > 0, got {val!r}")
+        self.model = model
+        self.inner_steps = int(inner_steps)
+        self.initial_inner_lr, self.initial_outer_lr = float(inner_lr), float(outer_lr)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.weight_decay = float(weight_decay)
+        self.adam_state = adam_state
+        self.loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
+        self.inner_lr = tf.Variable(self.initial_inner_lr, trainable=False, dtype=tf.float32, name="meta_inner_lr")
+        self.outer_lr = tf.Variable(self.initial_outer_lr, trainable=False, dtype=tf.float32, name="meta_outer_lr")
+        self.trace_counts = collections.Counter()
+        self.history: dict = {}
+        self._built = False
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def _build(self, x_example, y_example):
+        if self._built:
+            return
+        if not self.model.built:
+            self.model(x_example[:1])
+        self._vars = list(self.model.trainable_variables)
+        if not self._vars:
+            raise ValueError("MetaLearner: the model has no trainable variables")
+
+        def like(v, tag):
+            return tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name=f"{tag}_{v.name.replace('/', '_')}")
+
+        self.theta = [tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"theta_{i}") for i, v in enumerate(self._vars)]
+        self._acc = [like(v, "acc") for v in self._vars]
+        self._m = [like(v, "adam_m") for v in self._vars]
+        self._v = [like(v, "adam_v") for v in self._vars]
+        self._t = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="adam_t")
+        x_spec = tf.TensorSpec([None] + list(x_example.shape[1:]), x_example.dtype)
+        y_spec = tf.TensorSpec([None] + list(y_example.shape[1:]), y_example.dtype)
+        o_spec = tf.TensorSpec([None], tf.int32)
+        self._task_fn = tf.function(self._task, input_signature=[x_spec, y_spec, o_spec, x_spec, y_spec, o_spec])
+        self._outer_fn = tf.function(self._outer, input_signature=[tf.TensorSpec([], tf.float32)])
+        self._sync_fn = tf.function(self._sync_theta_from_model, input_signature=[])
+        self._built = True
+
+    def _sync_theta_from_model(self):
+        self.trace_counts["sync"] += 1
+        for th, v in zip(self.theta, self._vars):
+            th.assign(v)
+        return tf.constant(0)
+
+    def sync_from_model(self):
+        """theta <- the model's current weights (after loading weights into the model, e.g. on resume)."""
+        if self._built:
+            self._sync_fn()
+
+    # -- compiled pieces ------------------------------------------------------------------------------------------
+    def _reset_adam(self):
+        for m, v in zip(self._m, self._v):
+            m.assign(tf.zeros_like(m))
+            v.assign(tf.zeros_like(v))
+        self._t.assign(0.0)
+
+    def _loss(self, x, y):
+        pred = self.model(x, training=True)
+        y = tf.reshape(tf.cast(y, pred.dtype), tf.shape(pred))
+        loss = tf.reduce_mean(self.loss_fn(y, pred))
+        if self.model.losses:
+            loss = loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.model.losses])
+        return loss
+
+    def _adam_step(self, x, y):
+        """One Keras-Adam step on the fast weights (Eq. 4-5 with bias correction)."""
+        with tf.GradientTape() as tape:
+            loss = self._loss(x, y)
+        grads = tape.gradient(loss, self._vars)
+        self._t.assign_add(1.0)
+        t = self._t
+        lr = self.inner_lr * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t))
+        for w, g, m, v in zip(self._vars, grads, self._m, self._v):
+            if g is None:
+                continue
+            g = tf.convert_to_tensor(g)
+            if self.weight_decay:
+                g = g + self.weight_decay * w
+            m.assign_add((g - m) * (1.0 - self.beta_1))
+            v.assign_add((tf.square(g) - v) * (1.0 - self.beta_2))
+            w.assign_sub(tf.cast(lr, w.dtype) * m / (tf.sqrt(v) + self.epsilon))
+        return loss
+
+    def _phase(self, x, y, offsets):
+        """S Adam steps cycling over the packed batches; returns the mean loss over the S steps."""
+        if self.adam_state == "fresh":
+            self._reset_adam()
+        n = tf.shape(offsets)[0] - 1
+        total = tf.constant(0.0)
+        for s in tf.range(self.inner_steps):
+            j = s % n
+            lo, hi = offsets[j], offsets[j + 1]
+            total += tf.cast(self._adam_step(x[lo:hi], y[lo:hi]), tf.float32)
+        return total / float(self.inner_steps)
+
+    def _task(self, sx, sy, so, qx, qy, qo):
+        self.trace_counts["task"] += 1  # Python side effect: runs only while tracing
+        for w, th in zip(self._vars, self.theta):
+            w.assign(th)
+        support_loss = self._phase(sx, sy, so)
+        query_loss = self._phase(qx, qy, qo)
+        for a, w in zip(self._acc, self._vars):
+            a.assign_add(w)
+        return support_loss, query_loss
+
+    def _outer(self, k):
+        """theta <- theta - beta * mean_i(theta - theta_i) (Eq. 7); then the model holds theta again."""
+        self.trace_counts["outer"] += 1
+        for th, a, w in zip(self.theta, self._acc, self._vars):
+            th.assign_sub(tf.cast(self.outer_lr, th.dtype) * (th - a / tf.cast(k, th.dtype)))
+            a.assign(tf.zeros_like(a))
+            w.assign(th)
+        return tf.constant(0)
+
+    # -- public API -----------------------------------------------------------------------------------------------
+    def meta_step(self, tasks: Sequence[dict]) -> float:
+        """One meta-iteration over `tasks` (k = len(tasks)); returns the mean query loss (over tasks and the S query steps).
+
+        Each task is a dict with `support_x, support_y, query_x, query_y`: one batch each (reused for the S steps) or lists
+        of batches (cycled; sizes may differ).
+        """
+        if not tasks:
+            raise ValueError("meta_step needs at least one task")
+        packed = []
+        for i, task in enumerate(tasks):
+            missing = [k for k in ("support_x", "support_y", "query_x", "query_y") if k not in task]
+            if missing:
+                raise ValueError(f"task {i} lacks {missing}; each task needs support_x, support_y, query_x, query_y "
+                                 f"(got keys {sorted(task)})")
+            row = []
+            for part in ("support", "query"):
+                xs = [tf.convert_to_tensor(b) for b in _as_batches(task[f"{part}_x"], f"{part}_x")]
+                ys = [tf.convert_to_tensor(b) for b in _as_batches(task[f"{part}_y"], f"{part}_y")]
+                if len(xs) != len(ys):
+                    raise ValueError(f"task {i}: {len(xs)} {part}_x batches but {len(ys)} {part}_y batches")
+                xs = [tf.cast(x, tf.float32) if x.dtype != tf.float32 and x.dtype.is_integer else x for x in xs]
+                ys = [tf.cast(y, tf.float32) for y in ys]
+                (x, xo), (y, _) = _pack(xs), _pack(ys)
+                row += [x, y, xo]
+            packed.append(row)
+        self._build(packed[0][0], packed[0][1])
+        q_losses = [self._task_fn(*row)[1] for row in packed]
+        self._outer_fn(tf.constant(float(len(packed))))
+        return float(tf.reduce_mean(tf.stack(q_losses)))
+
+    def set_lr_factor(self, factor: float):
+        """Sets both learning rates to factor x their initial values (no retracing: they are variables)."""
+        self.inner_lr.assign(self.initial_inner_lr * factor)
+        self.outer_lr.assign(self.initial_outer_lr * factor)
+
+    def fit_meta(self, tasks: Sequence[dict], epochs: Optional[int] = None, meta_iterations: Optional[int] = None,
+                 callbacks: Iterable = (), tasks_per_batch: int = 5, iterations_per_epoch: Optional[int] = None,
+                 batches_per_visit: Optional[int] = None, lr_schedule: Union[str, Callable, None] = "paper",
+                 checkpoint_dir: Optional[os.PathLike] = None, eval_fn: Optional[Callable] = None, seed: Optional[int] = 0,
+                 verbose: int = 1) -> dict:
+        """Meta-trains over `tasks`; returns the history dict {metric: [per-epoch values]}.
+
+        Args:
+            tasks: list of tasks as `RecordReader.metaiqa_tasks` returns them (dicts with "support" / "query" `tf.data` datasets
+                of (x, y) batches, plus "name"/"type") or in `meta_step` form (support_x, ...).
+            epochs / meta_iterations: how long; an epoch is `iterations_per_epoch` meta-iterations (default
+                ceil(#tasks / k): every task visited once per epoch in a shuffled order, the last meta-batch may be smaller).
+            callbacks: Keras callbacks (ModelCheckpoint, CSVLogger, ...) called with epoch logs; the model holds theta.
+            tasks_per_batch: k (paper 5).
+            batches_per_visit: batches drawn per task visit from each of its (repeated) datasets; default S, so each inner
+                step sees a new batch, cycling through the support / query set.
+            lr_schedule: "paper" (x0.8 every 5 epochs), "official", "constant" or callable(epoch) -> factor; applied to both LRs.
+            checkpoint_dir: resume state (weights of theta + BN statistics, Adam state, epoch, history); a re-run resumes after
+                the last completed epoch.
+            eval_fn: callable(model) -> dict of extra epoch logs (e.g. SROCC on a validation set).
+            seed: task order and sampling seed.
+        """
+        if not tasks:
+            raise ValueError("fit_meta needs at least one task")
+        k = int(tasks_per_batch)
+        if k < 1:
+            raise ValueError(f"tasks_per_batch (k) must be >= 1, got {tasks_per_batch!r}")
+        ipe = int(iterations_per_epoch or math.ceil(len(tasks) / k))
+        if epochs is None and meta_iterations is None:
+            raise ValueError("fit_meta: give epochs or meta_iterations")
+        total_iters = int(meta_iterations) if meta_iterations is not None else None
+        n_epochs = int(epochs) if epochs is not None else math.ceil(total_iters / ipe)
+        per_visit = int(batches_per_visit or self.inner_steps)
+        sources = [_TaskSource(t, i) for i, t in enumerate(tasks)]
+
+        start_epoch, state_dir = 0, Path(checkpoint_dir) if checkpoint_dir else None
+        if state_dir is not None and (state_dir / "meta_state.json").exists():
+            start_epoch = self._restore(state_dir, sources[0], per_visit)
+        base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        cbs = keras.callbacks.CallbackList(list(callbacks), add_history=False, add_progbar=verbose > 0, model=self.model,
+                                           verbose=verbose, epochs=n_epochs, steps=ipe)
+        self.model.stop_training = False
+        cbs.on_train_begin()
+        done = start_epoch * ipe
+        for epoch in range(start_epoch, n_epochs):
+            self.set_lr_factor(lr_factor(lr_schedule, epoch))
+            cbs.on_epoch_begin(epoch)
+            rng = np.random.default_rng([base_seed, epoch])  # per-epoch stream: a resumed run draws the same task order
+            if iterations_per_epoch is None:  # one pass over the tasks in a shuffled order; the last meta-batch may be smaller
+                perm = rng.permutation(len(sources))
+                chunks = [perm[i * k:(i + 1) * k] for i in range(ipe)]
+            else:
+                stream = np.concatenate([rng.permutation(len(sources)) for _ in range(math.ceil(ipe * k / len(sources)))])
+                chunks = [stream[i * k:(i + 1) * k] for i in range(ipe)]
+            losses = []
+            for it, chosen in enumerate(chunks):
+                if total_iters is not None and done >= total_iters:
+                    break
+                cbs.on_train_batch_begin(it)
+                batch = [sources[j].draw(per_visit) for j in chosen]
+                loss = self.meta_step(batch)
+                losses.append(loss)
+                done += 1
+                cbs.on_train_batch_end(it, {"query_loss": loss})
+            logs = {"query_loss": float(np.mean(losses)) if losses else float("nan"),
+                    "inner_lr": float(self.inner_lr.numpy()), "outer_lr": float(self.outer_lr.numpy())}
+            if eval_fn is not None:
+                logs.update({key: float(v) for key, v in eval_fn(self.model).items()})
+            for key, v in logs.items():
+                self.history.setdefault(key, []).append(v)
+            cbs.on_epoch_end(epoch, logs)
+            if state_dir is not None:
+                self._save_state(state_dir, epoch)
+            if self.model.stop_training or (total_iters is not None and done >= total_iters):
+                break
+        cbs.on_train_end()
+        return self.history
+
+    # -- resume ---------------------------------------------------------------------------------------------------
+    def _save_state(self, state_dir: Path, epoch: int):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state_dir / "theta.tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, state_dir / "theta.weights.h5")
+        np.savez(state_dir / "adam.tmp.npz", t=self._t.numpy(), *[m.numpy() for m in self._m], *[v.numpy() for v in self._v])
+        os.replace(state_dir / "adam.tmp.npz", state_dir / "adam.npz")
+        from keras_iqa.training.runner import save_json
+
+        save_json({"epoch": epoch, "history": self.history}, state_dir / "meta_state.json")
+
+    def _restore(self, state_dir: Path, first: "_TaskSource", per_visit: int) -> int:
+        with open(state_dir / "meta_state.json", encoding="utf-8") as f:
+            state = json.load(f)
+        task = first.draw(per_visit)
+        x = tf.convert_to_tensor(_as_batches(task["support_x"], "support_x")[0])
+        y = tf.convert_to_tensor(_as_batches(task["support_y"], "support_y")[0])
+        self._build(tf.cast(x, tf.float32) if x.dtype.is_integer else x, tf.cast(y, tf.float32))
+        self.model.load_weights(state_dir / "theta.weights.h5")
+        self.sync_from_model()
+        adam = np.load(state_dir / "adam.npz")
+        self._t.assign(float(adam["t"]))
+        n = len(self._m)
+        for i, m in enumerate(self._m):
+            m.assign(adam[f"arr_{i}"])
+        for i, v in enumerate(self._v):
+            v.assign(adam[f"arr_{n + i}"])
+        self.history = {key: list(v) for key, v in state.get("history", {}).items()}
+        return int(state["epoch"]) + 1
+
+
+class _TaskSource:
+    """Draws batches for one task: from repeated `tf.data` iterators (reader tasks) or fixed arrays (in-memory tasks)."""
+
+    def __init__(self, task: dict, index: int):
+        self.task, self.index = task, index
+        if "support" in task and "query" in task:
+            self._it = {p: iter(task[p].repeat()) for p in ("support", "query")}
+        elif all(key in task for key in ("support_x", "support_y", "query_x", "query_y")):
+            self._it = None
+        else:
+            raise ValueError(f"task {index} ({task.get('name', '?')}): expected keys 'support'/'query' (tf.data datasets) or "
+                             f"support_x/support_y/query_x/query_y, got {sorted(task)}")
+
+    def draw(self, n: int) -> dict:
+        if self._it is None:
+            return self.task
+        out = {}
+        for part in ("support", "query"):
+            xs, ys = zip(*[next(self._it[part]) for _ in range(n)])
+            out[f"{part}_x"], out[f"{part}_y"] = list(xs), list(ys)
+        return out
+
+
+# -------------------------------------------------------------------------------------------------------- fine-tuning
+FINETUNE_PRESETS = {
+    # paper Sec. 4.2: alpha_f = 1e-5, weight decay 1e-5, x0.8 every 5 epochs, P = 15 (read as 15 epochs, see docs)
+    "paper": {"lr": 1e-5, "weight_decay": 1e-5, "epochs": 15, "batch_size": 32, "lr_schedule": "paper"},
+    # MetaIQA_FineTune_WILDLIVE.py: Adam 1e-4, no weight decay, 100 epochs, batch 50, cumulative x0.8^(e//10)
+    "official": {"lr": 1e-4, "weight_decay": 0.0, "epochs": 100, "batch_size": 50, "lr_schedule": "official-finetune"},
+}
+
+
+def _preset(preset: str) -> dict:
+    if preset not in FINETUNE_PRESETS:
+        raise ValueError(f"Unknown fine-tuning preset {preset!r}; use one of {sorted(FINETUNE_PRESETS)}")
+    return dict(FINETUNE_PRESETS[preset])
+
+
+def compile_for_finetune(model: keras.Model, preset: str = "paper", lr: Optional[float] = None,
+                         weight_decay: Optional[float] = None, beta_2: float = 0.99) -> keras.Model:
+    """Compiles `model` with Adam + MSE for fine-tuning (Sec. 3.2, Eq. 8-9). Keras' `weight_decay` is decoupled (AdamW style)."""
+    p = _preset(preset)
+    lr = p["lr"] if lr is None else float(lr)
+    wd = p["weight_decay"] if weight_decay is None else float(weight_decay)
+    if preset == "official":
+        beta_2 = 0.999
+    opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=beta_2, epsilon=1e-8, weight_decay=wd or None)
+    model.compile(optimizer=opt, loss="mse")
+    return model
+
+
+def load_meta_weights(model: keras.Model, path: os.PathLike) -> keras.Model:
+    """Loads meta-trained weights (`.weights.h5` from `fit_meta`/`save_weights`, or a `.keras` file) into a MetaIQA model."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Meta-trained weights not found: {path} (expected a .weights.h5 or .keras file from "
+                                f"`keras-iqa train metaiqa`)")
+    if path.endswith(".keras"):
+        model.set_weights(keras.models.load_model(path).get_weights())
+    else:
+        model.load_weights(path)
+    return model
+
+
+def finetune(model: keras.Model, train_data, epochs: Optional[int] = None, preset: str = "paper", lr: Optional[float] = None,
+             weight_decay: Optional[float] = None, validation_data=None, run=None, callbacks: Iterable = (),
+             verbose: Any = "auto", steps_per_epoch: Optional[int] = None):
+    """Fine-tunes a (meta-trained) model on the target task with `model.fit` (paper: Adam 1e-5, wd 1e-5; "official": 1e-4).
+
+    `train_data`: a `tf.data.Dataset` of (images, targets) batches or an (x, y) tuple. With `run` (a `RunDir`) the runner's
+    callbacks (checkpoints, CSV history, resume) are used. Returns the Keras `History`.
+    """
+    p = _preset(preset)
+    compile_for_finetune(model, preset, lr=lr, weight_decay=weight_decay)
+    epochs = int(p["epochs"] if epochs is None else epochs)
+    base_lr = float(model.optimizer.learning_rate.numpy())
+    sched = keras.callbacks.LearningRateScheduler(lambda e, _lr: base_lr * lr_factor(p["lr_schedule"], e))
+    cbs = [sched] + list(callbacks)
+    if run is not None:
+        from keras_iqa.training import runner
+
+        return runner.fit(model, train_data, epochs=epochs, run=run, validation_data=validation_data, callbacks=cbs,
+                          steps_per_epoch=steps_per_epoch, verbose=verbose, tensorboard=False)
+    x, y = train_data if isinstance(train_data, tuple) and len(train_data) == 2 else (train_data, None)
+    return model.fit(x, y, epochs=epochs, validation_data=validation_data, callbacks=cbs, verbose=verbose,
+                     steps_per_epoch=steps_per_epoch)
+
+
+# --------------------------------------------------------------------------------------------------------- evaluation
+def predict_batches(model: keras.Model, data) -> tuple:
+    """(pred, target) numpy arrays over a dataset of (x, y) batches, an (x, y) tuple, or a list of such batches."""
+    if isinstance(data, tuple) and len(data) == 2:
+        data = [data]
+
+    @tf.function(reduce_retracing=True)
+    def fwd(x):
+        return tf.reshape(model(x, training=False), [-1])
+
+    preds, targets = [], []
+    for x, y in data:
+        preds.append(fwd(tf.convert_to_tensor(x)).numpy())
+        targets.append(np.asarray(y, dtype=np.float64).reshape(-1))
+    return np.concatenate(preds).astype(np.float64), np.concatenate(targets)
+
+
+def evaluate_model(model: keras.Model, data) -> dict:
+    """SROCC / PLCC / RMSE / n of `model` on `data`: a `RecordReader` (its eval protocol via `keras_iqa.evaluation.predict_reader`)
+    or (x, y) batches (one forward each)."""
+    from keras_iqa import metrics
+
+    if hasattr(data, "eval_dataset"):
+        from keras_iqa.evaluation import predict_reader
+
+        df = predict_reader(model, data)
+        pred, target = df["pred"].to_numpy(), df["target"].to_numpy()
+    else:
+        pred, target = predict_batches(model, data)
+    out = {"n": int(len(pred))}
+    for name in ("srocc", "plcc"):
+        try:
+            out[name] = float(getattr(metrics, name)(pred, target))
+        except ValueError as e:  # too few samples or constant predictions: report NaN, keep the protocol going
+            out[name] = float("nan")
+            out[f"{name}_error"] = str(e)
+    out["rmse"] = float(np.sqrt(np.mean((pred - target) ** 2))) if len(pred) else float("nan")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- protocols
+def _task_name(task: dict, i: int) -> str:
+    return str(task.get("name", task.get("type", i)))
+
+
+def lodo_splits(tasks: Sequence[dict], held_out: Optional[Sequence] = None) -> list:
+    """Leave-one-distortion-out: [(held_out_task, [the other tasks])], one per held-out type (Table 2).
+
+    `held_out`: restrict to these task names or types (default: every task). Unknown names are errors listing the valid ones.
+    """
+    names = [_task_name(t, i) for i, t in enumerate(tasks)]
+    types = [t.get("type") for t in tasks]
+    if len(tasks) < 2:
+        raise ValueError(f"leave-one-distortion-out needs at least 2 distortion tasks, got {len(tasks)}")
+    if held_out is None:
+        idx = list(range(len(tasks)))
+    else:
+        idx = []
+        for h in held_out:
+            hits = [i for i, (n, t) in enumerate(zip(names, types)) if h == n or (t is not None and str(h) == str(t))]
+            if not hits:
+                raise ValueError(f"held-out distortion {h!r} is not a task; tasks: {', '.join(names)}")
+            idx += hits
+    return [(tasks[i], [t for j, t in enumerate(tasks) if j != i]) for i in idx]
+
+
+def _task_data(task: dict, part: str):
+    """A task's support/query as something `fit` and `predict_batches` take."""
+    if part in task:
+        return task[part]
+    x, y = task[f"{part}_x"], task[f"{part}_y"]
+    if isinstance(x, (list, tuple)):
+        return tf.data.Dataset.from_tensor_slices((tf.concat(list(x), 0), tf.concat(list(y), 0))).batch(32)
+    return tf.data.Dataset.from_tensors((x, y))
+
+
+def leave_one_distortion_out(tasks: Sequence[dict], build_model: Callable[[], keras.Model], held_out=None,
+                             meta: Optional[dict] = None, fit: Optional[dict] = None, tune: Optional[dict] = None):
+    """Table 2: for each held-out type, meta-train a fresh model on the other types, fine-tune on the held-out type's support
+    split and test on its query split. Returns a DataFrame (held_out, srocc, plcc, rmse, n).
+
+    `meta`: MetaLearner kwargs; `fit`: `fit_meta` kwargs (e.g. epochs); `tune`: `finetune` kwargs (preset, epochs).
+    """
+    import pandas as pd
+
+    rows = []
+    for target, others in lodo_splits(tasks, held_out):
+        model = build_model()
+        learner = MetaLearner(model, **(meta or {}))
+        learner.fit_meta(others, **{"epochs": 1, "verbose": 0, **(fit or {})})
+        finetune(model, _task_data(target, "support"), **{"verbose": 0, **(tune or {})})
+        res = evaluate_model(model, _task_data(target, "query"))
+        rows.append({"held_out": _task_name(target, 0), **res})
+    return pd.DataFrame(rows)
+
+
+def synthetic_to_authentic(meta_tasks: Sequence[dict], build_model: Callable[[], keras.Model], train_data, test_data,
+                           meta: Optional[dict] = None, fit: Optional[dict] = None, tune: Optional[dict] = None,
+                           model: Optional[keras.Model] = None) -> dict:
+    """Table 3: meta-train on synthetic distortion tasks (TID2013 + KADID-10k), fine-tune on an authentic training split,
+    test on its test split (`test_data`: a RecordReader or (x, y) batches). Returns {"meta": history, "test": metrics}."""
+    model = model or build_model()
+    learner = MetaLearner(model, **(meta or {}))
+    hist = learner.fit_meta(meta_tasks, **{"epochs": 1, "verbose": 0, **(fit or {})})
+    finetune(model, train_data, **{"verbose": 0, **(tune or {})})
+    return {"meta": hist, "test": evaluate_model(model, test_data), "model": model}
+
+
+def tasks_to_dataset(tasks: Sequence[dict]):
+    """All images of all tasks (support + query) as one dataset of (x, y) batches: the Table 4 baseline's training data."""
+    parts = [_task_data(t, p) for t in tasks for p in ("support", "query")]
+    ds = parts[0]
+    for p in parts[1:]:
+        ds = ds.concatenate(p)
+    return ds
+
+
+def baseline_then_finetune(synthetic_data, build_model: Callable[[], keras.Model], train_data, test_data,
+                           pretrain_epochs: int = 1, pretrain_lr: float = 1e-4, tune: Optional[dict] = None,
+                           shuffle_buffer: int = 0, verbose: Any = 0) -> dict:
+    """Table 4 "Baseline": the same network trained with plain Adam (lr `pretrain_lr`, beta_2 0.99) on all distortion-specific
+    images (a dataset of (x, y) batches, or a task list), then fine-tuned and tested exactly like MetaIQA."""
+    if isinstance(synthetic_data, (list, tuple)) and synthetic_data and isinstance(synthetic_data[0], dict):
+        synthetic_data = tasks_to_dataset(synthetic_data)
+    if shuffle_buffer:
+        synthetic_data = synthetic_data.shuffle(shuffle_buffer)
+    model = build_model()
+    model.compile(optimizer=keras.optimizers.Adam(pretrain_lr, beta_2=0.99), loss="mse")
+    hist = model.fit(synthetic_data, epochs=int(pretrain_epochs), verbose=verbose)
+    finetune(model, train_data, **{"verbose": 0, **(tune or {})})
+    return {"pretrain": hist.history, "test": evaluate_model(model, test_data), "model": model}
