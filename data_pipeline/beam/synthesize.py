@@ -116,28 +116,6 @@ class DistortedExamples:
             yield iid, make_example(self.kind, fields).SerializeToString()
 
 
-def reference_splits(rows: Sequence[dict], num_splits: int = 10, test_fraction: float = 0.2, seed: int = 0):
-    """Reference-grouped random splits: ``DataFrame(image_id, split_00..split_NN)`` with "train"/"test".
-
-    Split k permutes the references with seed ``(seed, k)`` and puts ``round(test_fraction * n_refs)`` (at least 1 when
-    there are 2+ references) on the test side; all distorted versions of a reference follow it.
-    """
-    import pandas as pd
-
-    refs = sorted({r["reference_id"] for r in rows})
-    ids = [(image_id(r["reference_id"], r["type"], lv), r["reference_id"]) for r in rows for lv in r["levels"]]
-    n_test = int(round(test_fraction * len(refs)))
-    if len(refs) >= 2:
-        n_test = min(max(n_test, 1), len(refs) - 1)
-    df = pd.DataFrame({"image_id": [i for i, _ in ids]})
-    ref_of = np.asarray([r for _, r in ids])
-    for k in range(num_splits):
-        perm = np.random.default_rng([int(seed), k]).permutation(len(refs))
-        test_refs = {refs[i] for i in perm[:n_test]}
-        df[f"split_{k:02d}"] = np.where(np.isin(ref_of, list(test_refs)), "test", "train")
-    return df
-
-
 def manifest_extra(types, levels, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec) -> dict:
     return {
         "pseudo_label": pseudo_label,
@@ -165,14 +143,23 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
         per_image_types: K random types per reference (0 = all selected types).
         pseudo_label: None, "ssim" or "ms-ssim" (stored under ``score/pseudo``, never ``score/mos``).
         pairs: also write the pair dataset.
-        runner, pipeline_args, num_shards: passed to the writer (Beam runner and its options).
+        runner, pipeline_args, num_shards: passed to the writer (Beam runner and its options; ``runner=None`` writes
+            inline without Beam). The writer parallelises over shards, so the default gives every DirectRunner worker one.
+        num_splits, test_fraction: reference-grouped random splits in ``splits.csv`` (seeded by ``seed``).
     """
-    from data_pipeline.beam.writer import write_records
+    from data_pipeline.beam.writer import default_num_shards, write_records
+    from data_pipeline.splits import SplitConfig
 
     type_ids, level_ids = D.parse_types(types), D.parse_levels(levels)
     srcs = list(pristine_spec) if isinstance(pristine_spec, (list, tuple)) else pristine.sources(pristine_spec)
     rows = plan(srcs, type_ids, level_ids, per_image_types, seed)
-    splits = reference_splits(rows, num_splits, test_fraction, seed)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    # the writer groups the splits by reference/id for synthetic and pair records
+    splits = SplitConfig(num_splits=num_splits, train_ratio=1.0 - test_fraction, seed=seed, group_by_reference=True)
+    if num_shards is None:  # ~500 distorted images per shard, and at least one shard per DirectRunner worker
+        workers = max([int(a.split("=", 1)[1]) for a in pipeline_args if a.startswith("--direct_num_workers=")] or [1])
+        num_shards = min(len(rows), max(default_num_shards(len(rows) * len(level_ids)), workers)) or 1
     extra = manifest_extra(type_ids, level_ids, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec)
     result = {}
     for kind, ds_name in (("synthetic", name), ("pair", f"{name}_pairs")):

@@ -54,7 +54,8 @@ def register(sub):
     p.add_argument("--num-splits", type=int, default=10, help="number of random reference-grouped splits (default 10)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of references in each test split (default 0.2)")
     g = p.add_argument_group("Beam runner")
-    g.add_argument("--runner", default="DirectRunner", help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, ...")
+    g.add_argument("--runner", default="DirectRunner",
+                   help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, ...; 'inline' writes without Beam")
     g.add_argument("--num-workers", type=int, default=1,
                    help="DirectRunner worker processes (multi_processing mode when > 1; default 1)")
     g.add_argument("--num-shards", type=int, default=None, help="TFRecord shards per dataset (default: chosen by the writer)")
@@ -110,7 +111,7 @@ def run(args) -> int:
     result = synthesize(
         args.pristine, args.out, name=args.name, types=args.types, levels=args.levels,
         per_image_types=args.per_image_types, seed=args.seed, pseudo_label=args.pseudo_label, pairs=not args.no_pairs,
-        runner=args.runner, pipeline_args=_runner_args(args), num_shards=args.num_shards,
+        runner=None if args.runner == "inline" else args.runner, pipeline_args=_runner_args(args), num_shards=args.num_shards,
         max_long_side=args.max_long_side, restretch=args.restretch, num_splits=args.num_splits,
         test_fraction=args.test_fraction)
     failed = False
