@@ -111,6 +111,15 @@ def test_parameter_semantics(textured):
     k = D._motion_kernel(10, 0)
     assert k.sum() == pytest.approx(1) and np.count_nonzero(k.sum(axis=1)) == 1  # horizontal line
     assert D._motion_kernel(1, 37).max() == pytest.approx(1)  # length 1 is the identity
+    # options: official mapmm re-stretch fills [0, 255]; ARNIQA variants of 14 and 22 differ from the defaults
+    r = D.distort(x, 18, 1, restretch=True)
+    assert r.min() == 0 and r.max() == 255
+    a = D.distort(x, 14, 5, np.random.default_rng(0))
+    b = D.distort(x, 14, 5, np.random.default_rng(0), noise="gaussian")
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(D.distort(x, 22, 3), D.distort(x, 22, 3, thresholds="quantile"))
+    with pytest.raises(ValueError, match="noise"):
+        D.distort(x, 14, 1, noise="poisson")
 
 
 def test_bad_inputs_are_clear(small):
@@ -155,8 +164,12 @@ def test_embedded_pristine_set(tmp_path):
     px, data, fmt = pristine.load_reference(pristine.PREFIX + "retina", max_long_side=128)
     assert px.shape == (128, 128, 3) and fmt == "png"
     np.testing.assert_array_equal(np.asarray(Image.open(__import__("io").BytesIO(data))), px)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
-        pristine.sources(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else None
+        pristine.sources(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pristine.sources(tmp_path / "missing")
+    assert pristine.sources("embedded:coffee,ihc") == ["skimage:coffee", "skimage:ihc"]
     with pytest.raises(ValueError, match="unknown embedded"):
         pristine.sources("embedded:nope")
 
