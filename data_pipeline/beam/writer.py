@@ -37,7 +37,7 @@ SPLITS = "splits.csv"
 SIDECAR = ".meta.json"
 SHARD_PATTERN = "records-{:05d}-of-{:05d}.tfrecord"
 #: Per-image facts kept in the sidecars (order of the lists in `images`).
-IMAGE_FIELDS = ("id", "mos", "normalized", "height", "width", "format", "reference", "type", "official")
+IMAGE_FIELDS = ("id", "mos", "normalized", "height", "width", "format", "reference", "type", "official", "type_name", "level")
 
 
 def shard_name(i: int, n: int) -> str:
@@ -102,7 +102,7 @@ def _image_info(serialized: bytes, row: Mapping) -> list:
     mos, norm = n("score/mos", float("nan")), n("score/normalized", float("nan"))
     return [b("image/id"), None if math.isnan(mos) else float(mos), None if math.isnan(norm) else float(norm),
             int(n("image/height")), int(n("image/width")), b("image/format"), b("reference/id"), int(n("distortion/type")),
-            str(row.get("official") or "")]
+            str(row.get("official") or ""), b("distortion/name"), int(n("distortion/level"))]
 
 
 def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple[int, Mapping]],
