@@ -13,6 +13,7 @@ Crops are gathered with integer indices (no interpolation), so graph and eager p
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -75,8 +76,9 @@ def image_crops(image, crop_size: int, test_crops: int, crop_policy: str):
     return tf.cast(x, tf.float32)
 
 
+@functools.lru_cache(maxsize=32)
 def crop_function(crop_size: int, test_crops: int, crop_policy: str):
-    """A `tf.function` (fixed signature, no retracing) mapping a uint8 [H, W, 3] image to its crops."""
+    """A `tf.function` (fixed signature, traced once per argument set, cached) mapping a uint8 [H, W, 3] image to its crops."""
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], reduce_retracing=True)

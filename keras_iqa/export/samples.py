@@ -1,8 +1,8 @@
 """Images for int8 calibration and parity checks when no dataset is at hand, and the calibration source chain.
 
-`calibration_crops(model, data_dir)` draws, in this order: crops of the model's training records (`data_pipeline.input.
-RecordReader`, when `data_dir` is given), crops of the embedded pristine photos (`data_pipeline.pristine.embedded()`), else
-`synthetic_images` (deterministic, seeded): smooth random scenes with edges, degraded by blur, noise, contrast and
+`calibration_crops(model, data_dir)` draws crops of the model's training records (`data_pipeline.input.RecordReader`) when
+`data_dir` is given; otherwise grid crops of the embedded pristine photos (`data_pipeline.pristine.embedded()`, when
+available) together with `synthetic_images` (deterministic, seeded): smooth random scenes with edges, degraded by blur, noise, contrast and
 blockiness at random strengths so that quality varies across the set (a parity SROCC needs a spread of scores).
 """
 
@@ -85,12 +85,14 @@ def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: 
     images, source = [], "synthetic"
     try:
         images = _embedded_images(n)
-        source = "pristine"
-    except Exception as e:  # module not there yet, or no photos: fall back
+    except Exception as e:  # module not there, or no photos: synthetic only
         logger.info("embedded pristine photos unavailable (%s); using synthetic calibration images", e)
-    if not images:
-        images, source = synthetic_images(n, seed=seed), "synthetic"
-    fn = crop_function(c, 4, "grid")
+    if images:
+        # pristine photos alone lack degraded content a quality model meets: add as many synthetic degraded scenes
+        source = f"pristine ({len(images)} photos) + synthetic"
+    images = images + synthetic_images(max(8, n // 2), seed=seed)
+    per_image = max(4, int(np.ceil(n / len(images))))
+    fn = crop_function(c, per_image, "grid")
     crops = np.concatenate([np.asarray(fn(im)) for im in images])
     rng = np.random.default_rng(seed)
     return crops[rng.permutation(len(crops))[:n]].astype(np.float32), source

@@ -1,0 +1,312 @@
+"""Deployment (issue #9): SavedModel signatures in a fresh process with TF Serving REST-shaped requests, saved_model_cli,
+TFLite variants in the ai-edge-litert interpreter with their parity targets, for a tiny test model and each model family."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_iqa.layers.preprocessing import ImageNetNormalization
+from keras_iqa.models.base import IQAModel
+
+FAMILIES = ("reqa-tiny", "metaiqa-tiny", "hcl-tiny")
+VENV_BIN = Path(sys.executable).parent
+
+
+@keras.saving.register_keras_serializable(package="keras_iqa_test_export")
+class TinyIQA(IQAModel):
+    """conv + GAP + dense, scores around the middle of 0..100."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.norm = ImageNetNormalization()
+        self.conv = keras.layers.Conv2D(8, 3, strides=2, activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(1)
+
+    def call(self, x, training=False):
+        return self.head(self.pool(self.conv(self.norm(x))))[:, 0] * 10.0 + 50.0
+
+
+def tiny(policy="random", crops=5, size=32):
+    m = TinyIQA(crop_size=size, test_crops=crops, crop_policy=policy)
+    m(np.zeros((1, size, size, 3), "float32"))
+    return m
+
+
+def encode(arr, fmt, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def sample_images():
+    from keras_iqa.export.samples import synthetic_images
+
+    imgs = synthetic_images(4, size=(48, 70), seed=7)
+    imgs.append(np.asarray(Image.fromarray(imgs[0]).resize((20, 24))))  # smaller than the crop: upsampled
+    return imgs
+
+
+def expected_scores(model, images):
+    """What the Keras model says per image: mean over the served crops of the Pillow-decoded pixels."""
+    from keras_iqa.export.crops import crop_function
+
+    served = "resize" if model.crop_policy == "resize" else "grid"
+    fn = crop_function(model.crop_size, model.test_crops, served)
+    return np.array([float(np.mean(np.asarray(model.score(fn(im))))) for im in images])
+
+
+def decoded(data):
+    from data_pipeline.images import load_image
+
+    return load_image(data)
+
+
+# ---------------------------------------------------------------------------------------------------------- crops
+def test_grid_layout_and_crops_are_deterministic_and_exact():
+    import tensorflow as tf
+
+    from keras_iqa.export.crops import crop_function, grid_layout
+
+    assert grid_layout(25)[:2] == (5, 5)
+    rows, cols, cells = grid_layout(10)
+    assert (rows, cols) == (3, 4) and len(cells) == 10 and cells[0] == 0 and cells[-1] == 11
+    img = np.arange(40 * 50 * 3, dtype=np.int64).reshape(40, 50, 3) % 251
+    img = img.astype(np.uint8)
+    crops = np.asarray(crop_function(16, 4, "grid")(tf.constant(img)))
+    assert crops.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(crops[0], img[:16, :16])  # top-left
+    np.testing.assert_array_equal(crops[-1], img[-16:, -16:])  # bottom-right
+    np.testing.assert_array_equal(crops, np.asarray(crop_function(16, 4, "random")(tf.constant(img))))  # random -> grid
+    small = np.asarray(crop_function(32, 4, "grid")(tf.constant(img[:20, :30])))
+    assert small.shape == (4, 32, 32, 3)  # short side upsampled to the crop
+    assert np.asarray(crop_function(16, 9, "resize")(tf.constant(img))).shape == (1, 16, 16, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- SavedModel
+REST_CLIENT = r"""
+import base64, json, sys
+import numpy as np
+import tensorflow as tf
+cases = json.load(open(sys.argv[1]))
+out = {}
+for case in cases:
+    loaded = tf.saved_model.load(case["path"])
+    sig = loaded.signatures["serving_default"]
+    request = json.loads(case["request"])  # TF Serving REST body: {"instances": [{"b64": ...}, ...]}
+    images = tf.constant([base64.b64decode(inst["b64"]) for inst in request["instances"]])
+    res = sig(images=images)
+    entry = {"score": res["score"].numpy().tolist(), "score_normalized": res["score_normalized"].numpy().tolist()}
+    try:
+        sig(images=tf.constant([base64.b64decode(i["b64"]) for i in json.loads(case["bad_request"])["instances"]]))
+        entry["bad_error"] = None
+    except tf.errors.InvalidArgumentError as e:
+        entry["bad_error"] = e.message
+    pix = np.array(case["pixels"], np.uint8)
+    entry["image_tensor"] = loaded.signatures["image_tensor"](images=tf.constant(pix[None]))["score"].numpy().tolist()
+    out[case["name"]] = entry
+print("RESULT" + json.dumps(out))
+"""
+
+
+def export_and_request_cases(models, tmp_path):
+    """Exports each model; returns (cases for the fresh process, expected per model name)."""
+    from keras_iqa.export.savedmodel import export_savedmodel
+
+    images = sample_images()
+    jpeg = [encode(im, "JPEG", quality=90) for im in images[:3]]
+    png = [encode(im, "PNG") for im in images[3:]]
+    blobs = jpeg + png
+    pixels = [decoded(b) for b in blobs]
+    bad = [png[0], b"this is not an image", png[0][: len(png[0]) // 2]]
+    cases, expected = [], {}
+    for name, model in models.items():
+        path = export_savedmodel(model, tmp_path / "saved_models" / name)
+        assert path == tmp_path / "saved_models" / name / "1"
+        cases.append({
+            "name": name, "path": str(path),
+            "request": json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in blobs]}),
+            "bad_request": json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in bad]}),
+            "pixels": pixels[0].tolist(),
+        })
+        expected[name] = expected_scores(model, pixels)
+    return cases, expected
+
+
+def run_fresh_process(cases, tmp_path):
+    spec = tmp_path / "cases.json"
+    spec.write_text(json.dumps(cases))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", REST_CLIENT, str(spec)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+def check_serving(models, results, expected):
+    for name, model in models.items():
+        got = results[name]
+        lo, hi = model.score_range
+        tol = 1e-4 * (hi - lo)
+        np.testing.assert_allclose(got["score"], expected[name], atol=tol, err_msg=name)
+        norm = np.clip((expected[name] - lo) / (hi - lo), 0, 1)
+        np.testing.assert_allclose(got["score_normalized"], norm if model.higher_better else 1 - norm, atol=1e-4)
+        np.testing.assert_allclose(got["image_tensor"], expected[name][:1], atol=tol)
+        err = got["bad_error"]
+        assert err is not None, f"{name}: bad bytes were accepted"
+        assert "input index" in err and "[1]" in err and "[1 2]" in err, err  # garbage at 1, truncated PNG at 2
+
+
+def test_savedmodel_rest_request_in_fresh_process_and_cli_show(tmp_path):
+    model = tiny()
+    cases, expected = export_and_request_cases({"tiny": model}, tmp_path)
+    check_serving({"tiny": model}, run_fresh_process(cases, tmp_path), expected)
+
+    root = tmp_path / "saved_models" / "tiny"
+    assert 'name: "tiny"' in (root / "models.config").read_text()
+    assert "max_batch_size { value: 32 }" in (root / "batching_parameters.txt").read_text()
+    contract = json.loads((root / "1" / "assets.extra" / "keras_iqa.json").read_text())
+    assert contract["served_crop_policy"] == "grid" and contract["crop_policy"] == "random" and contract["served_crops"] == 5
+
+    show = subprocess.run([str(VENV_BIN / "saved_model_cli"), "show", "--dir", str(root / "1"), "--all"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert show.returncode == 0, show.stderr[-2000:]
+    for sig in ("serving_default", "image_tensor", "predict_crops"):
+        assert f"signature_def['{sig}']" in show.stdout
+    assert "DT_STRING" in show.stdout and "DT_UINT8" in show.stdout
+
+    # versions: next free number, refusing to overwrite
+    from keras_iqa.export.savedmodel import export_savedmodel
+
+    assert export_savedmodel(model, root).name == "2"
+    with pytest.raises(ValueError, match="already exists"):
+        export_savedmodel(model, root, version=1)
+
+
+def test_predict_crops_signature_matches_keras(tmp_path):
+    import tensorflow as tf
+
+    from keras_iqa.export.savedmodel import export_savedmodel
+
+    model = tiny(policy="grid", crops=4)
+    path = export_savedmodel(model, tmp_path / "m", version=3)
+    crops = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    got = tf.saved_model.load(str(path)).signatures["predict_crops"](crops=tf.constant(crops))
+    np.testing.assert_allclose(got["score"].numpy(), np.asarray(model.score(crops)), atol=1e-4)
+    assert got["score"].shape == (6,)
+
+
+# -------------------------------------------------------------------------------------------------------- TFLite
+def check_tflite(model, out, variants=("none", "fp16", "dynamic", "int8")):
+    from keras_iqa.export.tflite import export_tflite, op_names
+
+    res = export_tflite(model, out, quantize=variants)
+    report = res["parity"]
+    assert set(report["variants"]) == set(variants)
+    for q, path in res["files"].items():
+        ops = op_names(Path(path).read_bytes())
+        assert not [o for o in ops if o.startswith("Flex") or o == "CUSTOM"], (q, ops)
+        side = json.loads(Path(path).with_suffix(".json").read_text())
+        assert side["tflite_input"]["shape"] == [1, model.crop_size, model.crop_size, 3]
+        assert side["score_range"] == list(model.score_range) and side["quantize"] == q
+        v = report["variants"][q]
+        assert v["pass"], (model.name, q, v)
+    assert json.loads((Path(out) / "parity.json").read_text())["pass"]
+    return report
+
+
+def test_tflite_fp32_fp16_parity_and_cli_errors(tmp_path, capsys):
+    from keras_iqa.cli import main
+
+    rep = check_tflite(tiny(), tmp_path / "tfl", variants=("none", "fp16"))
+    assert rep["variants"]["none"]["max_abs_diff_rel"] <= 1e-4
+    # a single-file --out needs a single variant
+    from keras_iqa.export.tflite import export_tflite
+
+    with pytest.raises(ValueError, match="names one file"):
+        export_tflite(tiny(), tmp_path / "x.tflite", quantize=["none", "fp16"], parity=False)
+    assert main(["export", str(tmp_path / "missing.keras"), "--format", "tflite", "--out", str(tmp_path / "o")]) == 2
+    assert "no such .keras file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- each model family
+def fit_briefly(model, steps=25, batch=16, seed=0):
+    """A few regression steps on synthetic degraded crops (target: the synthetic quality), so that the tiny model's scores
+    vary with image content as a trained model's do. Random weights give scores whose spread across images is within
+    int8 rounding noise (e.g. 0.01 on a 0..1 scale), where an int8 SROCC measures noise, not fidelity."""
+    import tensorflow as tf
+
+    from keras_iqa.export.crops import crop_function
+    from keras_iqa.export.samples import synthetic_images
+
+    rng = np.random.default_rng(seed)
+    c = model.crop_size
+    images = synthetic_images(64, size=(max(96, c + 16), max(128, c + 32)), seed=seed + 100)
+    crops = np.stack([np.asarray(crop_function(c, 1, "grid")(im))[0] for im in images])
+    # quality proxy: local contrast (high-pass energy) mapped onto the score range
+    hp = np.abs(np.diff(crops.mean(-1), axis=1)).mean(axis=(1, 2))
+    lo, hi = model.score_range
+    target = (lo + (hi - lo) * (0.2 + 0.6 * (hp - hp.min()) / (np.ptp(hp) + 1e-6))).astype("float32")
+    opt = keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(tf.reshape(model.score(x), [-1]) - y))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
+        return loss
+
+    for _ in range(steps):
+        idx = rng.choice(len(crops), batch, replace=False)
+        step(tf.constant(crops[idx]), tf.constant(target[idx]))
+    return model
+
+
+def family_models():
+    import keras_iqa
+
+    available = [n for n in FAMILIES if n in keras_iqa.list_models()]
+    models = {}
+    for name in available:
+        keras.utils.set_random_seed(0)
+        m = keras_iqa.create_model(name)
+        m(np.zeros((1, m.crop_size, m.crop_size, 3), "float32"))
+        models[name] = fit_briefly(m)
+    return models
+
+
+def test_families_savedmodel_and_tflite(tmp_path):
+    import keras_iqa
+
+    models = family_models()
+    missing = [n for n in FAMILIES if n not in keras_iqa.list_models()]
+    if not models:
+        pytest.skip(f"no model family registered yet ({missing})")
+    cases, expected = export_and_request_cases(models, tmp_path)
+    check_serving(models, run_fresh_process(cases, tmp_path), expected)
+    for name, model in models.items():
+        check_tflite(model, tmp_path / "tflite" / name)
+    if missing:
+        pytest.xfail(f"families not registered yet: {missing}")  # the others passed above
+
+
+def test_export_cli_savedmodel_from_run_dir(tmp_path, capsys):
+    from keras_iqa.cli import main
+    from keras_iqa.training.runner import RunDir
+
+    run = RunDir.create(tmp_path / "run", config={"model": "tiny"})
+    run.save_final(tiny())
+    rc = main(["export", str(run.path), "--format", "savedmodel", "--out", str(tmp_path / "sm" / "tiny"), "--version", "7"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "sm" / "tiny" / "7" / "saved_model.pb").is_file()
+    assert "tensorflow_model_server" in capsys.readouterr().out
