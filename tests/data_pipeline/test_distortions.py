@@ -122,6 +122,20 @@ def test_parameter_semantics(textured):
         D.distort(x, 14, 1, noise="poisson")
 
 
+def test_fast_paths_match_the_reference_operations(small):
+    """Closed-form HSV saturation == rgb2hsv/hsv2rgb; FFT filtering == ndimage.correlate with replicate border."""
+    from scipy import ndimage
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    x = small / 255.0
+    for f in D.LEVELS[7] + (1.7,):
+        hsv = rgb2hsv(x)
+        hsv[..., 1] = np.clip(hsv[..., 1] * f, 0, 1)
+        np.testing.assert_allclose(D.saturation_hsv(x, f), hsv2rgb(hsv), atol=1e-12)
+    for k in (D._disk_kernel(8), D._motion_kernel(10, 33.0)):
+        np.testing.assert_allclose(D._filter_rgb(x, k), ndimage.correlate(x, k[:, :, None], mode="nearest"), atol=1e-12)
+
+
 def test_bad_inputs_are_clear(small):
     with pytest.raises(ValueError, match="level"):
         D.distort(small, 1, 6)
