@@ -10,13 +10,14 @@
 
         f(x) = (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2
 
-  fitted by least squares (`scipy.optimize.curve_fit`) from several data-driven starting points; when every start fails a
+  fitted by least squares (variable projection: grid + Nelder-Mead over the two nonlinear parameters, the others solved
+  exactly; see `fit_logistic`); when the fit is not finite a
   `LogisticFitWarning` is issued and the mapping falls back to the least-squares LINEAR map (so PLCC after "mapping" equals raw PLCC);
 - `plcc_logistic`, `rmse` (after mapping by default), `mae` (raw by default: |pred - MOS| as in REQA's Fig. 7);
 - `evaluate_predictions(pred, mos) -> dict` with all of the above;
 - Keras metrics `SROCC()` and `PLCC()` that accumulate every prediction of an epoch (not a mean of per-batch values).
 
-Inputs must be finite, of equal length, with at least 2 samples (3 for correlations... see `MIN_SAMPLES`) and not constant;
+Inputs must be finite, of equal length, with at least `MIN_SAMPLES` = 3 samples (6 for the logistic fits) and not constant;
 violations raise `MetricInputError` (a `ValueError`) naming the problem and the offending index.
 """
 
@@ -133,54 +134,73 @@ class LogisticFit:
         return f"LogisticFit(n_params={self.n_params}, params={self.params}, ok={self.ok})"
 
 
-def fit_logistic(pred, mos, params: int = 5, maxfev: int = 20000) -> LogisticFit:
+def _vp_sse(z, m, params, u, v):
+    """Variable projection: for nonlinear parameters (u, v) [arrays of K candidates], the logistic is LINEAR in the remaining
+    ones; solves them by least squares for all K candidates at once. Returns (sse [K], coefficients [K, c])."""
+    u, v = np.atleast_1d(u)[:, None], np.atleast_1d(v)[:, None]
+    with np.errstate(over="ignore"):
+        if params == 5:  # g = 0.5 - 1 / (1 + exp(u (z - v))); f = b1 g + b4 z + b5
+            g = 0.5 - 1.0 / (1.0 + np.exp(np.clip(u * (z[None] - v), -500, 500)))
+            X = np.stack([g, np.broadcast_to(z, g.shape), np.ones_like(g)], -1)
+        else:  # g = 1 / (1 + exp(-(z - v) / u)); f = (b1 - b2) g + b2
+            g = 1.0 / (1.0 + np.exp(np.clip(-(z[None] - v) / u, -500, 500)))
+            X = np.stack([g, np.ones_like(g)], -1)
+    A = np.einsum("knc,knd->kcd", X, X) + 1e-9 * np.eye(X.shape[-1])
+    coef = np.linalg.solve(A, np.einsum("knc,n->kc", X, m)[..., None])[..., 0]
+    resid = m[None] - np.einsum("knc,kc->kn", X, coef)
+    return np.sum(resid ** 2, axis=1), coef
+
+
+def fit_logistic(pred, mos, params: int = 5, grid: int = 40) -> LogisticFit:
     """Least-squares fit of the `params`-parameter VQEG logistic mapping pred -> mos.
 
-    The fit runs on standardised predictions z = (pred - mean) / std (well conditioned whatever the model's scale) from several
-    starting points (slope sign from the data's correlation, three steepnesses); the lowest residual wins and the parameters
-    are converted back to the original pred scale. If all starts fail, issues `LogisticFitWarning` and returns the linear
-    least-squares map (`ok=False`).
+    Works on standardised predictions z = (pred - mean) / std, so any model scale is well conditioned. The logistic is linear
+    in all parameters but two (steepness/scale u and centre v): a `grid` x `grid` search over (u, v) with the linear ones solved
+    exactly (variable projection; no starting-point guesswork), then a Nelder-Mead refinement of (log u, v). Bounds keep the
+    mapping a mapping rather than an interpolation of a few points: the transition width >= 0.05 std of the predictions, the
+    centre within +-4 std. Parameters are returned on the original pred scale. If the fit is not finite, issues
+    `LogisticFitWarning` and returns the linear least-squares map (`ok=False`).
     """
     from scipy import optimize
 
     if params not in (4, 5):
         raise ValueError(f"params must be 4 or 5 (the VQEG logistic functions), got {params!r}")
-    p, m = _as_arrays(pred, mos, f"fit_logistic({params})", min_samples=params + 1 if params else 2)
+    p, m = _as_arrays(pred, mos, f"fit_logistic({params})", min_samples=params + 1)
     mu, sd = p.mean(), p.std()
     z = (p - mu) / sd
-    sign = 1.0 if _pearson(p, m) >= 0 else -1.0
-    lo, hi, span = m.min(), m.max(), np.ptp(m)
-    best, best_sse, errors = None, np.inf, []
-    for steep in (1.0, 3.0, 0.3):
-        if params == 5:
-            # b1 spans the MOS range with the correlation's sign, b2 steepness, b3 centre, small linear term, b5 offset.
-            p0 = [sign * span, steep, 0.0, 0.0, m.mean()]
-            fn = logistic5
-        else:
-            p0 = [hi, lo, 0.0, 1.0 / steep] if sign > 0 else [lo, hi, 0.0, 1.0 / steep]
-            fn = logistic4
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                popt, _ = optimize.curve_fit(fn, z, m, p0=p0, maxfev=maxfev)
-            resid = m - fn(z, *popt)
-            sse = float(np.dot(resid, resid))
-            if np.all(np.isfinite(popt)) and np.isfinite(sse) and sse < best_sse:
-                best, best_sse = popt, sse
-        except (RuntimeError, ValueError, optimize.OptimizeWarning) as e:  # no convergence / bad values
-            errors.append(str(e))
-    if best is None:
+    log_lo, log_hi, v_lim = np.log(0.05), np.log(20.0), 4.0
+    lu, vv = np.meshgrid(np.linspace(log_lo, log_hi, grid), np.linspace(-v_lim, v_lim, grid))
+    # grid on at most 400 points (every k-th in pred order: the shape of the relation is kept), refinement on all of them
+    sub = np.argsort(z)[:: max(1, z.size // 400)]
+    sse, _ = _vp_sse(z[sub], m[sub], params, np.exp(lu.ravel()), vv.ravel())
+    ok = np.isfinite(sse).any()
+    if ok:
+        k = int(np.nanargmin(np.where(np.isfinite(sse), sse, np.nan)))
+        x0 = np.array([lu.ravel()[k], vv.ravel()[k]])
+
+        def obj(x):
+            x = np.clip(x, [log_lo, -v_lim], [log_hi, v_lim])
+            return float(_vp_sse(z, m, params, np.exp(x[0]), x[1])[0][0])
+
+        with np.errstate(all="ignore"):
+            sol = optimize.minimize(obj, x0, method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 2000})
+        x = np.clip(sol.x if np.isfinite(sol.fun) and sol.fun <= sse[k] else x0, [log_lo, -v_lim], [log_hi, v_lim])
+        fsse, coef = _vp_sse(z, m, params, np.exp(x[0]), x[1])
+        coef = coef[0]
+        ok = bool(np.isfinite(fsse[0]) and np.all(np.isfinite(coef)))
+    if not ok:
         a, b = np.polyfit(p, m, 1)
-        msg = (f"the {params}-parameter logistic mapping did not converge ({'; '.join(errors[:1])}); "
+        msg = (f"the {params}-parameter logistic mapping could not be fitted (non-finite residuals); "
                "using the linear least-squares map instead (PLCC after mapping = raw PLCC)")
         warnings.warn(msg, LogisticFitWarning, stacklevel=2)
         return LogisticFit(params, [a, b], ok=False, message=msg)
-    if params == 5:
-        b1, b2, b3, b4, b5 = best
-        orig = [b1, b2 / sd, mu + sd * b3, b4 / sd, b5 - b4 * mu / sd]
-    else:
-        b1, b2, b3, b4 = best
-        orig = [b1, b2, mu + sd * b3, sd * abs(b4)]
+    u, v = float(np.exp(x[0])), float(x[1])
+    if params == 5:  # f = b1 g(u (z - v)) + b4 z + b5 with z = (x - mu) / sd
+        b1, b4z, b5z = coef
+        orig = [b1, u / sd, mu + sd * v, b4z / sd, b5z - b4z * mu / sd]
+    else:  # f = a g((z - v) / u) + c  ->  b1 = a + c, b2 = c
+        a, c = coef
+        orig = [a + c, c, mu + sd * v, sd * u]
     return LogisticFit(params, orig, ok=True)
 
 

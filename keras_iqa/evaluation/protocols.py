@@ -1,0 +1,484 @@
+"""Evaluation protocols of the NR-IQA field, each one call (and one `keras-iqa evaluate --protocol` value).
+
+A *source* is what produces predictions: a run directory (holding `model.keras` and `config.json`, see
+`keras_iqa.training.runner.RunDir`), a `.keras` file, an `IQAModel` instance, or a table of predictions (`pandas.DataFrame` or a
+CSV with columns image_id, pred). Protocols never train: a protocol that retrains per split takes one source per split.
+
+- `evaluate_splits(sources, data_dir, splits=None)`: N random splits. Source i is evaluated on the *test* subset of its split
+  (the split named by its run's `config.json` key `split`, else `splits[i]`, else `split_{i:02d}`); summary = median and
+  mean +- std over splits (REQA reports the median, MetaIQA the mean). One source with several `splits` evaluates that one model
+  on each split's test subset (valid only for a model never trained on this dataset: a warning says so otherwise).
+- `evaluate_official(source, data_dir)`: the `official` column's test subset.
+- `evaluate_cross(source, data_dirs)`: train on A (the source), test on ALL images of each B.
+- `evaluate_lodo(sources, data_dir, held_out=None)`: leave-one-distortion-out; source i was trained without distortion type
+  `held_out[i]` (or its config's `held_out_distortion`) and is tested on every image of that type.
+
+Every protocol checks split hygiene (no image id in both train and test; for synthetic sets no reference image in both) and
+returns a `ProtocolResult(results: dict, predictions: DataFrame)`; `keras_iqa.evaluation.reports.write_report` writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from keras_iqa import metrics as M
+from keras_iqa.evaluation.fine_grained import fine_grained_report
+
+__all__ = [
+    "ProtocolResult", "load_dataset_info", "read_splits", "split_ids", "check_split_hygiene", "read_metadata", "load_source",
+    "evaluate_splits", "evaluate_official", "evaluate_cross", "evaluate_lodo", "per_distortion", "summarize", "SUMMARY_METRICS",
+]
+
+SUMMARY_METRICS = ("srocc", "plcc", "krocc", "plcc_logistic4", "plcc_logistic5", "rmse", "mae")
+
+
+@dataclasses.dataclass
+class ProtocolResult:
+    """`results`: JSON-ready dict (protocol, dataset, rows, summary, fine_grained, ...); `predictions`: every evaluated
+    (image_id, target, pred, row) with `row` naming the split / dataset / held-out type."""
+
+    results: dict
+    predictions: Any
+
+
+# --------------------------------------------------------------------------------------------------------- datasets
+def load_dataset_info(data_dir) -> dict:
+    """manifest.json of a prepared dataset (name, kind, score_range, higher_better, ...), with a clear error if missing."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {data_dir} is not a prepared dataset (run `keras-iqa prepare` first)")
+    with open(path, encoding="utf-8") as f:
+        man = json.load(f)
+    for key in ("score_range", "higher_better"):
+        if key not in man:
+            raise ValueError(f"{path}: key {key!r} missing; re-run `keras-iqa prepare` to rewrite the manifest")
+    man.setdefault("dataset", Path(data_dir).name)
+    man.setdefault("kind", "authentic")
+    return man
+
+
+def read_splits(data_dir):
+    """splits.csv as a DataFrame (image_id as str), validated: unique ids, values train|test|validation."""
+    import pandas as pd
+
+    path = Path(data_dir) / "splits.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; prepared datasets hold splits.csv (re-run `keras-iqa prepare`)")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "image_id" not in df.columns:
+        raise ValueError(f"{path}: no 'image_id' column (columns: {list(df.columns)})")
+    dup = df.image_id[df.image_id.duplicated()]
+    if len(dup):
+        raise ValueError(f"{path}: image_id {dup.iloc[0]!r} appears more than once (row {dup.index[0] + 2}); "
+                         "an image can be in only one subset per split")
+    for col in df.columns[1:]:
+        bad = ~df[col].isin(["train", "test", "validation"])
+        if bad.any():
+            i = int(np.flatnonzero(bad.values)[0])
+            raise ValueError(f"{path}: column {col!r} row {i + 2} has {df[col].iloc[i]!r}; expected train, test or validation")
+    return df
+
+
+def split_columns(splits) -> list:
+    return [c for c in splits.columns if c.startswith("split_")]
+
+
+def split_ids(splits, column: str, data_dir="") -> tuple:
+    """(train ids, test ids) of one split column."""
+    if column not in splits.columns:
+        raise ValueError(f"{Path(data_dir) / 'splits.csv'}: no column {column!r}; available: {list(splits.columns[1:])}")
+    return (set(splits.image_id[splits[column] == "train"]), set(splits.image_id[splits[column] == "test"]))
+
+
+def check_split_hygiene(splits, column: str, metadata=None, data_dir="") -> None:
+    """Raises ValueError when an image id, or (synthetic sets, `metadata` with reference_id) a reference, is in train and test."""
+    train, test = split_ids(splits, column, data_dir)
+    both = train & test
+    if both:
+        raise ValueError(f"split {column!r}: {len(both)} image id(s) in both train and test, e.g. {sorted(both)[0]!r}")
+    if metadata is not None and "reference_id" in metadata and (metadata.reference_id != "").any():
+        ref = dict(zip(metadata.image_id, metadata.reference_id))
+        tr = {ref.get(i, "") for i in train} - {""}
+        te = {ref.get(i, "") for i in test} - {""}
+        shared = tr & te
+        if shared:
+            raise ValueError(f"{Path(data_dir) / 'splits.csv'} column {column!r}: reference image(s) {sorted(shared)[:3]} have "
+                             "distorted versions in both train and test (content leak); synthetic sets must be split by reference "
+                             "(re-create the splits with `keras-iqa prepare`)")
+
+
+def read_metadata(data_dir):
+    """image_id, mos, distortion_type / name / level, reference_id of every record (images are not decoded)."""
+    import pandas as pd
+    import tensorflow as tf
+
+    man = load_dataset_info(data_dir)
+    files = [str(Path(data_dir) / s["file"]) for s in man.get("shards", [])] or sorted(
+        str(p) for p in Path(data_dir).glob("*.tfrecord"))
+    if not files:
+        raise FileNotFoundError(f"{data_dir}: no TFRecord shards listed in manifest.json or present")
+    spec = {
+        "image/id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        "score/mos": tf.io.FixedLenFeature([], tf.float32, default_value=np.nan),
+        "distortion/type": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        "distortion/name": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        "distortion/level": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        "reference/id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    }
+    ds = tf.data.TFRecordDataset(files).batch(1024).map(lambda s: tf.io.parse_example(s, spec)).ignore_errors()
+    cols = {k: [] for k in spec}
+    for batch in ds:
+        for k in spec:
+            cols[k].append(batch[k].numpy())
+    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
+
+    def dec(a):
+        return [x.decode("utf-8") for x in a]
+
+    return pd.DataFrame({
+        "image_id": dec(cat["image/id"]), "mos": cat["score/mos"].astype(np.float64),
+        "distortion_type": cat["distortion/type"].astype(np.int64), "distortion_name": dec(cat["distortion/name"]),
+        "distortion_level": cat["distortion/level"].astype(np.int64), "reference_id": dec(cat["reference/id"]),
+    })
+
+
+# ---------------------------------------------------------------------------------------------------------- sources
+@dataclasses.dataclass
+class Source:
+    """A loaded source: `model` (IQAModel) or `table` (DataFrame image_id, pred[, target]), plus its name and run config."""
+
+    name: str
+    model: Any = None
+    table: Any = None
+    config: dict = dataclasses.field(default_factory=dict)
+    path: Optional[str] = None
+
+    @property
+    def score_range(self):
+        return tuple(getattr(self.model, "score_range", ())) or None
+
+    @property
+    def higher_better(self):
+        return getattr(self.model, "higher_better", None)
+
+
+def load_source(src: Union[str, os.PathLike, Any]) -> Source:
+    """Run dir | .keras file | prediction CSV | IQAModel | DataFrame -> `Source`."""
+    import pandas as pd
+
+    if isinstance(src, Source):
+        return src
+    if isinstance(src, pd.DataFrame):
+        _check_table(src, "prediction table")
+        return Source(name="predictions", table=src.assign(image_id=src.image_id.astype(str)))
+    if not isinstance(src, (str, os.PathLike)):
+        return Source(name=getattr(src, "name", "model"), model=src)
+    path = Path(src)
+    if path.is_dir():
+        model_file = path / "model.keras"
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{path} is not a run directory: no model.keras (train first, or pass the .keras file)")
+        cfg = {}
+        if (path / "config.json").is_file():
+            with open(path / "config.json", encoding="utf-8") as f:
+                cfg = json.load(f)
+        return Source(name=path.name, model=_load_keras(model_file), config=cfg, path=str(path))
+    if path.suffix == ".keras":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        return Source(name=path.stem, model=_load_keras(path), path=str(path))
+    if path.suffix == ".csv":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        df = pd.read_csv(path, dtype={"image_id": str})
+        _check_table(df, str(path))
+        return Source(name=path.stem, table=df, path=str(path))
+    raise ValueError(f"{src}: expected a run directory (with model.keras), a .keras file or a predictions .csv")
+
+
+def pd_frame(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _check_table(df, what):
+    missing = {"image_id", "pred"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{what}: columns {sorted(missing)} missing (need image_id, pred; got {list(df.columns)})")
+
+
+def _load_keras(path):
+    import keras
+
+    from keras_iqa import registry
+
+    registry.list_models()  # imports the model families so their classes are registered for deserialisation
+    import keras_iqa.metrics  # noqa: F401
+    return keras.saving.load_model(path, compile=False)
+
+
+def _find_key(cfg, key):
+    """First value of `key` anywhere in a nested config dict."""
+    if isinstance(cfg, dict):
+        if key in cfg and cfg[key] not in (None, ""):
+            return cfg[key]
+        for v in cfg.values():
+            r = _find_key(v, key)
+            if r is not None:
+                return r
+    return None
+
+
+def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[str], ids: Optional[set], predict_kw: dict):
+    """DataFrame(image_id, target, pred) of `source` on the images of (split, subset), restricted to `ids` if given."""
+    if source.table is not None:
+        df = source.table
+        if ids is None:  # a table may hold several datasets' predictions: keep this dataset's images
+            known = (set(read_splits(data_dir).image_id) if (Path(data_dir) / "splits.csv").is_file()
+                     else set(read_metadata(data_dir).image_id))
+            df = df[df.image_id.isin(known)]
+        if "target" not in df.columns:
+            meta = read_metadata(data_dir)
+            df = df.merge(meta[["image_id", "mos"]].rename(columns={"mos": "target"}), on="image_id", how="inner")
+        if ids is not None:
+            df = df[df.image_id.isin(ids)]
+        if ids is not None and len(df) < len(ids):
+            raise ValueError(f"{source.name}: predictions missing for {len(ids) - len(df)} of the {len(ids)} test images "
+                             f"(e.g. {sorted(set(ids) - set(df.image_id))[0]!r})")
+        return df[["image_id", "target", "pred"]].reset_index(drop=True)
+    from data_pipeline.input import RecordReader  # written by the data-pipeline issue (docs/CONTRACTS.md)
+
+    from keras_iqa.evaluation.predict import predict_reader
+
+    reader = RecordReader(str(data_dir), split=split or "split_00", subset=subset, target="mos")
+    df = predict_reader(source.model, reader, **predict_kw)
+    if ids is not None:
+        df = df[df.image_id.isin(ids)].reset_index(drop=True)
+    return df
+
+
+# ------------------------------------------------------------------------------------------------------------ scoring
+def _score(df, info: dict, source: Source, fine: bool, fine_kw: dict) -> tuple:
+    """Metrics (+ fine-grained report) of one prediction table against the dataset's MOS."""
+    pred, mos = df.pred.to_numpy(np.float64), df.target.to_numpy(np.float64)
+    flip = source.higher_better is not None and bool(source.higher_better) != bool(info["higher_better"])
+    row = M.evaluate_predictions(-pred if flip else pred, mos)
+    if flip:  # correlations are reported on the dataset's direction; raw errors across opposite scales mean nothing
+        row.update(rmse_raw=float("nan"), mae=float("nan"), note="model and dataset score directions differ: predictions "
+                   "negated for correlations; raw RMSE/MAE not defined")
+    fg = None
+    if fine:
+        fg = fine_grained_report(
+            pred, mos, mos_range=info["score_range"], mos_higher_better=info["higher_better"],
+            pred_range=source.score_range, pred_higher_better=bool(source.higher_better if source.higher_better is not None
+                                                                    else info["higher_better"]), **fine_kw)
+    return row, fg
+
+
+def summarize(rows: Sequence[dict], keys: Sequence[str] = SUMMARY_METRICS) -> dict:
+    """Median, mean, sample std (ddof=1), min, max over rows for each metric (non-finite values skipped)."""
+    out = {}
+    for k in keys:
+        v = np.array([r[k] for r in rows if k in r and r[k] is not None], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size:
+            out[k] = {"median": float(np.median(v)), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                      "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+    return out
+
+
+def _fine_summary(fgs: Sequence[dict]) -> Optional[dict]:
+    fgs = [f for f in fgs if f]
+    if not fgs:
+        return None
+    bins = []
+    for i, b in enumerate(fgs[0]["bins"]):
+        row = {"label": b["label"], "low": b["low"], "high": b["high"]}
+        for k in ("srocc", "plcc", "mae", "n"):
+            v = np.array([f["bins"][i][k] for f in fgs], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            row[k] = float(np.median(v)) if v.size else float("nan")
+        bins.append(row)
+    conf = np.sum([np.array(f["confusion"]["matrix"]) for f in fgs], axis=0)
+    hist = np.sum([np.array(f["error_histogram"]["counts"]) for f in fgs], axis=0)
+    return {"aggregate": "median over rows (per bin); confusion and histogram summed", "pred_mapping": fgs[0]["pred_mapping"],
+            "bins": bins, "confusion": {"labels": fgs[0]["confusion"]["labels"], "matrix": conf.tolist(),
+                                        "accuracy": float(np.trace(conf) / max(1, conf.sum()))},
+            "error_histogram": {"edges": fgs[0]["error_histogram"]["edges"], "counts": hist.tolist()},
+            "per_row": fgs}
+
+
+def _finish(protocol, info, data_dir, sources, rows, fgs, preds, extra=None) -> ProtocolResult:
+    import pandas as pd
+
+    results = {
+        "protocol": protocol, "dataset": info.get("dataset"), "data_dir": str(data_dir), "kind": info.get("kind"),
+        "score_range": list(info["score_range"]), "higher_better": bool(info["higher_better"]),
+        "sources": [{"name": s.name, "path": s.path} for s in sources],
+        "rows": rows, "summary": summarize(rows), "fine_grained": _fine_summary(fgs), **(extra or {}),
+    }
+    return ProtocolResult(results, pd.concat(preds, ignore_index=True) if preds else pd.DataFrame())
+
+
+def _as_sources(sources) -> list:
+    if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, (list, tuple)):
+        sources = [sources]
+    return [load_source(s) for s in sources]
+
+
+# ----------------------------------------------------------------------------------------------------------- protocols
+def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, fine: bool = True, fine_kw: Optional[dict] = None,
+                    **predict_kw) -> ProtocolResult:
+    """N random splits: source i on the test subset of its split; summary median and mean +- std over splits."""
+    srcs = _as_sources(sources)
+    info = load_dataset_info(data_dir)
+    table = read_splits(data_dir)
+    cols = split_columns(table)
+    if not cols:
+        raise ValueError(f"{Path(data_dir) / 'splits.csv'} has no split_XX columns")
+    meta = read_metadata(data_dir) if info.get("kind") in ("synthetic", "pair") else None
+    if len(srcs) == 1 and splits and len(splits) > 1:
+        trained = _find_key(srcs[0].config, "split")
+        if trained:
+            warnings.warn(f"{srcs[0].name} was trained on {trained!r}; evaluating it on other splits' test subsets includes its "
+                          "own training images (pass one run per split instead)", UserWarning, stacklevel=2)
+        pairs = [(srcs[0], c) for c in splits]
+    else:
+        if splits is not None and len(splits) != len(srcs):
+            raise ValueError(f"{len(srcs)} sources but {len(splits)} splits; give one split per source (or one source)")
+        pairs = []
+        for i, s in enumerate(srcs):
+            col = _find_key(s.config, "split") or (splits[i] if splits else f"split_{i:02d}")
+            pairs.append((s, str(col)))
+    seen = [c for _, c in pairs]
+    if len(set(seen)) < len(seen):
+        raise ValueError(f"several sources claim the same split ({seen}); each run must come from a different split")
+    rows, fgs, preds = [], [], []
+    for s, col in pairs:
+        if col not in cols:
+            raise ValueError(f"{s.name}: split {col!r} is not a column of {Path(data_dir) / 'splits.csv'} ({cols})")
+        check_split_hygiene(table, col, meta, data_dir)
+        _, test = split_ids(table, col, data_dir)
+        df = _predict(s, data_dir, col, "test", test, predict_kw)
+        if set(df.image_id) - test:
+            raise ValueError(f"{s.name}: reader returned images outside the test subset of {col}")
+        row, fg = _score(df, info, s, fine, fine_kw or {})
+        rows.append({"row": col, "source": s.name, **row})
+        fgs.append(fg)
+        preds.append(df.assign(row=col, source=s.name))
+    return _finish("splits", info, data_dir, srcs, rows, fgs, preds)
+
+
+def evaluate_official(source, data_dir, subset: str = "test", fine: bool = True, fine_kw: Optional[dict] = None,
+                      **predict_kw) -> ProtocolResult:
+    """The dataset's official split (splits.csv column `official`), evaluated on `subset` (test | validation)."""
+    (s,) = _as_sources(source)
+    info = load_dataset_info(data_dir)
+    table = read_splits(data_dir)
+    if "official" not in table.columns:
+        raise ValueError(f"{info.get('dataset')} has no official split (no 'official' column in "
+                         f"{Path(data_dir) / 'splits.csv'}); use --protocol splits")
+    ids = set(table.image_id[table.official == subset])
+    train = set(table.image_id[table.official == "train"])
+    if not ids:
+        raise ValueError(f"the official split of {info.get('dataset')} has no {subset!r} images")
+    assert not ids & train
+    df = _predict(s, data_dir, "official", subset, ids, predict_kw)
+    row, fg = _score(df, info, s, fine, fine_kw or {})
+    return _finish("official", info, data_dir, [s], [{"row": f"official/{subset}", "source": s.name, **row}], [fg],
+                   [df.assign(row=f"official/{subset}", source=s.name)])
+
+
+def evaluate_cross(source, data_dirs, fine: bool = True, fine_kw: Optional[dict] = None, **predict_kw) -> ProtocolResult:
+    """Cross-dataset: the source (trained on A) on ALL images of every dataset in `data_dirs`; one row per dataset."""
+    (s,) = _as_sources(source)
+    if isinstance(data_dirs, (str, os.PathLike)):
+        data_dirs = [data_dirs]
+    rows, fgs, preds, infos = [], [], [], []
+    trained_on = _find_key(s.config, "data")
+    for d in data_dirs:
+        info = load_dataset_info(d)
+        if trained_on and Path(str(trained_on)).resolve() == Path(d).resolve():
+            warnings.warn(f"{s.name} was trained on {d}; that is not a cross-dataset test", UserWarning, stacklevel=2)
+        df = _predict(s, d, None, None, None, predict_kw)
+        row, fg = _score(df, info, s, fine, fine_kw or {})
+        rows.append({"row": info["dataset"], "source": s.name, **row})
+        fgs.append(fg)
+        preds.append(df.assign(row=info["dataset"], source=s.name))
+        infos.append(info)
+    res = _finish("cross", infos[0], ",".join(map(str, data_dirs)), [s], rows, fgs, preds,
+                  extra={"datasets": [i["dataset"] for i in infos], "trained_on": trained_on})
+    if len(infos) > 1:
+        res.results["dataset"] = "+".join(i["dataset"] for i in infos)
+    return res
+
+
+def evaluate_lodo(sources, data_dir, held_out: Optional[Sequence] = None, split: Optional[str] = None, fine: bool = False,
+                  fine_kw: Optional[dict] = None, **predict_kw) -> ProtocolResult:
+    """Leave-one-distortion-out: source i (trained without type `held_out[i]`, or its config's `held_out_distortion`) is tested
+    on every image of that type (intersected with `split`'s test subset when given, to hold out content as well)."""
+    srcs = _as_sources(sources)
+    info = load_dataset_info(data_dir)
+    meta = read_metadata(data_dir)
+    if (meta.distortion_type < 0).all() and (meta.distortion_name == "").all():
+        raise ValueError(f"{data_dir}: records carry no distortion type; leave-one-distortion-out needs a synthetic dataset")
+    if held_out is not None and len(held_out) != len(srcs):
+        raise ValueError(f"{len(srcs)} sources but {len(held_out)} held-out types; give one type per source")
+    test_ids = None
+    if split:
+        table = read_splits(data_dir)
+        check_split_hygiene(table, split, meta, data_dir)
+        test_ids = split_ids(table, split, data_dir)[1]
+    rows, fgs, preds = [], [], []
+    for i, s in enumerate(srcs):
+        h = held_out[i] if held_out is not None else _find_key(s.config, "held_out_distortion")
+        if h is None:
+            raise ValueError(f"{s.name}: which distortion was held out? Its config.json has no 'held_out_distortion'; "
+                             "pass --held-out TYPE (one per run, in order)")
+        sel = (meta.distortion_name == str(h)) | (meta.distortion_type.astype(str) == str(h))
+        ids = set(meta.image_id[sel])
+        if test_ids is not None:
+            ids &= test_ids
+        if not ids:
+            types = sorted(set(meta.distortion_type.astype(str)) | set(meta.distortion_name) - {""})
+            raise ValueError(f"{s.name}: no image of distortion {h!r} in {data_dir}; known types/names: {types[:30]}")
+        df = _predict(s, data_dir, split, "test" if split else None, ids, predict_kw)
+        row, fg = _score(df, info, s, fine, fine_kw or {})
+        label = f"held_out={h}"
+        rows.append({"row": label, "source": s.name, **row})
+        fgs.append(fg)
+        preds.append(df.assign(row=label, source=s.name))
+    return _finish("lodo", info, data_dir, srcs, rows, fgs, preds, extra={"split": split})
+
+
+def per_distortion(predictions, data_dir=None, metadata=None) -> list:
+    """SROCC / PLCC per distortion type of a prediction table (synthetic sets): the usual per-type breakdown table.
+    With a `row` column (several splits), metrics are computed per row and the median over rows is reported."""
+    meta = read_metadata(data_dir) if metadata is None else metadata
+    if "row" in predictions.columns and predictions["row"].nunique() > 1:
+        per = [dict(r, row=k) for k, g in predictions.groupby("row") for r in per_distortion(g.drop(columns="row"), metadata=meta)]
+        t = pd_frame(per)
+        agg = t.groupby(["distortion_type", "distortion_name"]).agg(n=("n", "median"), srocc=("srocc", "median"),
+                                                                     plcc=("plcc", "median")).reset_index()
+        return [{"distortion_type": int(r.distortion_type), "distortion_name": r.distortion_name, "n": float(r.n),
+                 "srocc": float(r.srocc), "plcc": float(r.plcc)} for r in agg.itertuples()]
+    j = predictions.merge(meta[["image_id", "distortion_type", "distortion_name"]], on="image_id")
+    out = []
+    for (t, name), g in j.groupby(["distortion_type", "distortion_name"]):
+        r = {"distortion_type": int(t), "distortion_name": name, "n": int(len(g))}
+        for k, fn in (("srocc", M.srocc), ("plcc", M.plcc)):
+            try:
+                r[k] = fn(g.pred.values, g.target.values)
+            except M.MetricInputError:
+                r[k] = float("nan")
+        out.append(r)
+    return out
+

@@ -1,0 +1,318 @@
+"""keras_iqa.evaluation: protocols (split hygiene, summaries), fine-grained report, significance, gMAD, reports and the CLI."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from keras_iqa import metrics as M
+from keras_iqa.evaluation import fine_grained as FG
+from keras_iqa.evaluation import protocols as P
+from keras_iqa.evaluation import reports as R
+from keras_iqa.evaluation import significance as S
+
+
+# --------------------------------------------------------------------------------------------------------- fixtures
+def _write_dataset(root, kind="synthetic", n_refs=6, n_types=3, n_splits=3, official=True, leak=False, seed=0, prefix="I"):
+    """A prepared dataset without pixels (metadata records only): manifest.json, splits.csv by reference, TFRecords."""
+    import tensorflow as tf
+
+    from data_pipeline.schema import make_example
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in range(n_refs):
+        for t in range(1, n_types + 1):
+            for lvl in range(1, 3):
+                rows.append({"image_id": f"{prefix}{r:02d}_{t:02d}_{lvl}", "ref": f"{prefix}{r:02d}", "type": t, "level": lvl,
+                             "mos": float(rng.uniform(0, 100))})
+    df = pd.DataFrame(rows)
+    with tf.io.TFRecordWriter(str(root / "records-00000-of-00001.tfrecord")) as w:
+        for row in rows:
+            fields = {"image/id": row["image_id"], "score/mos": row["mos"], "dataset/name": "tiny"}
+            if kind == "synthetic":
+                fields.update({"distortion/type": row["type"], "distortion/name": f"type{row['type']}",
+                               "distortion/level": row["level"], "reference/id": row["ref"]})
+            w.write(make_example(kind, fields).SerializeToString())
+    splits = pd.DataFrame({"image_id": df.image_id})
+    refs = sorted(df.ref.unique())
+    for k in range(n_splits):
+        test_refs = set(np.random.default_rng(k).choice(refs, size=max(1, n_refs // 3), replace=False))
+        splits[f"split_{k:02d}"] = np.where(df.ref.isin(test_refs), "test", "train")
+    if leak:  # one distorted image of a test reference moved to train
+        i = int(np.flatnonzero(splits.split_00.values == "test")[0])
+        splits.loc[i, "split_00"] = "train"
+    if official:
+        splits["official"] = np.where(df.ref.isin(refs[:1]), "test", np.where(df.ref.isin(refs[1:2]), "validation", "train"))
+    splits.to_csv(root / "splits.csv", index=False)
+    man = {"schema_version": 1, "dataset": root.name, "kind": kind, "count": len(df),
+           "shards": [{"file": "records-00000-of-00001.tfrecord", "count": len(df), "sha256": ""}],
+           "score_range": [0, 100], "higher_better": True, "rejects": [], "statistics": {}, "pseudo_label": None}
+    (root / "manifest.json").write_text(json.dumps(man))
+    return df
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    df = _write_dataset(tmp_path / "tiny")
+    return tmp_path / "tiny", df
+
+
+def _preds(df, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"image_id": df.image_id, "pred": df.mos + rng.normal(0, noise, len(df))})
+
+
+# -------------------------------------------------------------------------------------------------------- protocols
+def test_read_metadata_and_split_hygiene(dataset, tmp_path):
+    d, df = dataset
+    meta = P.read_metadata(d)
+    assert sorted(meta.image_id) == sorted(df.image_id)
+    np.testing.assert_allclose(meta.set_index("image_id").loc[df.image_id, "mos"].values, df.mos.values, rtol=1e-6)
+    table = P.read_splits(d)
+    for col in P.split_columns(table):
+        P.check_split_hygiene(table, col, meta)
+        train, test = P.split_ids(table, col)
+        assert train and test and not train & test
+        ref = dict(zip(meta.image_id, meta.reference_id))
+        assert not {ref[i] for i in train} & {ref[i] for i in test}
+    leaky = tmp_path / "leaky"
+    _write_dataset(leaky, leak=True)
+    with pytest.raises(ValueError, match="reference image.*both train and test"):
+        P.check_split_hygiene(P.read_splits(leaky), "split_00", P.read_metadata(leaky), leaky)
+    with pytest.raises(ValueError, match="duplicated|more than once"):
+        t = pd.read_csv(d / "splits.csv")
+        pd.concat([t, t.iloc[:1]]).to_csv(leaky / "splits.csv", index=False)
+        P.read_splits(leaky)
+
+
+def test_splits_protocol_one_source_per_split(dataset):
+    d, df = dataset
+    sources = [_preds(df, noise, seed=i) for i, noise in enumerate((5.0, 10.0, 20.0))]
+    res = P.evaluate_splits(sources, d)
+    rows = res.results["rows"]
+    assert [r["row"] for r in rows] == ["split_00", "split_01", "split_02"]
+    table = P.read_splits(d)
+    for r, src in zip(rows, sources):
+        test = set(table.image_id[table[r["row"]] == "test"])
+        sub = res.predictions[res.predictions.row == r["row"]]
+        assert set(sub.image_id) == test  # exactly the test subset, nothing from train
+        truth = src.merge(df[["image_id", "mos"]], on="image_id")
+        truth = truth[truth.image_id.isin(test)]
+        assert r["srocc"] == pytest.approx(M.srocc(truth.pred, truth.mos))
+    s = np.array([r["srocc"] for r in rows])
+    summ = res.results["summary"]["srocc"]
+    assert summ["median"] == pytest.approx(np.median(s)) and summ["mean"] == pytest.approx(s.mean())
+    assert summ["std"] == pytest.approx(s.std(ddof=1))
+    assert res.results["fine_grained"]["bins"][0]["label"] == "Bad"
+    with pytest.raises(ValueError, match="2 splits"):
+        P.evaluate_splits(sources, d, splits=["split_00", "split_01"])
+    with pytest.raises(ValueError, match="missing for"):
+        P.evaluate_splits([_preds(df.iloc[:3], 1.0)], d)
+
+
+def test_official_cross_lodo(dataset, tmp_path):
+    d, df = dataset
+    src = _preds(df, 5.0)
+    off = P.evaluate_official(src, d)
+    table = P.read_splits(d)
+    assert set(off.predictions.image_id) == set(table.image_id[table.official == "test"])
+    other = tmp_path / "other"
+    df2 = _write_dataset(other, kind="authentic", official=False, seed=3, prefix="O")
+    src2 = pd.concat([src, _preds(df2, 5.0)])
+    cross = P.evaluate_cross(src2, [d, other])
+    assert [r["row"] for r in cross.results["rows"]] == ["tiny", "other"]
+    assert cross.results["rows"][1]["n"] == len(df2)  # ALL of B
+    with pytest.raises(ValueError, match="no official split"):
+        P.evaluate_official(src2, other)
+    lodo = P.evaluate_lodo([src, src], d, held_out=[1, "type3"])
+    assert set(lodo.predictions[lodo.predictions.row == "held_out=1"].image_id) == set(df.image_id[df.type == 1])
+    assert set(lodo.predictions[lodo.predictions.row == "held_out=type3"].image_id) == set(df.image_id[df.type == 3])
+    with pytest.raises(ValueError, match="held_out_distortion"):
+        P.evaluate_lodo([src], d)
+    with pytest.raises(ValueError, match="no distortion type"):
+        P.evaluate_lodo([src2], other, held_out=[1])
+
+
+class _Reader:
+    """Stands in for data_pipeline.input.RecordReader (same constructor and eval_dataset), pixels = MOS-dependent noise."""
+
+    calls = []
+
+    def __init__(self, data_dir, split="split_00", subset=None, target="mos"):
+        self.ids = P.read_splits(data_dir)
+        self.meta = P.read_metadata(data_dir)
+        if subset is not None:
+            keep = set(self.ids.image_id[self.ids[split] == subset])
+            self.meta = self.meta[self.meta.image_id.isin(keep)]
+        _Reader.calls.append((split, subset))
+
+    def eval_dataset(self, num_crops=25, crop_size=224, mode="random", seed=0, resize=None):
+        import tensorflow as tf
+
+        m = self.meta.mos.to_numpy(np.float32)
+        x = np.broadcast_to(m[:, None, None, None, None], (len(m), num_crops, crop_size, crop_size, 3)).astype(np.float32)
+        return tf.data.Dataset.from_tensor_slices((x, m, self.meta.image_id.to_numpy().astype(bytes)))
+
+
+def _tiny_model(crop=8, higher_better=True):
+    import keras
+
+    from keras_iqa.models.base import IQAModel
+
+    class Tiny(IQAModel):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.pool = keras.layers.GlobalAveragePooling2D()
+
+        def call(self, x):
+            return self.pool(x)[:, :1] * (1.0 if self.higher_better else -1.0)
+
+    return Tiny(crop_size=crop, test_crops=3, crop_policy="grid", higher_better=higher_better)
+
+
+def test_model_source_uses_reader_and_orientation(dataset, monkeypatch):
+    d, df = dataset
+    monkeypatch.setitem(sys.modules, "data_pipeline.input", types.SimpleNamespace(RecordReader=_Reader))
+    _Reader.calls.clear()
+    res = P.evaluate_splits([_tiny_model(), _tiny_model()], d, batch_size=7)
+    assert _Reader.calls == [("split_00", "test"), ("split_01", "test")]
+    for r in res.results["rows"]:
+        assert r["srocc"] == pytest.approx(1.0) and r["mae"] == pytest.approx(0.0, abs=1e-3)
+    # a lower-is-better model: correlations on the dataset's direction, raw errors undefined
+    res = P.evaluate_official(_tiny_model(higher_better=False), d)
+    assert res.results["rows"][0]["srocc"] == pytest.approx(1.0) and np.isnan(res.results["rows"][0]["mae"])
+
+
+def test_predict_reader_averages_crops(monkeypatch):
+    import tensorflow as tf
+
+    from keras_iqa.evaluation import predict_reader
+
+    class Rd:
+        def eval_dataset(self, num_crops, crop_size, mode, seed=0):
+            assert (num_crops, crop_size, mode) == (3, 8, "grid")
+            x = np.zeros((5, 3, 8, 8, 3), np.float32) + np.arange(3, dtype=np.float32)[None, :, None, None, None]
+            x += 10 * np.arange(5, dtype=np.float32)[:, None, None, None, None]
+            return tf.data.Dataset.from_tensor_slices((x, np.arange(5, dtype=np.float32), [b"a", b"b", b"c", b"d", b"e"]))
+
+    out = predict_reader(_tiny_model(), Rd(), batch_size=4)
+    assert list(out.image_id) == list("abcde")
+    np.testing.assert_allclose(out.pred, 10 * np.arange(5) + 1.0, rtol=1e-6)  # mean of crops 0, 1, 2
+
+
+# --------------------------------------------------------------------------------------------------- fine-grained
+def test_fine_grained_bins_confusion_and_histogram():
+    mos = np.array([5, 15, 25, 35, 45, 55, 65, 75, 85, 95, 100, 10], float)
+    pred = mos + np.array([1, -1, 30, 2, -2, 3, 0, 0, 0, -30, 0, 4], float)
+    r = FG.fine_grained_report(pred, mos, pred_mapping="none")
+    assert [b["label"] for b in r["bins"]] == list(FG.ACR_LABELS)
+    assert [b["n"] for b in r["bins"]] == [3, 2, 2, 2, 3]
+    assert np.isnan(r["bins"][1]["srocc"]) and "at least 3" in r["bins"][1]["note"]
+    conf = np.array(r["confusion"]["matrix"])
+    assert conf.sum() == 12 and conf[1, 2] == 1 and conf[4, 3] == 1  # 25 -> 55 is Poor -> Fair; 95 -> 65 Excellent -> Good
+    assert r["confusion"]["accuracy"] == pytest.approx(10 / 12)
+    assert sum(r["error_histogram"]["counts"]) == 12 and r["error_histogram"]["counts"][6] == 2  # |30| in [30, 35)
+    # bins on another scale: KonIQ-like 1-5 MOS maps to 0-100; lower-is-better DMOS flips
+    assert FG.to_100([1, 3, 5], (1, 5)).tolist() == [0, 50, 100]
+    assert FG.to_100([0.0, 1.0], (0, 1), higher_better=False).tolist() == [100, 0]
+    r5 = FG.fine_grained_report(pred / 20, mos / 20, mos_range=(0, 5), pred_range=(0, 5))
+    assert [b["n"] for b in r5["bins"]] == [3, 2, 2, 2, 3]
+    r3 = FG.fine_grained_report(pred, mos, pred_mapping="none", edges=(0, 50, 100), labels=["low", "high"])
+    assert [b["n"] for b in r3["bins"]] == [6, 6]
+    with pytest.raises(ValueError, match="increasing"):
+        FG.assign_bins([1], edges=(0, 50, 40))
+
+
+# ----------------------------------------------------------------------------------------------------- significance
+def test_f_test_and_wilcoxon_on_constructed_cases():
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(0, 100, 400)
+    good, bad = mos + rng.normal(0, 3, 400), mos + rng.normal(0, 15, 400)
+    r = S.f_test(good, bad, mos, names=("good", "bad"))
+    assert r["verdict"] == "good is better" and r["p_value"] < 1e-6 and r["F"] < 1
+    r = S.f_test(bad, good, mos, names=("bad", "good"))
+    assert r["verdict"] == "good is better"
+    same = S.f_test(mos + rng.normal(0, 5, 400), mos + rng.normal(0, 5, 400), mos)
+    assert same["verdict"] == "no significant difference"
+    a = [0.90, 0.91, 0.89, 0.92, 0.90, 0.91, 0.93, 0.90, 0.92, 0.91]
+    w = S.wilcoxon_splits(a, [v - 0.02 for v in a], names=("new", "old"))
+    assert w["verdict"] == "new is better" and w["p_value"] < 0.01
+    w = S.wilcoxon_splits(a, [v + (0.01 if i % 2 else -0.01) for i, v in enumerate(a)])
+    assert w["verdict"] == "no significant difference"
+    assert "smallest" in S.wilcoxon_splits(a[:4], [v - 0.1 for v in a[:4]])["note"]
+    with pytest.raises(ValueError, match="paired"):
+        S.wilcoxon_splits(a, a[:3])
+    dfa = pd.DataFrame({"image_id": [str(i) for i in range(400)], "target": mos, "pred": good})
+    dfb = pd.DataFrame({"image_id": [str(i) for i in range(400)], "pred": bad})
+    assert S.compare_predictions(dfa, dfb, names=("good", "bad"))["verdict"] == "good is better"
+
+
+# ------------------------------------------------------------------------------------------------------------- gMAD
+def test_gmad_finds_planted_pairs():
+    rng = np.random.default_rng(0)
+    n = 200
+    a = rng.uniform(0, 1, n)
+    b = a + rng.normal(0, 0.01, n)  # B agrees with A almost everywhere...
+    a[10], a[11] = np.median(a), np.median(a) + 1e-4  # ...except two images A calls equal (mid quality) that B calls best and worst
+    b[10], b[11] = 2.0, -1.0
+    from keras_iqa.evaluation.gmad import gmad_pairs
+
+    pairs = gmad_pairs(a, b, levels=5, tol=0.02, names=("A", "B"))
+    mid = [p for p in pairs if p["defender"] == "A" and p["level"] == 2][0]
+    assert {mid["i_high"], mid["i_low"]} == {10, 11} and mid["i_high"] == 10
+    assert mid["attacker_gap"] == pytest.approx(1.0)
+    assert all(p["defender_gap"] <= 0.04 + 1e-9 for p in pairs)
+    assert {p["defender"] for p in pairs} == {"A", "B"}
+
+
+def test_gmad_writes_contact_sheet(tmp_path):
+    from PIL import Image
+
+    from keras_iqa.evaluation.gmad import gmad
+
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(np.full((20, 24, 3), i * 30, np.uint8)).save(p)
+        paths.append(p)
+    res = gmad(_tiny_model(), _tiny_model(), paths, tmp_path / "g", levels=2, tol=0.2)
+    assert (tmp_path / "g" / "gmad_sheet.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "g" / "gmad.json").read_text())["pool"] == 8
+    assert res["models"][0] != res["models"][1]
+
+
+# ---------------------------------------------------------------------------------------------------- reports + CLI
+def test_reports_plots_and_side_by_side(dataset, tmp_path):
+    d, df = dataset
+    res = P.evaluate_splits([_preds(df, 5.0), _preds(df, 8.0, 1)], d)
+    files = R.write_report(res, tmp_path / "rep_a")
+    for name in ("results.json", "results.csv", "predictions.csv", "summary.md", "scatter.png", "per_range.png",
+                 "error_hist.png", "confusion.png"):
+        assert files[name].stat().st_size > 100, name
+    back = json.loads(files["results.json"].read_text())
+    assert back["summary"]["srocc"]["median"] == pytest.approx(res.results["summary"]["srocc"]["median"])
+    assert len(pd.read_csv(files["results.csv"])) == 2
+    R.write_report(P.evaluate_official(_preds(df, 30.0), d), tmp_path / "rep_b", plots=False)
+    table = R.compare_table([tmp_path / "rep_a", tmp_path / "rep_b"])
+    assert list(table.protocol) == ["splits", "official"] and table.srocc[0] > table.srocc[1]
+    assert "srocc[Bad]" in table.columns
+    assert "| run |" in R.table_markdown(table)
+
+
+def test_cli_evaluate_and_report(dataset, tmp_path, capsys):
+    from keras_iqa.cli import main
+
+    d, df = dataset
+    csv = tmp_path / "preds.csv"
+    _preds(df, 5.0).to_csv(csv, index=False)
+    assert main(["evaluate", str(csv), "--data", str(d), "--protocol", "official", "--report", str(tmp_path / "r1")]) == 0
+    assert (tmp_path / "r1" / "results.json").is_file()
+    assert main(["report", str(tmp_path / "r1"), "--out", str(tmp_path / "cmp.md")]) == 0
+    assert "official" in (tmp_path / "cmp.md").read_text()
+    assert main(["evaluate", str(tmp_path / "nope"), "--data", str(d), "--report", str(tmp_path / "r2")]) != 0
+    assert "nope" in capsys.readouterr().err
