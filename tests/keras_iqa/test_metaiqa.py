@@ -244,8 +244,9 @@ def _tiny_records_or_skip(tmp_path):
         import data_pipeline.input  # noqa: F401
     except ImportError as e:
         pytest.skip(f"data_pipeline.input / fixtures not available yet ({e})")
-    syn = write_tiny_records(tmp_path / "rec", kind="synthetic", n=24)
-    auth = write_tiny_records(tmp_path / "rec2", kind="authentic", n=12)
+    syn, auth = tmp_path / "syn", tmp_path / "auth"
+    write_tiny_records(str(syn), kind="synthetic", n=24, n_types=3)
+    write_tiny_records(str(auth), kind="authentic", n=20)
     return syn, auth
 
 
