@@ -144,3 +144,17 @@ def test_cli_preview_help_and_errors(tmp_path, capsys):
         cli.main(["synthesize", "--help"])
     assert e.value.code == 0
     assert "Examples:" in capsys.readouterr().out
+
+
+def test_readers_consume_the_generated_data(cli_run):
+    """The generated datasets feed the training readers: pseudo-label targets, MetaIQA tasks per type, HCL pairs."""
+    from data_pipeline.input import RecordReader
+
+    _, out, _ = cli_run
+    reader = RecordReader(str(out / "syn"), split="split_00", subset="train", target="pseudo")
+    x, y = next(iter(reader.train_dataset(4, crop_size=32, shuffle=False)))
+    assert x.shape == (4, 32, 32, 3) and np.all((y.numpy() > 0) & (y.numpy() <= 1))
+    tasks = RecordReader(str(out / "syn"), target="pseudo").metaiqa_tasks(batch_size=4, crop_size=32)
+    assert [t["type"] for t in tasks] == list(TYPES) and tasks[1]["name"] == "JPEG"
+    d, r = next(iter(RecordReader(str(out / "syn_pairs"), target="pseudo").pair_dataset(2, crop_size=32, seed=0)))
+    assert d.shape == r.shape == (2, 32, 32, 3)
