@@ -183,7 +183,7 @@ def fit_logistic(pred, mos, params: int = 5, grid: int = 40) -> LogisticFit:
             return float(_vp_sse(z, m, params, np.exp(x[0]), x[1])[0][0])
 
         with np.errstate(all="ignore"):
-            sol = optimize.minimize(obj, x0, method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 2000})
+            sol = optimize.minimize(obj, x0, method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-9 * max(float(sse[k]), 1e-12), "maxfev": 800})
         x = np.clip(sol.x if np.isfinite(sol.fun) and sol.fun <= sse[k] else x0, [log_lo, -v_lim], [log_hi, v_lim])
         fsse, coef = _vp_sse(z, m, params, np.exp(x[0]), x[1])
         coef = coef[0]
