@@ -262,6 +262,10 @@ def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[st
     df = predict_reader(source.model, reader, **predict_kw)
     if ids is not None:
         df = df[df.image_id.isin(ids)].reset_index(drop=True)
+        if len(df) < len(ids):
+            warnings.warn(f"{source.name} on {data_dir} ({split}/{subset}): {len(ids) - len(df)} of {len(ids)} images could not be "
+                          f"read and were skipped (e.g. {sorted(set(ids) - set(df.image_id))[0]!r}); metrics use the other "
+                          f"{len(df)}", UserWarning, stacklevel=3)
     return df
 
 

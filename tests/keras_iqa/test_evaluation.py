@@ -316,3 +316,50 @@ def test_cli_evaluate_and_report(dataset, tmp_path, capsys):
     assert "official" in (tmp_path / "cmp.md").read_text()
     assert main(["evaluate", str(tmp_path / "nope"), "--data", str(d), "--report", str(tmp_path / "r2")]) != 0
     assert "nope" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ end to end on real records
+def test_end_to_end_run_dirs_real_reader(tmp_path):
+    """RecordReader over fixture records, run dirs (model.keras + config.json), `keras-iqa evaluate` splits and lodo."""
+    import keras
+
+    from data_pipeline.fixtures import write_tiny_records
+    from keras_iqa.cli import main
+    from keras_iqa.models.base import IQAModel
+    from keras_iqa.training.runner import RunDir
+
+    @keras.saving.register_keras_serializable(package="test_evaluation")
+    class MeanBrightness(IQAModel):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.pool = keras.layers.GlobalAveragePooling2D()
+            self.d = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.d(self.pool(x) / 255.0)
+
+    data = tmp_path / "syn"
+    write_tiny_records(str(data), kind="synthetic", n=30, n_types=3, n_refs=3, num_splits=2)
+    runs = []
+    for i, extra in enumerate(({"split": "split_01"}, {"split": "split_00"})):
+        m = MeanBrightness(crop_size=32, test_crops=2, crop_policy="grid", score_range=(1, 5))
+        m(np.zeros((1, 32, 32, 3), "float32"))
+        run = RunDir.create(tmp_path / f"run{i}", config={"model": "tiny", "data": {"split": extra["split"]}})
+        run.save_final(m)
+        runs.append(str(run.path))
+    rep = tmp_path / "rep"
+    assert main(["evaluate", *runs, "--data", str(data), "--protocol", "splits", "--report", str(rep), "--no-plots"]) == 0
+    res = json.loads((rep / "results.json").read_text())
+    assert [r["row"] for r in res["rows"]] == ["split_01", "split_00"]  # from each run's config.json
+    table = P.read_splits(data)
+    preds = pd.read_csv(rep / "predictions.csv", dtype={"image_id": str})
+    for col in ("split_00", "split_01"):
+        assert set(preds.image_id[preds.row == col]) == set(table.image_id[table[col] == "test"])
+    assert res["per_distortion"] and res["rows"][0]["n"] > 3
+    with open(tmp_path / "run0" / "config.json", "w") as f:
+        json.dump({"held_out_distortion": 2}, f)
+    assert main(["evaluate", runs[0], "--data", str(data), "--protocol", "lodo", "--report", str(tmp_path / "lodo"),
+                 "--no-plots"]) == 0
+    meta = P.read_metadata(data)
+    lodo = pd.read_csv(tmp_path / "lodo" / "predictions.csv", dtype={"image_id": str})
+    assert set(lodo.image_id) == set(meta.image_id[meta.distortion_type == 2])
