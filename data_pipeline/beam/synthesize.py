@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from typing import Sequence
@@ -42,9 +43,18 @@ def _rng(seed: int, reference_id: str, type_id: int, level: int) -> np.random.Ge
     return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(reference_id.encode()), type_id, level]))
 
 
+def settings(seed: int = 0, pseudo_label: str | None = None, max_long_side: int = 0, restretch: bool = False) -> str:
+    """The generator options that change the records, as a canonical string (stored in every row)."""
+    return json.dumps({"seed": int(seed), "pseudo_label": pseudo_label, "max_long_side": int(max_long_side),
+                       "restretch": bool(restretch)}, sort_keys=True)
+
+
 def plan(sources: Sequence[str], types: Sequence[int], levels: Sequence[int], per_image_types: int = 0,
-         seed: int = 0) -> list[dict]:
+         seed: int = 0, settings: str = "") -> list[dict]:
     """Work rows: one per (reference, type) with its levels.
+
+    ``settings`` (the generator options) is stored in every row, so the writer's resume fingerprint changes with them: a
+    re-run with another seed, pseudo-label, ... rewrites the shards instead of reusing them.
 
     Args:
         sources: reference source strings (file paths or ``skimage:<name>``), see :func:`data_pipeline.pristine.sources`.
@@ -67,7 +77,7 @@ def plan(sources: Sequence[str], types: Sequence[int], levels: Sequence[int], pe
             chosen = sorted(rng.choice(np.asarray(types), size=per_image_types, replace=False).tolist())
         for t in chosen:
             rows.append({"id": f"{ref}_{t:02d}", "path": src, "reference_id": ref, "type": int(t),
-                         "levels": [int(lv) for lv in levels]})
+                         "levels": [int(lv) for lv in levels], "settings": settings})
     return rows
 
 
@@ -116,6 +126,76 @@ class DistortedExamples:
             yield iid, make_example(self.kind, fields).SerializeToString()
 
 
+class PairsFromSynthetic:
+    """``to_examples(row)`` for the pair dataset that reuses the synthetic dataset just written instead of distorting again.
+
+    The writer puts row ``i`` in shard ``i % num_shards`` and writes a shard's rows in index order, so with the same rows
+    and shard count, pair shard k holds exactly the rows of synthetic shard k, in the same order. Each worker streams the
+    matching synthetic shard, takes the records of the row (checking their ids), re-labels ``dataset/name`` and adds
+    ``reference/encoded``. Any mismatch (a reject, a foreign file) falls back to distorting again (``fallback``).
+    """
+
+    def __init__(self, synthetic_dir: str, dataset_name: str, fallback: DistortedExamples):
+        self.synthetic_dir, self.dataset_name, self.fallback = str(synthetic_dir), dataset_name, fallback
+        self._reset()
+
+    def _reset(self):
+        self._file, self._it, self._pending, self._ref = None, None, None, (None, None)
+
+    def __getstate__(self):  # iterators do not pickle; workers start fresh
+        return {"synthetic_dir": self.synthetic_dir, "dataset_name": self.dataset_name, "fallback": self.fallback}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    def _next(self):
+        if self._pending is not None:
+            rec, self._pending = self._pending, None
+            return rec
+        return next(self._it, None)
+
+    def _take(self, shard_file: str, ids: list[str]):
+        import tensorflow as tf
+
+        if self._file != shard_file:
+            path = os.path.join(self.synthetic_dir, shard_file)
+            if not tf.io.gfile.exists(path):
+                return None
+            self._file, self._pending = shard_file, None
+            self._it = iter(tf.data.TFRecordDataset(path).as_numpy_iterator())
+        out = []
+        for iid in ids:
+            rec = self._next()
+            if rec is None:
+                return None
+            ex = tf.train.Example.FromString(rec)
+            got = ex.features.feature["image/id"].bytes_list.value[0].decode()
+            if got != iid:
+                if not out:  # the row was rejected in the synthetic pass: keep this record for the next row
+                    self._pending = rec
+                else:  # out of step: start over for this shard
+                    self._reset()
+                return None
+            out.append(ex)
+        return out
+
+    def __call__(self, row: dict):
+        ids = [image_id(row["reference_id"], int(row["type"]), int(lv)) for lv in row["levels"]]
+        examples = self._take(row.get("shard_file", ""), ids) if row.get("shard_file") else None
+        if examples is None:
+            yield from self.fallback(row)
+            return
+        if self._ref[0] != row["path"]:
+            self._ref = (row["path"], pristine.load_reference(row["path"], self.fallback.max_long_side)[1])
+        ref_bytes = self._ref[1]
+        for iid, ex in zip(ids, examples):
+            feats = ex.features.feature
+            feats["dataset/name"].bytes_list.value[:] = [self.dataset_name.encode()]
+            feats["reference/encoded"].bytes_list.value[:] = [ref_bytes]
+            yield iid, ex.SerializeToString()
+
+
 def manifest_extra(types, levels, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec) -> dict:
     return {
         "pseudo_label": pseudo_label,
@@ -147,12 +227,12 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
             inline without Beam). The writer parallelises over shards, so the default gives every DirectRunner worker one.
         num_splits, test_fraction: reference-grouped random splits in ``splits.csv`` (seeded by ``seed``).
     """
-    from data_pipeline.beam.writer import default_num_shards, write_records
+    from data_pipeline.beam.writer import default_num_shards, shard_name, write_records
     from data_pipeline.splits import SplitConfig
 
     type_ids, level_ids = D.parse_types(types), D.parse_levels(levels)
     srcs = list(pristine_spec) if isinstance(pristine_spec, (list, tuple)) else pristine.sources(pristine_spec)
-    rows = plan(srcs, type_ids, level_ids, per_image_types, seed)
+    rows = plan(srcs, type_ids, level_ids, per_image_types, seed, settings(seed, pseudo_label, max_long_side, restretch))
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     # the writer groups the splits by reference/id for synthetic and pair records
@@ -162,13 +242,17 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
         num_shards = min(len(rows), max(default_num_shards(len(rows) * len(level_ids)), workers)) or 1
     extra = manifest_extra(type_ids, level_ids, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec)
     result = {}
-    for kind, ds_name in (("synthetic", name), ("pair", f"{name}_pairs")):
-        if kind == "pair" and not pairs:
-            result[kind] = None
-            continue
-        to_examples = DistortedExamples(kind, ds_name, pseudo_label, seed, max_long_side, restretch)
-        result[kind] = write_records(
-            rows, to_examples, os.path.join(os.fspath(out_dir), ds_name), kind=kind, dataset_name=ds_name,
-            score_range=(0.0, 1.0), higher_better=True, num_shards=num_shards, runner=runner,
-            pipeline_args=tuple(pipeline_args), manifest_extra=extra, splits=splits)
+    syn_dir = os.path.join(os.fspath(out_dir), name)
+    syn_fn = DistortedExamples("synthetic", name, pseudo_label, seed, max_long_side, restretch)
+    kw = dict(score_range=(0.0, 1.0), higher_better=True, num_shards=num_shards, runner=runner,
+              pipeline_args=tuple(pipeline_args), manifest_extra=extra, splits=splits)
+    result["synthetic"] = write_records(rows, syn_fn, syn_dir, kind="synthetic", dataset_name=name, **kw)
+    if not pairs:
+        result["pair"] = None
+        return result
+    pair_name = f"{name}_pairs"
+    fallback = DistortedExamples("pair", pair_name, pseudo_label, seed, max_long_side, restretch)
+    pair_rows = [dict(r, shard_file=shard_name(i % num_shards, num_shards)) for i, r in enumerate(rows)]
+    result["pair"] = write_records(pair_rows, PairsFromSynthetic(syn_dir, pair_name, fallback),
+                                   os.path.join(os.fspath(out_dir), pair_name), kind="pair", dataset_name=pair_name, **kw)
     return result

@@ -99,6 +99,43 @@ def test_splits_grouped_by_reference(cli_run):
             assert set(df[col]) == {"train", "test"}
 
 
+def test_pairs_reuse_the_synthetic_records(cli_run, pristine_dir):
+    """The pair pass streams the synthetic shard instead of distorting again, and gives the same records as distorting."""
+    import tensorflow as tf
+
+    from data_pipeline.schema import feature_spec
+
+    _, out, _ = cli_run
+    calls = []
+
+    class Counting(S.DistortedExamples):
+        def __call__(self, row):
+            calls.append(row["id"])
+            return super().__call__(row)
+
+    fallback = Counting("pair", "syn_pairs", "ssim", seed=3)
+    rows = S.plan(pristine.sources(str(pristine_dir)), list(TYPES), [1, 2, 3, 4, 5], seed=3,
+                  settings=S.settings(3, "ssim"))
+    rows = [dict(r, shard_file="records-00000-of-00001.tfrecord") for r in rows]
+    import pickle
+
+    plain = S.DistortedExamples("pair", "syn_pairs", "ssim", seed=3)
+    reuse = pickle.loads(pickle.dumps(S.PairsFromSynthetic(str(out / "syn"), "syn_pairs", plain)))  # as Beam ships it
+    reuse.fallback = fallback
+    got = [ex for r in rows for ex in reuse(r)]
+    assert calls == [] and len(got) == 30
+    want = [ex for r in rows for ex in fallback(r)]
+    spec = feature_spec("pair")
+    for (i1, a), (i2, b) in zip(got, want):
+        assert i1 == i2
+        pa, pb = tf.io.parse_single_example(a, spec), tf.io.parse_single_example(b, spec)
+        for k in spec:
+            va, vb = pa[k].numpy(), pb[k].numpy()
+            assert va == vb or (isinstance(va, np.floating) and np.isnan(va) and np.isnan(vb)), (i1, k)
+    calls.clear()
+    assert len(list(S.PairsFromSynthetic(str(out / "nope"), "syn_pairs", fallback)(rows[0]))) == 5 and calls == [rows[0]["id"]]
+
+
 def test_rerun_reuses_shards(cli_run):
     rc, out, argv = cli_run
     before = json.loads((out / "syn" / "manifest.json").read_text())
@@ -106,6 +143,10 @@ def test_rerun_reuses_shards(cli_run):
     after = json.loads((out / "syn" / "manifest.json").read_text())
     assert after["writer"]["shards_reused"] == len(after["shards"]) >= 1
     assert [s["sha256"] for s in after["shards"]] == [s["sha256"] for s in before["shards"]]
+    # another seed changes the records: nothing is reused
+    assert cli.main(argv + ["--runner", "inline", "--seed", "4"]) == 0
+    again = json.loads((out / "syn" / "manifest.json").read_text())
+    assert again["writer"]["shards_reused"] == 0 and again["generator"]["seed"] == 4
 
 
 def test_per_image_types_and_bad_files(pristine_dir, tmp_path):
@@ -115,9 +156,13 @@ def test_per_image_types_and_bad_files(pristine_dir, tmp_path):
     shutil.copytree(pristine_dir, src)
     (src / "broken.jpg").write_bytes(b"not a jpeg")
     man = S.synthesize(str(src), tmp_path / "out", name="k", types="all", levels="2", per_image_types=2, seed=1,
-                       runner=None, pairs=False)
+                       runner=None)
     syn = man["synthetic"]
-    assert man["pair"] is None and not (tmp_path / "out" / "k_pairs").exists()
+    # the pair pass skips the rejected rows in the synthetic shard and pairs every other record
+    assert man["pair"]["count"] == syn["count"] and len(man["pair"]["rejects"]) == len(syn["rejects"])
+    assert set(_read(tmp_path / "out" / "k_pairs", "pair")) == set(_read(tmp_path / "out" / "k", "synthetic"))
+    man = S.synthesize(str(src), tmp_path / "out2", name="k", types="1", levels="2", runner=None, pairs=False)
+    assert man["pair"] is None and not (tmp_path / "out2" / "k_pairs").exists()
     assert syn["count"] == 2 * 2 and syn["statistics"]["references"] == 2
     assert len(syn["rejects"]) == 2 and all("broken.jpg" in r["path"] for r in syn["rejects"])
     recs = _read(tmp_path / "out" / "k", "synthetic")
