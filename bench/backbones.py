@@ -139,12 +139,12 @@ def worker_main(spec: dict) -> None:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
-        times = []
+        times, c0 = [], time.process_time()
         for _ in range(int(cmd[1])):
             t = time.perf_counter()
             run_one()
             times.append(time.perf_counter() - t)
-        _emit({"times": times})
+        _emit({"times": times, "cpu_s": time.process_time() - c0})
     try:
         import resource
 
@@ -188,9 +188,12 @@ class Worker:
         raise RuntimeError(f"benchmark worker {self.spec['framework']}/{self.spec['config']} died: {err}")
 
     def run(self, steps: int) -> list:
+        """Step times (wall seconds) of `steps` steps; `self.last_cpu_s` holds the process CPU seconds they took."""
         self.proc.stdin.write(f"run {int(steps)}\n")
         self.proc.stdin.flush()
-        return self._read()["times"]
+        msg = self._read()
+        self.last_cpu_s = msg["cpu_s"]
+        return msg["times"]
 
     def close(self) -> Optional[float]:
         try:
@@ -253,12 +256,15 @@ def compare(depth: int, mode: str, batch: int, size: int = 224, rounds: int = 5,
     log(f"ResNet-{depth} {mode} batch {batch} at {size}px: choosing configurations")
     tfw, tf_sel = _select("tf", tf_candidates, base, block_s / 2, log)
     thw, th_sel = _select("torch", torch_candidates, base, block_s / 2, log)
-    ours, peer, ratios = [], [], []
+    ours, peer, ratios, cpu = [], [], [], {"tf": [], "torch": []}
     try:
         for r in range(rounds):
-            pair = [(tfw, ours), (thw, peer)]
-            for w, acc in (pair if r % 2 == 0 else pair[::-1]):
-                acc.append(_rate(w.run(_steps_for(w, block_s)), batch, mode))
+            pair = [(tfw, ours, "tf"), (thw, peer, "torch")]
+            for w, acc, side in (pair if r % 2 == 0 else pair[::-1]):
+                times = w.run(_steps_for(w, block_s))
+                acc.append(_rate(times, batch, mode))
+                # CPU seconds per image: robust to other processes on a shared machine (they take cores, not CPU time)
+                cpu[side].append(w.last_cpu_s / (len(times) * batch))
             ratios.append(ours[-1] / peer[-1])
     finally:
         rss_tf, rss_torch = tfw.close(), thw.close()
@@ -269,6 +275,9 @@ def compare(depth: int, mode: str, batch: int, size: int = 224, rounds: int = 5,
         "ours": statistics.median(ours), "ours_min": min(ours), "ours_max": max(ours),
         "torch": statistics.median(peer), "torch_min": min(peer), "torch_max": max(peer),
         "ratio_ours_over_torch": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+"cpu_ms_per_image": {k: 1000 * statistics.median(v) for k, v in cpu.items()},
+        "cpu_ratio_ours_over_torch": statistics.median(
+            (b / a if mode == "train" else a / b) for a, b in zip(cpu["tf"], cpu["torch"])),
         "rounds": rounds, "target": ">= 1.1" if mode == "train" else "<= 1.0",
         "ours_info": tfw.ready["info"], "torch_info": thw.ready["info"],
         "peak_rss_mib": {"tf": rss_tf, "torch": rss_torch}, "selection": {"tf": tf_sel, "torch": th_sel},
@@ -280,23 +289,24 @@ def compare(depth: int, mode: str, batch: int, size: int = 224, rounds: int = 5,
     else:
         row.update(items_per_s=1000 / row["ours"], ms_per_item=row["ours"])
     log(f"  -> ours {row['ours']:.2f} {unit} ({row['ours_config']}), torch {row['torch']:.2f} {unit} "
-        f"({row['torch_config']}), ratio {row['ratio_ours_over_torch']:.3f} [{row['ratio_min']:.3f}, {row['ratio_max']:.3f}]")
+        f"({row['torch_config']}), ratio {row['ratio_ours_over_torch']:.3f} [{row['ratio_min']:.3f}, {row['ratio_max']:.3f}], "
+        f"CPU-time ratio {row['cpu_ratio_ours_over_torch']:.3f}")
     return row
 
 
 def table(rows: list) -> str:
     """Markdown table of the comparisons."""
-    out = ["| model | measure | batch | ours (config) | PyTorch (config) | ours/PyTorch median [min, max] | target |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| model | measure | batch | ours (config) | PyTorch (config) | ours/PyTorch median [min, max] | CPU-time ratio | target |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r.get('model', '?')} | {r.get('mode', '?')} | {r.get('batch', '?')} | failed: {r['error'][:80]} | | | |")
+            out.append(f"| {r.get('model', '?')} | {r.get('mode', '?')} | {r.get('batch', '?')} | failed: {r['error'][:80]} | | | | |")
             continue
         what = "train images/s" if r["mode"] == "train" else "batch-1 latency ms"
         met = "met" if r["target_met"] else "NOT met"
         out.append(f"| {r['model']} | {what} | {r['batch']} | {r['ours']:.2f} ({r['ours_config']}) | "
                    f"{r['torch']:.2f} ({r['torch_config']}) | {r['ratio_ours_over_torch']:.3f} "
-                   f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] | {r['target']}: {met} |")
+                   f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] | {r['cpu_ratio_ours_over_torch']:.3f} | {r['target']}: {met} |")
     return "\n".join(out)
 
 
