@@ -48,19 +48,20 @@ def main(quick: bool = False) -> dict:
     syn_types = "1,10" if quick else "1,2,3,9,10,11,13,16,19,21"
     long_side = 96 if quick else 256
     n_images = len(refs.split(":")[1].split(",")) * len(syn_types.split(",")) * 5
-    for workers in (1, 2):
-        args = [] if workers == 1 else [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    for workers in (0, 1, 2):  # 0 = the writer's inline mode (no Beam): the pipeline's own overhead is the difference
+        args = [] if workers < 2 else [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
 
-        def run_pipeline(args=args):
+        def run_pipeline(args=args, workers=workers):
             out = tempfile.mkdtemp(prefix="bench_synth_")
             try:
                 synthesize(refs, out, name="bench", types=syn_types, levels="1-5", max_long_side=long_side,
-                           pipeline_args=args, num_shards=2)
+                           pipeline_args=args, num_shards=2, runner="DirectRunner" if workers else None)
             finally:
                 shutil.rmtree(out, ignore_errors=True)
 
+        label = f"beam synthesize DirectRunner workers={workers}" if workers else "synthesize inline (no Beam)"
         r = measure(run_pipeline, repeats=1 if quick else 2, warmup=0, items=n_images,
-                    name=f"beam synthesize DirectRunner workers={workers}", references=refs, types=syn_types,
+                    name=label, references=refs, types=syn_types,
                     long_side=long_side, note="items = distorted images (each written to the synthetic and pair datasets)")
         entries.append(r)
     return write_results("synthesize", entries, quick=quick)
