@@ -67,11 +67,12 @@ def save(arr: np.ndarray, path: str, quality: int = 92) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ prepared records
-def _tiny_rows(kind: str, n: int, n_types: int, n_refs: int, seed: int) -> list[dict]:
+def _tiny_rows(kind: str, n: int, n_types: int, n_refs: int, seed: int, quality_range=(0.0, 1.0)) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     if kind == "authentic":
         q = (rng.permutation(n) + 0.5) / n  # stratified: every ACR bin populated when n >= 5
+        q = quality_range[0] + (quality_range[1] - quality_range[0]) * q
         for i in range(n):
             rows.append({"id": f"img{i:05d}.jpg", "quality": float(q[i]), "content": int(seed * 100003 + i)})
         return rows
@@ -110,12 +111,13 @@ def _tiny_examples(row: dict, kind: str, size, dataset: str, bad_ids: Sequence[s
 
 def write_tiny_records(out_dir: str, kind: str = "authentic", n: int = 20, size=(48, 64), n_types: int = 3, n_refs: int = 4,
                        seed: int = 0, num_shards: int = 2, num_splits: int = 3, n_bad: int = 0,
-                       dataset_name: Optional[str] = None) -> dict:
+                       dataset_name: Optional[str] = None, quality_range=(0.0, 1.0)) -> dict:
     """Writes a tiny prepared dataset (records + manifest.json + splits.csv) into `out_dir`; returns the manifest.
 
     authentic: JPEGs, MOS on 0-100 spread over all five ACR bins; synthetic: PNGs of `n_refs` references x `n_types` types x
     levels 1..5 (filled in that order), MOS on 1-5 falling with the level; pair: synthetic + `reference/encoded`, no MOS,
-    `score/pseudo` = the generator's quality in [0, 1]. `n_bad` records get undecodable image bytes (reader robustness tests).
+    `score/pseudo` = the generator's quality in [0, 1]. `quality_range` (authentic) narrows the qualities (e.g. (0, 0.59): no
+    Good/Excellent images, to exercise the REQA empty-bin fallback). `n_bad` records get undecodable image bytes (reader robustness tests).
 
     Example:
         >>> write_tiny_records("/tmp/tiny", kind="synthetic", n=30)["count"]
@@ -126,7 +128,7 @@ def write_tiny_records(out_dir: str, kind: str = "authentic", n: int = 20, size=
 
     if kind not in KIND_RANGES:
         raise ValueError(f"kind must be one of {sorted(KIND_RANGES)}, got {kind!r}")
-    rows = _tiny_rows(kind, n, n_types, n_refs, seed)
+    rows = _tiny_rows(kind, n, n_types, n_refs, seed, quality_range)
     bad = tuple(r["id"] for r in rows[:n_bad])
     name = dataset_name or f"tiny-{kind}"
     (lo, hi), hb = KIND_RANGES[kind]

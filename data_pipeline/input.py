@@ -13,7 +13,8 @@
 
 Images are float32 RGB in [0, 255]; models normalise inside themselves. Decoding follows the ONE decode policy
 (`data_pipeline.images.decode_image_tensor`). For a JPEG record and a plain random crop, only the crop window is decoded
-(`tf.image.decode_and_crop_jpeg`, ~1.8x faster here); it yields the same pixels as full decode + crop (tested). Other formats,
+(`tf.image.decode_and_crop_jpeg` on the window plus a 4-pixel border, ~1.8x faster here); it yields the same pixels as
+full decode + crop (tested; a bare window differs at its edges on chroma-subsampled JPEGs). Other formats,
 resize-first transforms and images smaller than the crop take the full-decode path (images smaller than the crop are
 upsampled, bicubic, short side = crop, as the decode policy says).
 
@@ -39,6 +40,7 @@ from data_pipeline.splits import ids_for
 logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 TARGETS = ("mos", "normalized", "normalized100", "pseudo")
+JPEG_MARGIN = 4  # pixels decoded around a JPEG crop window (see RecordReader._decode_random_crop)
 ACR_LABELS = ("bad", "poor", "fair", "good", "excellent")
 Resize = Union[None, int, Sequence[int]]
 
@@ -103,6 +105,7 @@ def _ensure_min_side(img, crop: int):
 def _offsets(seed, limit_h, limit_w, n=None):
     """Uniform crop offsets in [0, limit] (stateless, from a [2] int64 seed)."""
     shape = [] if n is None else [n]
+    limit_h, limit_w = tf.cast(limit_h, tf.int32), tf.cast(limit_w, tf.int32)
     oy = tf.random.stateless_uniform(shape, seed, 0, limit_h + 1, dtype=tf.int32)
     ox = tf.random.stateless_uniform(shape, seed + tf.constant([0, 1], tf.int64), 0, limit_w + 1, dtype=tf.int32)
     return oy, ox
@@ -324,8 +327,15 @@ class RecordReader:
 
         if self._fast_crop_ok(resize):
             def fast():
+                # Decode the window plus a JPEG_MARGIN border: libjpeg's fancy chroma upsampling treats a window edge as an
+                # image edge, so the border pixels of a bare crop window differ (up to ~8 levels on 4:2:0 JPEGs) from full
+                # decode + crop; with the margin the kept pixels are identical (tested).
                 oy, ox = _offsets(seed, h - crop, w - crop)
-                img = tf.image.decode_and_crop_jpeg(encoded, tf.stack([oy, ox, crop, crop]), channels=3)
+                y0, x0 = tf.maximum(oy - JPEG_MARGIN, 0), tf.maximum(ox - JPEG_MARGIN, 0)
+                y1, x1 = tf.minimum(oy + crop + JPEG_MARGIN, h), tf.minimum(ox + crop + JPEG_MARGIN, w)
+                win = tf.image.decode_and_crop_jpeg(encoded, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3,
+                                                   dct_method="INTEGER_ACCURATE")  # as decode_image_tensor (Pillow-exact)
+                img = tf.slice(win, tf.stack([oy - y0, ox - x0, 0]), [crop, crop, 3])
                 return tf.cast(img, tf.float32), tf.constant(True)
 
             img, ok = tf.cond(is_jpeg & (h >= crop) & (w >= crop), fast, full)
@@ -448,7 +458,7 @@ class RecordReader:
                       query_mode: str = "crop", resize: Resize = None, flip: bool = True) -> list[dict]:
         """One task per distortion type (`distortion/type`), each split support/query (`support_fraction`, seeded per type).
 
-        Returns a list of `{"type", "name", "support", "query", "support_count", "query_count"}`; `support` / `query` are finite
+        Returns a list of `{"type", "name", "support", "query", "support_count", "query_count", "support_ids", "query_ids"}`; `support` / `query` are finite
         datasets of (x [B, c, c, 3], y [B]) (last batch may be smaller). query_mode: `crop` = random crop + flip (paper) or
         `resize` = whole image resized to c x c, no flip (official code). Each dataset filters the shards by id, so one pass
         over a task reads every shard once (cost ~ number of tasks x dataset size per epoch).
@@ -472,12 +482,12 @@ class RecordReader:
             if query_mode == "crop":
                 query = self._train_images(qry, crop_size, resize, flip, True, s_seed + 1, False) if qry else None
             else:
-                query = self._resized_images(qry) if qry else None
+                query = self._resized_images(qry, crop_size) if qry else None
             tasks.append({"type": int(t), "name": str(names[0]) if len(names) else f"type{t}",
                           "support": support.prefetch(AUTOTUNE).with_options(self._options(True)),
                           "query": None if query is None else query.batch(batch_size).prefetch(AUTOTUNE).with_options(
                               self._options(True)),
-                          "support_count": len(sup), "query_count": len(qry)})
+                          "support_count": len(sup), "query_count": len(qry), "support_ids": sup, "query_ids": qry})
         return tasks
 
     def _resized_images(self, ids, crop_size: int = 224):
