@@ -193,3 +193,20 @@ def test_contact_sheet(tmp_path):
 
     sheet = preview.contact_sheet(pristine.load_embedded("chelsea"), tmp_path / "s.png", size=32, types=[1, 10])
     assert (tmp_path / "s.png").exists() and sheet.size[1] == 14 + 2 * 34
+
+
+def test_any_size_any_type_property():
+    """Property: every type and level keeps the size and dtype of any image from 2x2 up, flat images included."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(h=st.integers(2, 40), w=st.integers(2, 40), t=st.sampled_from(TYPES), lv=st.integers(1, 5),
+           flat=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def check(h, w, t, lv, flat, seed):
+        rng = np.random.default_rng(seed)
+        img = np.full((h, w, 3), 90, np.uint8) if flat else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        out = D.distort(img, t, lv, rng, restretch=bool(seed % 2))
+        assert out.shape == img.shape and out.dtype == np.uint8
+
+    check()
