@@ -229,27 +229,48 @@ def mae(pred, mos, params: Optional[int] = None) -> float:
     return float(np.mean(np.abs(q - m)))
 
 
-def evaluate_predictions(pred, mos, logistic: Sequence[int] = (4, 5)) -> dict:
+def evaluate_predictions(pred, mos, logistic: Sequence[int] = (4, 5), constant_pred: str = "nan") -> dict:
     """Every metric of the field on one set of predictions.
 
     Returns a dict: n, srocc, krocc, plcc (raw), plcc_logistic4 / plcc_logistic5 and rmse_logistic4 / rmse_logistic5 (for each
-    entry of `logistic`), rmse (after the 5-parameter map when fitted, else the last), rmse_raw, mae (raw), and
-    `logistic{k}`: the fitted parameters (`LogisticFit.to_dict`).
+    entry of `logistic`), rmse (after the 5-parameter map, else the 4-parameter one), rmse_raw, mae (raw), and `logistic{k}`:
+    the fitted parameters (`LogisticFit.to_dict`). A logistic fit needs k + 1 images; with fewer its entries are NaN.
+
+    Constant predictions (a collapsed model) are a result, not a crash: with `constant_pred="nan"` (default) the correlations
+    are NaN, `error` says why and a `RuntimeWarning` is issued; `constant_pred="raise"` raises `MetricInputError`.
+    NaN/inf, length mismatch, < 3 images or a constant MOS always raise.
     """
-    p, m = _as_arrays(pred, mos, "evaluate_predictions")
-    out = {"n": int(p.size), "srocc": srocc(p, m), "krocc": krocc(p, m), "plcc": _pearson(p, m)}
-    rm = None
+    if constant_pred not in ("nan", "raise"):
+        raise ValueError(f"constant_pred must be 'nan' or 'raise', got {constant_pred!r}")
+    p, m = _as_arrays(pred, mos, "evaluate_predictions", check_constant=False)
+    if np.ptp(m) == 0:
+        _as_arrays(p, m, "evaluate_predictions")  # raises the constant-MOS error
+    out = {"n": int(p.size), "rmse_raw": float(np.sqrt(np.mean((p - m) ** 2))), "mae": float(np.mean(np.abs(p - m)))}
+    nan = float("nan")
+    if np.ptp(p) == 0:
+        msg = (f"evaluate_predictions: pred is constant ({p[0]!r} for all {p.size} images); correlations are undefined "
+               "(a collapsed model?)")
+        if constant_pred == "raise":
+            raise MetricInputError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        out.update(srocc=nan, krocc=nan, plcc=nan, rmse=nan, error=msg)
+        for k in logistic:
+            out.update({f"plcc_logistic{k}": nan, f"rmse_logistic{k}": nan})
+        return out
+    out.update(srocc=srocc(p, m), krocc=krocc(p, m), plcc=_pearson(p, m))
     for k in logistic:
+        if p.size < k + 1:
+            out.update({f"plcc_logistic{k}": nan, f"rmse_logistic{k}": nan,
+                        f"logistic{k}": {"n_params": k, "ok": False, "message": f"needs at least {k + 1} images, got {p.size}"}})
+            continue
         fit = fit_logistic(p, m, k)
         q = fit(p)
-        out[f"plcc_logistic{k}"] = _pearson(q, m) if np.ptp(q) > 0 else float("nan")
+        out[f"plcc_logistic{k}"] = _pearson(q, m) if np.ptp(q) > 0 else nan
         out[f"rmse_logistic{k}"] = float(np.sqrt(np.mean((q - m) ** 2)))
         out[f"logistic{k}"] = fit.to_dict()
-        rm = out[f"rmse_logistic{k}"] if (rm is None or k == 5) else rm
-    out["rmse"] = rm if rm is not None else float(np.sqrt(np.mean((p - m) ** 2)))
-    out["rmse_raw"] = float(np.sqrt(np.mean((p - m) ** 2)))
-    out["mae"] = float(np.mean(np.abs(p - m)))
-    return out
+    fitted = [out.get(f"rmse_logistic{k}", nan) for k in (5, 4)]
+    out["rmse"] = next((v for v in fitted if np.isfinite(v)), nan)
+    return {k: out[k] for k in ("n", "srocc", "krocc", "plcc", *[x for x in out if x not in ("n", "srocc", "krocc", "plcc")])}
 
 
 # -------------------------------------------------------------------------------------------------------- Keras metrics

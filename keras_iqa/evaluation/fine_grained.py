@@ -82,7 +82,11 @@ def fine_grained_report(pred, mos, mos_range: Sequence[float] = (0.0, 100.0), mo
             raise ValueError("pred_mapping='range' needs pred_range (the model's score_range)")
         p100 = to_100(p, pred_range, pred_higher_better)
     elif mapping == "logistic":
-        p100 = np.clip(M.fit_logistic(p, m100, 5)(p), 0.0, 100.0)
+        try:
+            p100 = np.clip(M.fit_logistic(p, m100, 5)(p), 0.0, 100.0)
+        except M.MetricInputError as e:  # constant predictions or < 6 images: no mapping can be fitted
+            p100 = np.full_like(p, m100.mean())
+            mapping = f"constant (logistic impossible: {e})"
     elif mapping == "none":
         p100 = p
     else:

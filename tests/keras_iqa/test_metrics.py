@@ -55,9 +55,20 @@ def test_random_against_scipy(seed):
     (([1, 2, 3, 4], [7, 7, 7, 7]), "mos is constant"),
 ])
 def test_invalid_inputs_raise_clear_errors(bad, msg):
-    for fn in (M.srocc, M.krocc, M.plcc, M.plcc_logistic, M.evaluate_predictions):
+    for fn in (M.srocc, M.krocc, M.plcc, M.plcc_logistic, lambda p, m: M.evaluate_predictions(p, m, constant_pred="raise")):
         with pytest.raises(M.MetricInputError, match=msg):
             fn(*bad)
+
+
+def test_evaluate_predictions_collapsed_model_and_few_images():
+    with pytest.warns(RuntimeWarning, match="pred is constant"):
+        r = M.evaluate_predictions([5, 5, 5, 5], [1, 2, 3, 4])
+    assert np.isnan(r["srocc"]) and np.isnan(r["plcc_logistic5"]) and r["mae"] == pytest.approx(2.5) and "error" in r
+    r = M.evaluate_predictions([1, 2, 4, 3], [1, 2, 3, 4])  # 4 images: too few for either logistic fit
+    assert r["srocc"] == pytest.approx(0.8) and np.isnan(r["plcc_logistic4"]) and not r["logistic5"]["ok"]
+    assert np.isnan(r["rmse"])
+    with pytest.raises(M.MetricInputError, match="mos is constant"):
+        M.evaluate_predictions([1, 2, 3], [7, 7, 7])
 
 
 def test_logistic5_recovers_planted_parameters():
