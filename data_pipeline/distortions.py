@@ -347,9 +347,8 @@ def jitter(x, std, rng, iterations: int = 5):
     out = x
     for _ in range(iterations):  # 5 whole-image warps, each vectorised
         dy, dx = rng.normal(0.0, std, (2, h, w))
-        coords = np.stack([np.broadcast_to((yy + dy)[..., None], x.shape), np.broadcast_to((xx + dx)[..., None], x.shape),
-                           np.broadcast_to(np.arange(3.0), x.shape)])
-        out = ndimage.map_coordinates(out, coords, order=1, mode="nearest")
+        coords = np.stack([yy + dy, xx + dx])
+        out = np.stack([ndimage.map_coordinates(out[..., c], coords, order=1, mode="nearest") for c in range(3)], axis=-1)
     return out
 
 
