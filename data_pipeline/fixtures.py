@@ -136,3 +136,226 @@ def write_tiny_records(out_dir: str, kind: str = "authentic", n: int = 20, size=
     extra = {"pseudo_label": "fixture-quality" if kind == "pair" else None, "fixture": True}
     return write_records(rows, fn, out_dir, kind, name, (lo, hi), hb, num_shards=num_shards, runner=None,
                          manifest_extra=extra, splits=SplitConfig(num_splits=num_splits, seed=seed))
+
+
+# ------------------------------------------------------------------------------------------------- official layouts (tiny)
+def _img(seed: int, quality: float, size) -> np.ndarray:
+    return degrade(content_image(seed, size), quality, seed + 1)
+
+
+def _qualities(n: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).permutation(n) + 0.5) / n
+
+
+def _cell(strings) -> np.ndarray:
+    """A MATLAB-style Nx1 cell array of strings (what scipy.io.savemat writes as a cell)."""
+    arr = np.empty((len(strings), 1), dtype=object)
+    for i, s in enumerate(strings):
+        arr[i, 0] = s
+    return arr
+
+
+def make_koniq10k(root: str, n: int = 8, size=(24, 32), seed: int = 0) -> dict:
+    """KonIQ-10k layout: 1024x768/ and 512x384/ (here tiny), the scores CSV and the official sets CSV."""
+    import pandas as pd
+
+    q = _qualities(n, seed)
+    names = [f"{1000000 + 37 * i}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        img = _img(seed * 1000 + i, q[i], size)
+        save(img, os.path.join(root, "1024x768", name))
+        save(np.asarray(Image.fromarray(img).resize((size[1] // 2 + 8, size[0] // 2 + 8))), os.path.join(root, "512x384", name))
+    mos = 1 + 4 * q
+    counts = {f"c{k}": [int(50 * (1 - abs(m - k) / 4)) for m in mos] for k in range(1, 6)}
+    df = pd.DataFrame({"image_name": names, **counts, "c_total": [sum(c[i] for c in counts.values()) for i in range(n)],
+                       "MOS": mos, "SD": 0.5, "MOS_zscore": 100 * q})
+    df.to_csv(os.path.join(root, "koniq10k_scores_and_distributions.csv"), index=False)
+    sets = ["training"] * n
+    for i in range(n):
+        sets[i] = ("training", "training", "validation", "test")[i % 4]
+    df2 = df.drop(columns=["MOS_zscore"]).assign(set=sets)
+    df2.to_csv(os.path.join(root, "koniq10k_distributions_sets.csv"), index=False)
+    return {"ids": names, "mos_zscore": (100 * q).tolist(), "sets": sets}
+
+
+def make_clive(root: str, n: int = 8, size=(24, 24), seed: int = 0) -> dict:
+    """CLIVE layout: Images/ (BMP and upper-case .JPG), Data/*.mat cells; 7 leading training images (t1.bmp..t7.bmp)."""
+    import scipy.io
+
+    names = [f"t{i + 1}.bmp" for i in range(7)] + [f"{100 + i}.{'bmp' if i % 2 else 'JPG'}" for i in range(n)]
+    q = np.concatenate([np.full(7, 0.5), _qualities(n, seed)])
+    for i, name in enumerate(names):
+        save(_img(seed * 1000 + i, q[i], size), os.path.join(root, "Images", name))
+    os.makedirs(os.path.join(root, "Data"), exist_ok=True)
+    scipy.io.savemat(os.path.join(root, "Data", "AllImages_release.mat"), {"AllImages_release": _cell(names)})
+    scipy.io.savemat(os.path.join(root, "Data", "AllMOS_release.mat"), {"AllMOS_release": (3 + 90 * q)[None, :]})
+    scipy.io.savemat(os.path.join(root, "Data", "AllStdDev_release.mat"), {"AllStdDev_release": np.full((1, len(names)), 12.5)})
+    return {"ids": names[7:], "mos": (3 + 90 * q[7:]).tolist()}
+
+
+def make_bid(root: str, n: int = 6, size=(24, 32), seed: int = 0) -> dict:
+    """BID layout: DatabaseImage0001.JPG ... and DatabaseGrades.xlsx (image number, MOS 0-5)."""
+    import pandas as pd
+
+    q = _qualities(n, seed)
+    for i in range(n):
+        save(_img(seed * 1000 + i, q[i], size), os.path.join(root, f"DatabaseImage{i + 1:04d}.JPG"))
+    pd.DataFrame({"Image Number": list(range(1, n + 1)), "Average Grade": (5 * q).round(3)}).to_excel(
+        os.path.join(root, "DatabaseGrades.xlsx"), index=False)
+    return {"ids": [f"DatabaseImage{i + 1:04d}.JPG" for i in range(n)], "mos": (5 * q).round(3).tolist()}
+
+
+def make_spaq(root: str, n: int = 5, size=(48, 64), seed: int = 0) -> dict:
+    """SPAQ layout: TestImage/00001.jpg ... and Annotations/MOS and Image attribute scores.xlsx."""
+    import pandas as pd
+
+    q = _qualities(n, seed)
+    names = [f"{i + 1:05d}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        save(_img(seed * 1000 + i, q[i], size), os.path.join(root, "TestImage", name))
+    os.makedirs(os.path.join(root, "Annotations"), exist_ok=True)
+    pd.DataFrame({"Image name": names, "MOS": (2 + 94 * q).round(2), "Brightness": 50.0, "Colorfulness": 40.0}).to_excel(
+        os.path.join(root, "Annotations", "MOS and Image attribute scores.xlsx"), index=False)
+    return {"ids": names, "mos": (2 + 94 * q).round(2).tolist()}
+
+
+def make_cid2013(root: str, size=(24, 32), seed: int = 0) -> dict:
+    """CID2013 layout: IS{1,2}/co{1,2}/IS_<roman>_C<nn>_D<nn>.jpg and the icbcbicc-style CID2013.txt (one negative score)."""
+    rows, romans, k = [], {1: "I", 2: "II"}, 0
+    for s in (1, 2):
+        for c in (1, 2):
+            for d in (1, 2):
+                rel = f"IS{s}/co{c}/IS_{romans[s]}_C{c:02d}_D{d:02d}.jpg"
+                q = (k + 0.5) / 8
+                save(_img(seed * 1000 + k, q, size), os.path.join(root, rel))
+                rows.append((f"CID2013/{rel}", s, round(-5 + 92 * q, 3)))
+                k += 1
+    with open(os.path.join(root, "CID2013.txt"), "w") as f:
+        f.write("dis_img_path,dis_type,score\n")
+        for r in rows:
+            f.write(f"{r[0]},{r[1]},{r[2]}\n")
+    return {"ids": [r[0].split("/", 1)[1] for r in rows], "mos": [r[2] for r in rows]}
+
+
+def make_kadid10k(root: str, n_refs: int = 3, n_types: int = 2, n_levels: int = 2, size=(24, 32), seed: int = 0) -> dict:
+    """KADID-10k layout: images/I01.png, images/I01_01_01.png ..., dmos.csv (dist_img,ref_img,dmos,var)."""
+    lines, ids = ["dist_img,ref_img,dmos,var"], []
+    for r in range(1, n_refs + 1):
+        ref = content_image(seed * 1000 + r, size)
+        save(ref, os.path.join(root, "images", f"I{r:02d}.png"))
+        for t in range(1, n_types + 1):
+            for lv in range(1, n_levels + 1):
+                q = 1.0 - 0.2 * lv - 0.05 * t
+                name = f"I{r:02d}_{t:02d}_{lv:02d}.png"
+                save(degrade(ref, q, r * 100 + t * 10 + lv), os.path.join(root, "images", name))
+                lines.append(f"{name},I{r:02d}.png,{1 + 4 * q:.3f},0.25")
+                ids.append(name)
+    with open(os.path.join(root, "dmos.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return {"ids": ids, "refs": [f"I{r:02d}.png" for r in range(1, n_refs + 1)]}
+
+
+def make_tid2013(root: str, n_refs: int = 3, n_types: int = 2, n_levels: int = 2, size=(24, 32), seed: int = 0) -> dict:
+    """TID2013 layout with its case mess: distorted_images/I01_01_1.bmp (upper) and i01_01_2.bmp (lower),
+    reference_images/I01.BMP but i03.bmp, mos_with_names.txt always lower-case, mos_std.txt."""
+    mos_lines, std_lines, ids = [], [], []
+    for r in range(1, n_refs + 1):
+        ref = content_image(seed * 1000 + r, size)
+        save(ref, os.path.join(root, "reference_images", f"I{r:02d}.BMP" if r < n_refs else f"i{r:02d}.bmp"))
+        for t in range(1, n_types + 1):
+            for lv in range(1, n_levels + 1):
+                q = 1.0 - 0.2 * lv - 0.05 * t
+                name = f"i{r:02d}_{t:02d}_{lv}.bmp"
+                disk = name.upper().replace(".BMP", ".bmp") if (r, t, lv) == (1, 1, 1) else name
+                save(degrade(ref, q, r * 100 + t * 10 + lv), os.path.join(root, "distorted_images", disk))
+                mos_lines.append(f"{9 * q:.5f} {name}")
+                std_lines.append("0.8")
+                ids.append(name)
+    with open(os.path.join(root, "mos_with_names.txt"), "w") as f:
+        f.write("\n".join(mos_lines) + "\n")
+    with open(os.path.join(root, "mos_std.txt"), "w") as f:
+        f.write("\n".join(std_lines) + "\n")
+    return {"ids": ids, "refs": [f"i{r:02d}" for r in range(1, n_refs + 1)]}
+
+
+def make_live(root: str, per_folder: int = 2, size=(24, 32), seed: int = 0) -> dict:
+    """LIVE release 2 layout: dmos.mat (1x982 dmos + orgs), refnames_all.mat, 5 folders of imgK.bmp, refimgs/.
+    Only `per_folder` entries per folder are distorted images (orgs = 0, files written); the rest are marked as undistorted
+    copies (orgs = 1), which the adapter drops, so no file is needed for them."""
+    import scipy.io
+
+    from data_pipeline.sources.synthetic import LIVE_FOLDERS
+
+    refs = ["parrots.bmp", "buildings.bmp", "caps.bmp"]
+    for j, r in enumerate(refs):
+        save(content_image(seed * 1000 + j, size), os.path.join(root, "refimgs", r))
+    dmos, orgs, refnames, ids = [], [], [], []
+    for folder, n in LIVE_FOLDERS:
+        for k in range(1, n + 1):
+            ref = refs[k % len(refs)]
+            if k <= per_folder:
+                q = 0.3 + 0.2 * k
+                save(degrade(content_image(seed * 1000 + refs.index(ref), size), q, k), os.path.join(root, folder, f"img{k}.bmp"))
+                dmos.append(100 * (1 - q))
+                orgs.append(0)
+                ids.append(f"{folder}/img{k}.bmp")
+            else:
+                dmos.append(0.0)
+                orgs.append(1)
+            refnames.append(ref)
+    scipy.io.savemat(os.path.join(root, "dmos.mat"), {"dmos": np.asarray(dmos)[None, :], "orgs": np.asarray(orgs)[None, :]})
+    scipy.io.savemat(os.path.join(root, "refnames_all.mat"), {"refnames_all": _cell(refnames).T})
+    return {"ids": ids, "refs": refs}
+
+
+def make_csiq(root: str, n_refs: int = 3, size=(24, 32), seed: int = 0) -> dict:
+    """CSIQ layout: src_imgs/<ref>.png, dst_imgs/<TYPE>/<ref>.<TYPE>.<level>.png (original per-type folders), csiq_label.txt."""
+    refs = [str(1600 + i) for i in range(n_refs)]
+    lines, ids = [], []
+    for j, r in enumerate(refs):
+        img = content_image(seed * 1000 + j, size)
+        save(img, os.path.join(root, "src_imgs", f"{r}.png"))
+        for typ in ("AWGN", "jpeg2000"):
+            for lv in (1, 2):
+                name = f"{r}.{typ}.{lv}.png"
+                q = 1.0 - 0.3 * lv
+                save(degrade(img, q, j * 10 + lv), os.path.join(root, "dst_imgs", typ, name))
+                lines.append(f"{name} {1 - q:.4f}")
+                ids.append(name)
+    with open(os.path.join(root, "csiq_label.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return {"ids": ids, "refs": refs}
+
+
+def make_kadis700k(root: str, n: int = 4, size=(24, 32), seed: int = 0) -> dict:
+    """KADIS-700k references: ref_imgs/*.png and kadis700k_ref_imgs.csv (ref_im,dist_type_1,dist_type_2; one "7,8" cell)."""
+    names = [f"ref{i:05d}.png" for i in range(n)]
+    with open(os.path.join(_mkdir(root), "kadis700k_ref_imgs.csv"), "w") as f:
+        f.write("ref_im,dist_type_1,dist_type_2\n")
+        for i, name in enumerate(names):
+            save(content_image(seed * 1000 + i, size), os.path.join(root, "ref_imgs", name))
+            f.write(f'{name},{i % 25 + 1},"7,8"\n' if i == 0 else f"{name},{i % 25 + 1},{(i + 3) % 25 + 1}\n")
+    return {"ids": names}
+
+
+def make_csv_folder(root: str, n: int = 6, size=(24, 32), seed: int = 0) -> dict:
+    """A user's own data: photos/<name>.png + scores.csv (file,score,split) on a 1-10 scale."""
+    q = _qualities(n, seed)
+    names = [f"photo_{i}.png" for i in range(n)]
+    with open(os.path.join(_mkdir(root), "scores.csv"), "w") as f:
+        f.write("file,score,split\n")
+        for i, name in enumerate(names):
+            save(_img(seed * 1000 + i, q[i], size), os.path.join(root, "photos", name))
+            f.write(f"{name},{1 + 9 * q[i]:.3f},{'test' if i % 3 == 0 else 'train'}\n")
+    return {"ids": names}
+
+
+def _mkdir(path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+#: dataset name -> layout generator
+LAYOUTS = {"koniq10k": make_koniq10k, "clive": make_clive, "bid": make_bid, "spaq": make_spaq, "cid2013": make_cid2013,
+           "kadid10k": make_kadid10k, "tid2013": make_tid2013, "live": make_live, "csiq": make_csiq,
+           "kadis700k": make_kadis700k, "csv": make_csv_folder}

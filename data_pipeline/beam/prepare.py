@@ -1,0 +1,94 @@
+"""The "prepare" pipeline: dataset adapter rows -> validated, decoded-once Examples -> sharded TFRecords + manifest + splits.
+
+`prepare(dataset, root, out)` runs the adapter (metadata validation: rejects with file and row), then `writer.write_records` on
+Beam: each image is decoded once under the decode policy to validate it and find its size; the ORIGINAL bytes are stored for
+plain JPEG/PNG/BMP (never re-encode lossy: it changes the quality being measured), anything else (TIFF, CMYK/16-bit/alpha, EXIF
+rotation, GIF...) as a lossless PNG of the policy's pixels (`data_pipeline.images.canonical_bytes`). SPAQ's optional short-side
+resize happens here too (bicubic, stored as lossless PNG).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import math
+import os
+import time
+from typing import Optional, Sequence
+
+from data_pipeline import schema
+from data_pipeline.images import ImageDecodeError, canonical_bytes, load_image
+from data_pipeline.splits import SplitConfig
+
+logger = logging.getLogger(__name__)
+
+
+def row_to_examples(row: dict, kind: str, dataset: str, score_range, higher_better: bool):
+    """One adapter row -> [(image_id, serialized Example)]; raises ImageDecodeError / ValueError for a bad image."""
+    path = row["path"]
+    side = row.get("resize_short_side")
+    if side:
+        from PIL import Image
+
+        arr = load_image(path)
+        h, w = arr.shape[:2]
+        s = side / min(h, w)
+        if s < 1.0:
+            arr = __import__("numpy").asarray(Image.fromarray(arr).resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC))
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        encoded, fmt, h, w = buf.getvalue(), "png", arr.shape[0], arr.shape[1]
+    else:
+        encoded, fmt, h, w = canonical_bytes(path)
+        load_image(encoded)  # decode once: truncated / corrupt data fails here, not in training
+    mos = row.get("mos")
+    mos = float("nan") if mos is None else float(mos)
+    fields = {
+        "image/encoded": encoded, "image/format": fmt, "image/height": h, "image/width": w, "image/id": row["id"],
+        "dataset/name": dataset, "score/mos": mos, "score/std": row.get("std"),
+        "score/normalized": schema.normalize_score(mos, score_range, higher_better),
+    }
+    if kind in ("synthetic", "pair"):
+        fields.update({"distortion/type": int(row.get("type", -1)), "distortion/name": str(row.get("type_name", "")),
+                       "distortion/level": int(row.get("level", -1)), "reference/id": str(row.get("reference", ""))})
+    return [(row["id"], schema.make_example(kind, fields).SerializeToString())]
+
+
+def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, num_splits: int = 10, train_ratio: float = 0.8,
+            seed: int = 0, runner: Optional[str] = "DirectRunner", pipeline_args: Sequence[str] = (),
+            num_shards: Optional[int] = None, limit: Optional[int] = None) -> dict:
+    """Prepares one dataset from its official layout into `<out>/<name>/`; returns the manifest.
+
+    Args:
+        dataset: adapter name (`data_pipeline.sources.SOURCES`, aliases accepted).
+        root: the dataset's root folder in its official layout.
+        options: adapter options (e.g. `{"resolution": "512x384"}` for KonIQ, `{"short_side": 512}` for SPAQ).
+        num_splits, train_ratio, seed: `splits.csv` (reference-grouped for synthetic sets; KonIQ adds `official`).
+        runner, pipeline_args: Beam runner and extra pipeline arguments (None = inline, no Beam).
+        limit: only the first `limit` rows (smoke runs).
+
+    Raises:
+        MetadataError / ValueError: unreadable score files, unknown dataset or option; RuntimeError: nothing could be prepared.
+    """
+    from data_pipeline.beam.writer import write_records
+    from data_pipeline.sources import get_source
+
+    t0 = time.time()
+    src = get_source(dataset)(root, **(options or {}))
+    rows, rejects = src.rows()
+    if limit:
+        rows = rows[: int(limit)]
+    if not rows:
+        reasons = "; ".join(f"{r['path']}: {r['reason']}" for r in rejects[:5])
+        raise RuntimeError(f"{src.name}: no usable image under {src.root} ({len(rejects)} rejected{': ' + reasons if reasons else ''}); "
+                           f"expected layout: {src.layout}")
+    fn = functools.partial(row_to_examples, kind=src.kind, dataset=src.name, score_range=tuple(src.score_range),
+                           higher_better=src.higher_better)
+    out_dir = os.path.join(out, src.name)
+    extra = {"rejects": rejects, "source": src.describe(), "pseudo_label": None}
+    manifest = write_records(rows, fn, out_dir, src.kind, src.name, src.score_range, src.higher_better, num_shards=num_shards,
+                             runner=runner, pipeline_args=pipeline_args, manifest_extra=extra,
+                             splits=SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed))
+    manifest["prepare_seconds"] = round(time.time() - t0, 3)
+    return manifest

@@ -1,0 +1,170 @@
+"""Adapter base: a dataset's official on-disk layout -> validated rows + rejects.
+
+A row is a dict: `id` (unique in the dataset), `path` (absolute), `mos` (native scale), `std` (NaN if unknown) and, for synthetic
+sets, `type`, `type_name`, `level`, `reference` (reference id); optionally `official` (train|validation|test).
+
+Metadata problems never pass silently:
+- a score file with the wrong columns / shape raises `MetadataError` naming the file, what was expected and what was found;
+- a row whose image file is missing, whose score is NaN or outside the declared range, or whose id repeats an earlier row is
+  REJECTED (`{"path", "reason"}` naming the score file and row), and the others go on to the writer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Optional
+
+from data_pipeline.images import is_image_file
+
+
+class MetadataError(ValueError):
+    """A score/metadata file that cannot be read as the official layout (the message names the file and the problem)."""
+
+
+class Source:
+    """One dataset adapter. Subclasses set the class attributes and implement `read()`.
+
+    Attributes:
+        name: dataset name (directory name under `--out`).
+        kind: record kind (`authentic` | `synthetic`).
+        score_range: declared native score range (lo, hi).
+        higher_better: score direction.
+        layout: a short description of the expected on-disk layout (shown by `keras-iqa prepare --help` and in docs).
+    """
+
+    name = "source"
+    kind = "authentic"
+    score_range = (0.0, 100.0)
+    higher_better = True
+    layout = ""
+    #: scores outside the declared range by more than this fraction of the range are rejected
+    range_tolerance = 0.02
+
+    def __init__(self, root: str, **options):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"{self.root}: dataset root directory not found (expected layout: {self.layout})")
+        unknown = set(options) - set(self.options())
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.options()) or 'none'}")
+        self.opts = {**self.options(), **options}
+
+    @classmethod
+    def options(cls) -> dict:
+        """Adapter options and their defaults."""
+        return {}
+
+    # ----------------------------------------------------------------------------------------------------------- helpers
+    def path(self, *parts) -> str:
+        return os.path.join(self.root, *parts)
+
+    def require(self, *parts) -> str:
+        p = self.path(*parts)
+        if not os.path.exists(p):
+            raise MetadataError(f"{p}: not found; {self.name} expects this layout: {self.layout}")
+        return p
+
+    def find_ci(self, folder: str, name: str) -> Optional[str]:
+        """Case-insensitive lookup of `name` in `folder` (official releases mix `I01.BMP` / `i25.bmp`, `.JPG` / `.jpg`)."""
+        exact = os.path.join(folder, name)
+        if os.path.exists(exact):
+            return exact
+        listing = self._listing(folder)
+        return listing.get(name.lower())
+
+    def _listing(self, folder: str) -> dict:
+        cache = self.__dict__.setdefault("_listings", {})
+        if folder not in cache:
+            try:
+                cache[folder] = {f.lower(): os.path.join(folder, f) for f in os.listdir(folder)}
+            except OSError:
+                cache[folder] = {}
+        return cache[folder]
+
+    # ------------------------------------------------------------------------------------------------------------ reading
+    def read(self) -> Iterable[dict]:
+        """Yields raw rows (may hold `path=None` for a missing file, NaN scores...) with a `where` key (file + row) for
+        messages. Raises MetadataError for an unreadable score file."""
+        raise NotImplementedError
+
+    def rows(self) -> tuple[list[dict], list[dict]]:
+        """Validated rows and rejects (`{"path", "reason"}`)."""
+        lo, hi = self.score_range
+        tol = self.range_tolerance * (hi - lo)
+        seen: dict[str, str] = {}
+        good, rejects = [], []
+        for row in self.read():
+            where = row.pop("where", self.root)
+            shown = row.get("path") or row.get("id") or where
+
+            def reject(reason):
+                rejects.append({"path": str(shown), "reason": f"{reason} ({where})"})
+
+            if not row.get("path") or not os.path.isfile(row["path"]):
+                reject(f"image file not found: {row.get('missing') or row.get('path') or row.get('id')}")
+                continue
+            row.pop("missing", None)
+            mos = row.get("mos")
+            if self.requires_score:
+                try:
+                    mos = float(mos)
+                except (TypeError, ValueError):
+                    reject(f"score {mos!r} is not a number")
+                    continue
+                if math.isnan(mos) or math.isinf(mos):
+                    reject(f"score is {mos}")
+                    continue
+                if not (lo - tol <= mos <= hi + tol):
+                    reject(f"score {mos} outside the declared range [{lo}, {hi}]")
+                    continue
+                row["mos"] = mos
+            if row["id"] in seen:
+                reject(f"duplicate image id {row['id']!r} (first at {seen[row['id']]})")
+                continue
+            seen[row["id"]] = where
+            std = row.get("std")
+            row["std"] = float("nan") if std is None or std == "" else float(std)
+            good.append(row)
+        return good, rejects
+
+    requires_score = True
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "score_range": list(self.score_range), "higher_better": self.higher_better,
+                "root": self.root, "options": self.opts}
+
+
+def cell_str(x) -> str:
+    """A MATLAB cell entry (nested numpy object arrays from scipy.io.loadmat) -> str."""
+    import numpy as np
+
+    while isinstance(x, np.ndarray) and x.dtype == object:
+        x = x.flat[0] if x.size else ""
+    if isinstance(x, np.ndarray):
+        return "".join(str(v) for v in x.flat) if x.dtype.kind in "US" else str(x.flat[0])
+    return str(x)
+
+
+def load_mat(path: str, key: str):
+    """`scipy.io.loadmat(path)[key]` with errors naming the file and the keys found."""
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(path)
+    except Exception as e:
+        raise MetadataError(f"{path}: cannot read MATLAB file ({type(e).__name__}: {e})") from e
+    if key not in data:
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise MetadataError(f"{path}: no variable {key!r} (found {found})")
+    return data[key]
+
+
+def check_columns(path: str, columns, required) -> None:
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise MetadataError(f"{path}: missing column(s) {missing}; found {list(columns)}; expected at least {list(required)}")
+
+
+def image_files(folder: str) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if is_image_file(f))
