@@ -157,7 +157,7 @@ def fit_logistic(pred, mos, params: int = 5, grid: int = 40) -> LogisticFit:
     Works on standardised predictions z = (pred - mean) / std, so any model scale is well conditioned. The logistic is linear
     in all parameters but two (steepness/scale u and centre v): a `grid` x `grid` search over (u, v) with the linear ones solved
     exactly (variable projection; no starting-point guesswork), then a Nelder-Mead refinement of (log u, v). Bounds keep the
-    mapping a mapping rather than an interpolation of a few points: the transition width >= 0.05 std of the predictions, the
+    mapping a mapping rather than an interpolation of a few points: the transition width >= 0.1 std of the predictions, the
     centre within +-4 std. Parameters are returned on the original pred scale. If the fit is not finite, issues
     `LogisticFitWarning` and returns the linear least-squares map (`ok=False`).
     """
@@ -168,7 +168,7 @@ def fit_logistic(pred, mos, params: int = 5, grid: int = 40) -> LogisticFit:
     p, m = _as_arrays(pred, mos, f"fit_logistic({params})", min_samples=params + 1)
     mu, sd = p.mean(), p.std()
     z = (p - mu) / sd
-    log_lo, log_hi, v_lim = np.log(0.05), np.log(20.0), 4.0
+    log_lo, log_hi, v_lim = np.log(0.1), np.log(10.0), 4.0
     lu, vv = np.meshgrid(np.linspace(log_lo, log_hi, grid), np.linspace(-v_lim, v_lim, grid))
     # grid on at most 400 points (every k-th in pred order: the shape of the relation is kept), refinement on all of them
     sub = np.argsort(z)[:: max(1, z.size // 400)]

@@ -316,6 +316,19 @@ def test_cli_evaluate_and_report(dataset, tmp_path, capsys):
     assert "official" in (tmp_path / "cmp.md").read_text()
     assert main(["evaluate", str(tmp_path / "nope"), "--data", str(d), "--report", str(tmp_path / "r2")]) != 0
     assert "nope" in capsys.readouterr().err
+    # significance against a baseline: one F-test per split + Wilcoxon over the splits
+    good, bad = [], []
+    for i in range(3):
+        good.append(tmp_path / f"good{i}.csv")
+        _preds(df, 3.0, seed=i).to_csv(good[-1], index=False)
+        bad.append(tmp_path / f"bad{i}.csv")
+        _preds(df, 40.0, seed=10 + i).to_csv(bad[-1], index=False)
+    assert main(["evaluate", *map(str, good), "--compare", *map(str, bad), "--data", str(d), "--protocol", "splits",
+                 "--report", str(tmp_path / "r3"), "--no-plots"]) == 0
+    sig = json.loads((tmp_path / "r3" / "results.json").read_text())["significance"]
+    assert len(sig) == 4 and all("good" in s["verdict"] for s in sig[:3]) and sig[3]["test"].startswith("Wilcoxon")
+    assert main(["evaluate", str(csv), "--data", str(d), "--protocol", "lodo", "--report", str(tmp_path / "r4")]) == 2
+    assert "held_out_distortion" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ end to end on real records
@@ -363,3 +376,14 @@ def test_end_to_end_run_dirs_real_reader(tmp_path):
     meta = P.read_metadata(data)
     lodo = pd.read_csv(tmp_path / "lodo" / "predictions.csv", dtype={"image_id": str})
     assert set(lodo.image_id) == set(meta.image_id[meta.distortion_type == 2])
+    # gMAD from the command line on a folder of unlabeled images
+    from PIL import Image
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(pool / f"p{i}.png")
+    assert main(["evaluate", runs[0], "--protocol", "gmad", "--against", runs[1], "--pool", str(pool), "--levels", "2",
+                 "--tol", "0.3", "--report", str(tmp_path / "gm")]) == 0
+    assert json.loads((tmp_path / "gm" / "gmad.json").read_text())["pairs"]
+    assert (tmp_path / "gm" / "gmad_sheet.png").stat().st_size > 1000
