@@ -2,7 +2,8 @@
 
 The embedded set is the colour photographs that ship inside the scikit-image wheel, so the demo and the tests need no
 download. Each reference is named by a *source string*: ``"skimage:astronaut"`` for an embedded photo or a file path;
-:func:`load_reference` turns one into ``(id, uint8 HxWx3, encoded bytes, format)``, which is what the Beam workers call.
+:func:`load_reference` turns one into ``(uint8 HxWx3, stored bytes, format)``, which is what the Beam workers call, and
+:func:`reference_id` gives its id.
 
 Example:
     >>> from data_pipeline import pristine
@@ -105,7 +106,7 @@ def reference_id(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem)
 
 
-def load_reference(source: str, max_long_side: int = 0) -> tuple[np.ndarray, bytes, str]:
+def load_reference(source: str, max_long_side: int = 0, encode: bool = True):
     """Loads a reference: ``(uint8 HxWx3 pixels, stored bytes, format)``.
 
     The stored bytes decode to exactly the pixels returned: the original file when the decode policy keeps it
@@ -113,6 +114,7 @@ def load_reference(source: str, max_long_side: int = 0) -> tuple[np.ndarray, byt
 
     Args:
         max_long_side: downscale (area) so that the long side is at most this; 0 keeps the size.
+        encode: False skips making the stored bytes (returns ``(pixels, None, None)``).
     """
     from data_pipeline.images import DecodePolicy, canonical_bytes, encode_png, load_image
 
@@ -121,8 +123,10 @@ def load_reference(source: str, max_long_side: int = 0) -> tuple[np.ndarray, byt
         pixels = load_embedded(source[len(PREFIX):])
         if max_long_side and max(pixels.shape[:2]) > max_long_side:
             pixels = load_image(encode_png(pixels), policy)
-        return pixels, encode_png(pixels), "png"
+        return (pixels, encode_png(pixels), "png") if encode else (pixels, None, None)
     pixels = load_image(source, policy)
+    if not encode:
+        return pixels, None, None
     data, fmt, h, w = canonical_bytes(source)
     if (h, w) != pixels.shape[:2]:
         return pixels, encode_png(pixels), "png"

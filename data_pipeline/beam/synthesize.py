@@ -108,7 +108,7 @@ class DistortedExamples:
         from data_pipeline.images import encode_png
         from data_pipeline.schema import make_example
 
-        pixels, ref_bytes, _fmt = pristine.load_reference(row["path"], self.max_long_side)
+        pixels, ref_bytes, _fmt = pristine.load_reference(row["path"], self.max_long_side, encode=self.kind == "pair")
         ref, t = row["reference_id"], int(row["type"])
         h, w = pixels.shape[:2]
         for lv in row["levels"]:
