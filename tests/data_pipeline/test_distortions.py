@@ -39,6 +39,9 @@ def test_table_matches_spec():
     assert D.NAMES[25] == "Contrast Dist." and D.NAMES[7] == "Saturation_Dist._HSV"
     assert D.get("gblur").id == 1 and D.get("JPEG").id == 10 and D.get("15").id == 15
     assert set(D.MONOTONE) | set(D.NON_MONOTONE) == set(TYPES)
+    img = np.full((8, 8, 3), 100, np.uint8)
+    np.testing.assert_array_equal(D.DISTORTIONS[11](img, 2, np.random.default_rng(5)),
+                                  D.distort(img, "noisegauss", 2, np.random.default_rng(5)))
 
 
 @pytest.mark.parametrize("t", TYPES)
