@@ -23,6 +23,7 @@ violations raise `MetricInputError` (a `ValueError`) naming the problem and the 
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -379,3 +380,7 @@ def __getattr__(name):  # lazy: `import keras_iqa.metrics` for the numpy metrics
             _KERAS = dict(zip(("SROCC", "PLCC"), _make_keras_metrics()))
         return _KERAS[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if "keras" in sys.modules:  # Keras already loaded: register SROCC / PLCC now, so saved models compiled with them deserialise
+    __getattr__("SROCC")

@@ -237,6 +237,24 @@ def _find_key(cfg, key):
     return None
 
 
+def _find_split(cfg):
+    """The split column a run was trained on: the shallowest value of a `split` key that names a column (split_NN or
+    official); breadth-first, so a top-level `split` wins over one inside a stage's section."""
+    level = [cfg]
+    while level:
+        nxt = []
+        for c in level:
+            if isinstance(c, dict):
+                v = c.get("split")
+                if isinstance(v, str) and (v.startswith("split_") or v == "official"):
+                    return v
+                nxt.extend(c.values())
+            elif isinstance(c, list):
+                nxt.extend(c)
+        level = nxt
+    return None
+
+
 def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[str], ids: Optional[set], predict_kw: dict):
     """DataFrame(image_id, target, pred) of `source` on the images of (split, subset), restricted to `ids` if given."""
     if source.table is not None:
@@ -350,7 +368,7 @@ def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, f
         raise ValueError(f"{Path(data_dir) / 'splits.csv'} has no split_XX columns")
     meta = read_metadata(data_dir) if info.get("kind") in ("synthetic", "pair") else None
     if len(srcs) == 1 and splits and len(splits) > 1:
-        trained = _find_key(srcs[0].config, "split")
+        trained = _find_split(srcs[0].config)
         if trained:
             warnings.warn(f"{srcs[0].name} was trained on {trained!r}; evaluating it on other splits' test subsets includes its "
                           "own training images (pass one run per split instead)", UserWarning, stacklevel=2)
@@ -360,7 +378,7 @@ def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, f
             raise ValueError(f"{len(srcs)} sources but {len(splits)} splits; give one split per source (or one source)")
         pairs = []
         for i, s in enumerate(srcs):
-            col = _find_key(s.config, "split") or (splits[i] if splits else f"split_{i:02d}")
+            col = _find_split(s.config) or (splits[i] if splits else f"split_{i:02d}")
             pairs.append((s, str(col)))
     seen = [c for _, c in pairs]
     if len(set(seen)) < len(seen):
@@ -408,6 +426,7 @@ def evaluate_cross(source, data_dirs, fine: bool = True, fine_kw: Optional[dict]
         data_dirs = [data_dirs]
     rows, fgs, preds, infos = [], [], [], []
     trained_on = _find_key(s.config, "data")
+    trained_on = trained_on if isinstance(trained_on, str) else None
     for d in data_dirs:
         info = load_dataset_info(d)
         if trained_on and Path(str(trained_on)).resolve() == Path(d).resolve():
