@@ -213,7 +213,7 @@ def manifest_extra(types, levels, per_image_types, seed, pseudo_label, restretch
 def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", levels="1-5", per_image_types: int = 0,
                seed: int = 0, pseudo_label: str | None = None, pairs: bool = True, runner: str = "DirectRunner",
                pipeline_args: Sequence[str] = (), num_shards: int | None = None, max_long_side: int = 0,
-               restretch: bool = False, num_splits: int = 10, test_fraction: float = 0.2) -> dict:
+               restretch: bool = False, num_splits: int = 10, train_ratio: float = 0.8) -> dict:
     """Runs the synthesize pipeline; returns ``{"synthetic": manifest, "pair": manifest or None}``.
 
     Args:
@@ -225,7 +225,7 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
         pairs: also write the pair dataset.
         runner, pipeline_args, num_shards: passed to the writer (Beam runner and its options; ``runner=None`` writes
             inline without Beam). The writer parallelises over shards, so the default gives every DirectRunner worker one.
-        num_splits, test_fraction: reference-grouped random splits in ``splits.csv`` (seeded by ``seed``).
+        num_splits, train_ratio: reference-grouped random splits in ``splits.csv`` (column k seeded by ``seed + k``).
     """
     from data_pipeline.beam.writer import default_num_shards, shard_name, write_records
     from data_pipeline.splits import SplitConfig
@@ -233,10 +233,8 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
     type_ids, level_ids = D.parse_types(types), D.parse_levels(levels)
     srcs = list(pristine_spec) if isinstance(pristine_spec, (list, tuple)) else pristine.sources(pristine_spec)
     rows = plan(srcs, type_ids, level_ids, per_image_types, seed, settings(seed, pseudo_label, max_long_side, restretch))
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     # the writer groups the splits by reference/id for synthetic and pair records
-    splits = SplitConfig(num_splits=num_splits, train_ratio=1.0 - test_fraction, seed=seed, group_by_reference=True)
+    splits = SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed, group_by_reference=True)
     if num_shards is None:  # ~500 distorted images per shard, and at least one shard per DirectRunner worker
         workers = max([int(a.split("=", 1)[1]) for a in pipeline_args if a.startswith("--direct_num_workers=")] or [1])
         num_shards = min(len(rows), max(default_num_shards(len(rows) * len(level_ids)), workers)) or 1

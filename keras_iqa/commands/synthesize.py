@@ -21,7 +21,7 @@ Examples:
   keras-iqa synthesize --pristine photos/ --out records/ --per-image-types 5 --seed 7 --max-long-side 512
   keras-iqa synthesize --pristine photos/ --out records/ --num-workers 2              # DirectRunner, 2 processes
   keras-iqa synthesize --pristine photos/ --out gs://bucket/records --runner DataflowRunner \\
-      --pipeline-arg=--project=my-proj --pipeline-arg=--region=europe-west1 --pipeline-arg=--temp_location=gs://bucket/tmp
+      --beam-arg=--project=my-proj --beam-arg=--region=europe-west1 --beam-arg=--temp_location=gs://bucket/tmp
   keras-iqa synthesize --preview contact_sheet.png --preview-reference chelsea --preview-size 64
 Types (KADID ids): 1 GBLUR 2 Lens_Blur 3 Motion_Blur 4 Color_Diffusion 5 Color_Shift 6 Color_Quantization
   7 Saturation_Dist._HSV 8 Saturation_Dist._Lab 9 JP2K 10 JPEG 11 AWGN 12 AWGN_YCbCr 13 Impulse_Noise
@@ -51,16 +51,17 @@ def register(sub):
                    help="downscale references to this long side before distorting (0 = keep; KADIS used 512x384)")
     p.add_argument("--restretch", action="store_true",
                    help="apply the MATLAB generator's min-max stretch (mapmm) to input and output, as the official code does")
-    p.add_argument("--num-splits", type=int, default=10, help="number of random reference-grouped splits (default 10)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of references in each test split (default 0.2)")
+    p.add_argument("--splits", "--num-splits", dest="splits", type=int, default=10, metavar="N",
+                   help="random reference-grouped split columns split_00.. (default 10)")
+    p.add_argument("--train-ratio", type=float, default=0.8, help="train fraction of the references (default 0.8)")
     g = p.add_argument_group("Beam runner")
     g.add_argument("--runner", default="DirectRunner",
-                   help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, ...; 'inline' writes without Beam")
+                   help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner, ...; 'inline' for no Beam")
     g.add_argument("--num-workers", type=int, default=1,
                    help="DirectRunner worker processes (multi_processing mode when > 1; default 1)")
     g.add_argument("--num-shards", type=int, default=None, help="TFRecord shards per dataset (default: chosen by the writer)")
-    g.add_argument("--pipeline-arg", action="append", default=[], metavar="ARG",
-                   help="extra Beam pipeline option passed through, e.g. --pipeline-arg=--project=p (repeatable)")
+    g.add_argument("--beam-arg", "--pipeline-arg", dest="beam_arg", action="append", default=[], metavar="ARG",
+                   help="extra Beam pipeline argument passed through (repeatable; write --beam-arg=--flag=value)")
     g = p.add_argument_group("contact sheet")
     g.add_argument("--preview", metavar="OUT.png", help="draw one reference through all types x levels into this PNG")
     g.add_argument("--preview-reference", default="chelsea",
@@ -72,7 +73,7 @@ def register(sub):
 
 
 def _runner_args(args) -> list[str]:
-    extra = list(args.pipeline_arg)
+    extra = list(args.beam_arg)
     if args.runner == "DirectRunner" and args.num_workers > 1:
         extra += [f"--direct_num_workers={args.num_workers}", "--direct_running_mode=multi_processing"]
     return extra
@@ -111,9 +112,9 @@ def run(args) -> int:
     result = synthesize(
         args.pristine, args.out, name=args.name, types=args.types, levels=args.levels,
         per_image_types=args.per_image_types, seed=args.seed, pseudo_label=args.pseudo_label, pairs=not args.no_pairs,
-        runner=None if args.runner == "inline" else args.runner, pipeline_args=_runner_args(args), num_shards=args.num_shards,
-        max_long_side=args.max_long_side, restretch=args.restretch, num_splits=args.num_splits,
-        test_fraction=args.test_fraction)
+        runner=None if args.runner.lower() in ("inline", "none") else args.runner, pipeline_args=_runner_args(args), num_shards=args.num_shards,
+        max_long_side=args.max_long_side, restretch=args.restretch, num_splits=args.splits,
+        train_ratio=args.train_ratio)
     failed = False
     for kind, manifest in result.items():
         if manifest is None:
