@@ -57,6 +57,9 @@ def register(sub):
     p.add_argument("--labels", help="comma-separated bin labels (default Bad,Poor,Fair,Good,Excellent for the ACR bins)")
     p.add_argument("--pred-mapping", choices=("range", "logistic", "none"),
                    help="how predictions reach 0-100 for the range report (default: the model's score_range; CSVs: logistic)")
+    p.add_argument("--best-epoch", action="store_true",
+                   help="also report REQA's official-code numbers: best test SROCC / PLCC over epochs from each run's "
+                        "history.csv (test-set model selection, reported beside the final-model numbers)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--against", metavar="SOURCE", help="gmad: the second model")
     p.add_argument("--pool", metavar="DIR", help="gmad: folder of unlabeled images (searched recursively)")
@@ -155,6 +158,11 @@ def run(args):
             res.results["significance"] = _significance(S, res, base)
             res.results["baseline"] = {"sources": base.results["sources"], "summary": base.results["summary"],
                                        "rows": base.results["rows"]}
+    if args.best_epoch:
+        sel = P.best_epoch_selection(sources)
+        if sel is None:
+            raise ValueError("--best-epoch: no run has a history.csv with test_srocc/val_srocc or test_plcc/val_plcc columns")
+        res.results["official_code_selection"] = sel
     if res.results.get("kind") in ("synthetic", "pair") and args.protocol != "lodo" and len(args.data) == 1:
         res.results["per_distortion"] = P.per_distortion(res.predictions, args.data[0])
     res.results["warnings"] = sorted({str(w.message) for w in caught})

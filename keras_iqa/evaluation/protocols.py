@@ -33,7 +33,8 @@ from keras_iqa.evaluation.fine_grained import fine_grained_report
 
 __all__ = [
     "ProtocolResult", "load_dataset_info", "read_splits", "split_ids", "check_split_hygiene", "read_metadata", "load_source",
-    "evaluate_splits", "evaluate_official", "evaluate_cross", "evaluate_lodo", "per_distortion", "summarize", "SUMMARY_METRICS",
+    "evaluate_splits", "evaluate_official", "evaluate_cross", "evaluate_lodo", "per_distortion", "best_epoch_selection",
+    "summarize", "SUMMARY_METRICS",
 ]
 
 SUMMARY_METRICS = ("srocc", "plcc", "krocc", "plcc_logistic4", "plcc_logistic5", "rmse", "mae")
@@ -505,3 +506,29 @@ def per_distortion(predictions, data_dir=None, metadata=None) -> list:
         out.append(r)
     return out
 
+
+def best_epoch_selection(sources, metrics: Sequence[str] = ("srocc", "plcc")) -> Optional[dict]:
+    """REQA official-code numbers (spec/reqa.md 1.10): per run, the best test SROCC and the best test PLCC over epochs, taken
+    independently (possibly from different epochs), from each run's history.csv (columns test_<m>, else val_<m>); median and
+    mean over runs. This is test-set model selection: reported beside, never instead of, the final-model numbers."""
+    import pandas as pd
+
+    per_run = []
+    for s in sources:
+        if not s.path or not (Path(s.path) / "history.csv").is_file():
+            continue
+        h = pd.read_csv(Path(s.path) / "history.csv")
+        row = {"source": s.name, "epochs": int(len(h))}
+        for m in metrics:
+            col = next((c for c in (f"test_{m}", f"val_{m}") if c in h.columns), None)
+            if col is not None and h[col].notna().any():
+                row[m] = float(h[col].max())
+                row[f"{m}_epoch"] = int(h[col].idxmax())
+                row[f"{m}_column"] = col
+        if any(m in row for m in metrics):
+            per_run.append(row)
+    if not per_run:
+        return None
+    return {"note": "best over epochs per run, SROCC and PLCC selected independently on the TEST set (official REQA code); "
+                    "optimistic, not comparable with final-model numbers",
+            "per_run": per_run, "summary": summarize(per_run, metrics)}

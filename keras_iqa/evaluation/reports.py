@@ -187,6 +187,11 @@ def to_markdown(results: dict) -> str:
         lines += ["", "## Per distortion type", "", "| type | name | n | SROCC | PLCC |", "|---|---|---|---|---|"]
         for d in r["per_distortion"]:
             lines.append(f"| {d['distortion_type']} | {d['distortion_name']} | {d['n']} | {_fmt(d['srocc'])} | {_fmt(d['plcc'])} |")
+    sel = r.get("official_code_selection")
+    if sel:
+        lines += ["", "## Best epoch per run (official REQA code selection)", "", sel["note"], ""]
+        for k, v in sel["summary"].items():
+            lines.append(f"- {k}: median {_fmt(v['median'])}, mean {_fmt(v['mean'])} +- {_fmt(v['std'])} over {v['n']} runs")
     if r.get("significance"):
         lines += ["", "## Significance", ""]
         for s in r["significance"]:
