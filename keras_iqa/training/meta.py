@@ -388,6 +388,9 @@ class _TaskSource:
     def __init__(self, task: dict, index: int):
         self.task, self.index = task, index
         if "support" in task and "query" in task:
+            if task["support"] is None or task["query"] is None:
+                raise ValueError(f"task {index} ({task.get('name', '?')}) has no {'support' if task['support'] is None else 'query'}"
+                                 " set (too few images of this distortion type); drop it from the task list")
             self._it = {p: iter(task[p].repeat()) for p in ("support", "query")}
         elif all(key in task for key in ("support_x", "support_y", "query_x", "query_y")):
             self._it = None
