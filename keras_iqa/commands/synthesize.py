@@ -59,7 +59,8 @@ def register(sub):
                    help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner, ...; 'inline' for no Beam")
     g.add_argument("--num-workers", type=int, default=1,
                    help="DirectRunner worker processes (multi_processing mode when > 1; default 1)")
-    g.add_argument("--num-shards", type=int, default=None, help="TFRecord shards per dataset (default: ~500 images per shard, at least --num-workers)")
+    g.add_argument("--num-shards", type=int, default=None,
+                   help="TFRecord shards per dataset (default: ~500 images per shard, at least --num-workers)")
     g.add_argument("--beam-arg", "--pipeline-arg", dest="beam_arg", action="append", default=[], metavar="ARG",
                    help="extra Beam pipeline argument passed through (repeatable; write --beam-arg=--flag=value)")
     g = p.add_argument_group("contact sheet")
