@@ -32,7 +32,7 @@ from keras_iqa import metrics as M
 from keras_iqa.evaluation.fine_grained import fine_grained_report
 
 __all__ = [
-    "ProtocolResult", "load_dataset_info", "read_splits", "split_ids", "check_split_hygiene", "read_metadata", "load_source",
+    "ProtocolResult", "to_data_scale", "load_dataset_info", "read_splits", "split_ids", "check_split_hygiene", "read_metadata", "load_source",
     "evaluate_splits", "evaluate_official", "evaluate_cross", "evaluate_lodo", "per_distortion", "best_epoch_selection",
     "summarize", "SUMMARY_METRICS",
 ]
@@ -289,20 +289,37 @@ def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[st
 
 
 # ------------------------------------------------------------------------------------------------------------ scoring
+def to_data_scale(pred, model_range, model_higher_better, data_range, data_higher_better) -> np.ndarray:
+    """Affine map of predictions from the model's declared scale and direction to the dataset's (no clipping, so ranks are
+    kept): a 0-100 REQA model on KonIQ's 1-5 MOS, a higher-better model on a DMOS dataset, ..."""
+    (a, b), (c, d) = (float(v) for v in model_range), (float(v) for v in data_range)
+    u = (np.asarray(pred, np.float64) - a) / (b - a)  # 0..1 along the model's scale
+    if bool(model_higher_better) != bool(data_higher_better):
+        u = 1.0 - u
+    return c + u * (d - c)
+
+
 def _score(df, info: dict, source: Source, fine: bool, fine_kw: dict) -> tuple:
-    """Metrics (+ fine-grained report) of one prediction table against the dataset's MOS."""
+    """Metrics (+ fine-grained report) of one prediction table against the dataset's MOS. Predictions of a model whose
+    declared scale or direction differs from the dataset's are first mapped to the dataset's (`to_data_scale`); the mapped
+    values are added to `df` as `pred_data_scale`."""
     pred, mos = df.pred.to_numpy(np.float64), df.target.to_numpy(np.float64)
-    flip = source.higher_better is not None and bool(source.higher_better) != bool(info["higher_better"])
-    row = M.evaluate_predictions(-pred if flip else pred, mos)
-    if flip:  # correlations are reported on the dataset's direction; raw errors across opposite scales mean nothing
-        row.update(rmse_raw=float("nan"), mae=float("nan"), note="model and dataset score directions differ: predictions "
-                   "negated for correlations; raw RMSE/MAE not defined")
+    rng, hb = source.score_range, source.higher_better
+    same = rng is None or (tuple(map(float, rng)) == tuple(map(float, info["score_range"]))
+                           and bool(hb) == bool(info["higher_better"]))
+    if not same:
+        pred = to_data_scale(pred, rng, hb if hb is not None else info["higher_better"], info["score_range"],
+                             info["higher_better"])
+        df["pred_data_scale"] = pred
+    row = M.evaluate_predictions(pred, mos)
+    if not same:
+        row["pred_scale"] = (f"mapped from the model's {list(rng)} ({'higher' if hb else 'lower'} = better) to the dataset's "
+                             f"{list(info['score_range'])} ({'higher' if info['higher_better'] else 'lower'} = better)")
     fg = None
     if fine:
-        fg = fine_grained_report(
-            pred, mos, mos_range=info["score_range"], mos_higher_better=info["higher_better"],
-            pred_range=source.score_range, pred_higher_better=bool(source.higher_better if source.higher_better is not None
-                                                                    else info["higher_better"]), **fine_kw)
+        fg = fine_grained_report(pred, mos, mos_range=info["score_range"], mos_higher_better=info["higher_better"],
+                                 pred_range=None if rng is None else info["score_range"],
+                                 pred_higher_better=bool(info["higher_better"]), **fine_kw)
     return row, fg
 
 

@@ -183,9 +183,16 @@ def test_model_source_uses_reader_and_orientation(dataset, monkeypatch):
     assert _Reader.calls == [("split_00", "test"), ("split_01", "test")]
     for r in res.results["rows"]:
         assert r["srocc"] == pytest.approx(1.0) and r["mae"] == pytest.approx(0.0, abs=1e-3)
-    # a lower-is-better model: correlations on the dataset's direction, raw errors undefined
-    res = P.evaluate_official(_tiny_model(higher_better=False), d)
-    assert res.results["rows"][0]["srocc"] == pytest.approx(1.0) and np.isnan(res.results["rows"][0]["mae"])
+    # a lower-is-better model on 0-100 scored against a higher-is-better dataset: mapped to the dataset's scale and direction
+    m = _tiny_model(higher_better=False)
+    res = P.evaluate_official(m, d)
+    row = res.results["rows"][0]
+    assert row["srocc"] == pytest.approx(1.0) and "mapped" in row["pred_scale"]
+    # the tiny model outputs -MOS; declared range (-100, 0) lower-better -> maps back exactly onto the MOS
+    m.score_range = (-100.0, 0.0)
+    row = P.evaluate_official(m, d).results["rows"][0]
+    assert row["mae"] == pytest.approx(0.0, abs=1e-3) and row["srocc"] == pytest.approx(1.0)
+    np.testing.assert_allclose(P.to_data_scale([1, 3, 5], (1, 5), True, (0, 1), False), [1, 0.5, 0])
 
 
 def test_predict_reader_averages_crops(monkeypatch):
