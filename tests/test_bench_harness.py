@@ -92,3 +92,22 @@ def test_configure_cpu_applies_policy_in_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["mixed_bfloat16", "mixed_bfloat16", True, 1]
+
+
+def test_backbone_table_and_roofline_fractions_from_fake_results():
+    from bench import backbones, roofline
+
+    row = {"name": "resnet50-train-b16", "model": "ResNet-50", "mode": "train", "batch": 16, "size": 224,
+           "ours": 12.0, "torch": 10.0, "ours_config": "bf16-graph", "torch_config": "fp32-channels_last",
+           "ratio_ours_over_torch": 1.2, "ratio_min": 1.1, "ratio_max": 1.3, "cpu_ratio_ours_over_torch": 1.15,
+           "target": ">= 1.1", "target_met": True}
+    lat = dict(row, name="resnet50-infer-b1", mode="infer", batch=1, ours=20.0, torch=25.0, ratio_ours_over_torch=0.8,
+               target="<= 1.0", target_met=True)
+    md = backbones.table([row, lat, {"model": "ResNet-18", "mode": "train", "batch": 32, "error": "RuntimeError: x"}])
+    assert "| ResNet-50 | train images/s | 16 | 12.00 (bf16-graph) | 10.00 (fp32-channels_last) | 1.200 [1.100, 1.300]" in md
+    assert "batch-1 latency ms" in md and "failed: RuntimeError: x" in md
+    flops = {"ResNet-50": {"forward_flops_tf_profiler": 8e9}}
+    rows = roofline.achieved({"results": [row, lat]}, flops, {"fp32": 100.0, "bf16": 400.0})
+    got = {r["name"]: (round(r["achieved_gflops"], 3), round(r["fraction_of_peak"], 4)) for r in rows}
+    assert got == {"resnet50-train-b16-ours": (288.0, 0.72), "resnet50-train-b16-pytorch": (240.0, 2.4),
+                   "resnet50-infer-b1-ours": (400.0, 1.0), "resnet50-infer-b1-pytorch": (320.0, 3.2)}
