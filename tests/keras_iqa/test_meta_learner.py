@@ -258,3 +258,29 @@ def test_leave_one_distortion_out_runs_end_to_end():
                                   fit={"epochs": 1, "tasks_per_batch": 2}, tune={"epochs": 1, "lr": 1e-2})
     assert list(df["held_out"]) == ["type2"] and int(df["n"].iloc[0]) == 6
     assert np.isfinite(df["srocc"].iloc[0])
+
+
+def test_synthetic_to_authentic_and_table4_baseline_helpers():
+    from keras_iqa.training.meta import baseline_then_finetune, synthetic_to_authentic, tasks_to_dataset
+
+    rng = np.random.default_rng(8)
+    tasks = dataset_tasks(rng, n=3)
+    assert sum(int(tf.shape(x)[0]) for x, _ in tasks_to_dataset(tasks)) == 3 * (10 + 6)
+    t, _ = make_task(rng, sizes_s=(12,), sizes_q=(8,))
+    train = tf.data.Dataset.from_tensor_slices((t["support_x"], t["support_y"])).batch(4)
+    test = [(t["query_x"], t["query_y"])]
+    evals = []
+    out = synthetic_to_authentic(tasks, lambda: linear_model(), train, test, meta={"inner_steps": 1, "inner_lr": 1e-2},
+                                 fit={"epochs": 2, "tasks_per_batch": 2, "eval_fn": lambda m: evals.append(1) or {"x": 1.0}},
+                                 tune={"epochs": 1, "lr": 1e-2})
+    assert out["test"]["n"] == 8 and np.isfinite(out["test"]["plcc"]) and len(evals) == 2 and out["meta"]["x"] == [1.0, 1.0]
+    base = baseline_then_finetune(tasks, lambda: linear_model(), train, test, pretrain_epochs=1, tune={"epochs": 1})
+    assert base["test"]["n"] == 8 and len(base["pretrain"]["loss"]) == 1
+
+
+def test_official_finetune_schedule_is_cumulative():
+    # MetaIQA_FineTune_WILDLIVE.py multiplies the current LR by 0.8 ** (e // 10) every epoch
+    assert lr_factor("official-finetune", 9) == 1.0
+    assert lr_factor("official-finetune", 10) == pytest.approx(0.8)
+    assert lr_factor("official-finetune", 11) == pytest.approx(0.64)
+    assert lr_factor("official-finetune", 20) == pytest.approx(0.8 ** 10 * 0.64)
