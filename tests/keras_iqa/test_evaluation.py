@@ -367,8 +367,11 @@ def test_end_to_end_run_dirs_real_reader(tmp_path):
         run = RunDir.create(tmp_path / f"run{i}", config={"model": "tiny", "data": {"split": extra["split"]}})
         run.save_final(m)
         runs.append(str(run.path))
+    pd.DataFrame({"epoch": [0, 1, 2], "test_srocc": [0.5, 0.9, 0.7], "test_plcc": [0.6, 0.5, 0.8]}).to_csv(
+        tmp_path / "run0" / "history.csv", index=False)
     rep = tmp_path / "rep"
-    assert main(["evaluate", *runs, "--data", str(data), "--protocol", "splits", "--report", str(rep), "--no-plots"]) == 0
+    assert main(["evaluate", *runs, "--data", str(data), "--protocol", "splits", "--report", str(rep), "--no-plots",
+                 "--best-epoch"]) == 0
     res = json.loads((rep / "results.json").read_text())
     assert [r["row"] for r in res["rows"]] == ["split_01", "split_00"]  # from each run's config.json
     table = P.read_splits(data)
@@ -376,10 +379,7 @@ def test_end_to_end_run_dirs_real_reader(tmp_path):
     for col in ("split_00", "split_01"):
         assert set(preds.image_id[preds.row == col]) == set(table.image_id[table[col] == "test"])
     assert res["per_distortion"] and res["rows"][0]["n"] > 3
-    pd.DataFrame({"epoch": [0, 1, 2], "test_srocc": [0.5, 0.9, 0.7], "test_plcc": [0.6, 0.5, 0.8]}).to_csv(
-        tmp_path / "run0" / "history.csv", index=False)
-    assert main(["evaluate", *runs, "--data", str(data), "--report", str(rep), "--no-plots", "--best-epoch"]) == 0
-    sel = json.loads((rep / "results.json").read_text())["official_code_selection"]
+    sel = res["official_code_selection"]
     assert sel["per_run"] == [{"source": "run0", "epochs": 3, "srocc": 0.9, "srocc_epoch": 1, "srocc_column": "test_srocc",
                                "plcc": 0.8, "plcc_epoch": 2, "plcc_column": "test_plcc"}]
     with open(tmp_path / "run0" / "config.json", "w") as f:
