@@ -12,7 +12,7 @@
 
   fitted by least squares (variable projection: grid + Nelder-Mead over the two nonlinear parameters, the others solved
   exactly; see `fit_logistic`); when the fit is not finite a
-  `LogisticFitWarning` is issued and the mapping falls back to the least-squares LINEAR map (so PLCC after "mapping" equals raw PLCC);
+  `LogisticFitWarning` is issued and the mapping falls back to the least-squares LINEAR map (PLCC after "mapping" = raw PLCC);
 - `plcc_logistic`, `rmse` (after mapping by default), `mae` (raw by default: |pred - MOS| as in REQA's Fig. 7);
 - `evaluate_predictions(pred, mos) -> dict` with all of the above;
 - Keras metrics `SROCC()` and `PLCC()` that accumulate every prediction of an epoch (not a mean of per-batch values).
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -184,7 +184,8 @@ def fit_logistic(pred, mos, params: int = 5, grid: int = 40) -> LogisticFit:
             return float(_vp_sse(z, m, params, np.exp(x[0]), x[1])[0][0])
 
         with np.errstate(all="ignore"):
-            sol = optimize.minimize(obj, x0, method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-9 * max(float(sse[k]), 1e-12), "maxfev": 800})
+            opts = {"xatol": 1e-5, "fatol": 1e-9 * max(float(sse[k]), 1e-12), "maxfev": 800}
+            sol = optimize.minimize(obj, x0, method="Nelder-Mead", options=opts)
         x = np.clip(sol.x if np.isfinite(sol.fun) and sol.fun <= sse[k] else x0, [log_lo, -v_lim], [log_hi, v_lim])
         fsse, coef = _vp_sse(z, m, params, np.exp(x[0]), x[1])
         coef = coef[0]
@@ -325,7 +326,8 @@ def _make_keras_metrics():
             start = tf.convert_to_tensor(self.count.value)
             tf.debugging.assert_less_equal(
                 start + n, self.capacity,
-                message=f"{self.name}: more samples this epoch than capacity={self.capacity}; create the metric with a larger capacity")
+                message=f"{self.name}: more samples this epoch than capacity={self.capacity}; "
+                        "create the metric with a larger capacity")
             idx = tf.expand_dims(tf.range(start, start + n), 1)
             self.y_true_buf.assign(tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.y_true_buf.value), idx, yt))
             self.y_pred_buf.assign(tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.y_pred_buf.value), idx, yp))

@@ -64,7 +64,8 @@ def register(sub):
     p.add_argument("--against", metavar="SOURCE", help="gmad: the second model")
     p.add_argument("--pool", metavar="DIR", help="gmad: folder of unlabeled images (searched recursively)")
     p.add_argument("--levels", type=int, default=5, help="gmad: defender quality levels (default 5)")
-    p.add_argument("--tol", type=float, default=0.02, help="gmad: equal-quality window, fraction of the pool's ranks (default 0.02)")
+    p.add_argument("--tol", type=float, default=0.02,
+                   help="gmad: equal-quality window, fraction of the pool's ranks (default 0.02)")
     p.set_defaults(func=run)
 
 

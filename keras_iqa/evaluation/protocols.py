@@ -32,7 +32,8 @@ from keras_iqa import metrics as M
 from keras_iqa.evaluation.fine_grained import fine_grained_report
 
 __all__ = [
-    "ProtocolResult", "to_data_scale", "load_dataset_info", "read_splits", "split_ids", "check_split_hygiene", "read_metadata", "load_source",
+    "ProtocolResult", "to_data_scale", "load_dataset_info", "read_splits", "split_ids", "check_split_hygiene", "read_metadata",
+    "load_source",
     "evaluate_splits", "evaluate_official", "evaluate_cross", "evaluate_lodo", "per_distortion", "best_epoch_selection",
     "summarize", "SUMMARY_METRICS",
 ]
@@ -111,7 +112,8 @@ def check_split_hygiene(splits, column: str, metadata=None, data_dir="") -> None
         shared = tr & te
         if shared:
             raise ValueError(f"{Path(data_dir) / 'splits.csv'} column {column!r}: reference image(s) {sorted(shared)[:3]} have "
-                             "distorted versions in both train and test (content leak); synthetic sets must be split by reference "
+                             "distorted versions in both train and test (content leak); synthetic sets must be split by "
+                             "reference "
                              "(re-create the splits with `keras-iqa prepare`)")
 
 
@@ -282,7 +284,8 @@ def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[st
     if ids is not None:
         df = df[df.image_id.isin(ids)].reset_index(drop=True)
         if len(df) < len(ids):
-            warnings.warn(f"{source.name} on {data_dir} ({split}/{subset}): {len(ids) - len(df)} of {len(ids)} images could not be "
+            warnings.warn(f"{source.name} on {data_dir} ({split}/{subset}): {len(ids) - len(df)} of {len(ids)} images could not "
+                          "be "
                           f"read and were skipped (e.g. {sorted(set(ids) - set(df.image_id))[0]!r}); metrics use the other "
                           f"{len(df)}", UserWarning, stacklevel=3)
     return df
@@ -505,7 +508,8 @@ def per_distortion(predictions, data_dir=None, metadata=None) -> list:
     With a `row` column (several splits), metrics are computed per row and the median over rows is reported."""
     meta = read_metadata(data_dir) if metadata is None else metadata
     if "row" in predictions.columns and predictions["row"].nunique() > 1:
-        per = [dict(r, row=k) for k, g in predictions.groupby("row") for r in per_distortion(g.drop(columns="row"), metadata=meta)]
+        per = [dict(r, row=k) for k, g in predictions.groupby("row")
+               for r in per_distortion(g.drop(columns="row"), metadata=meta)]
         t = pd_frame(per)
         agg = t.groupby(["distortion_type", "distortion_name"]).agg(n=("n", "median"), srocc=("srocc", "median"),
                                                                      plcc=("plcc", "median")).reset_index()

@@ -1,8 +1,8 @@
 """Reports: results.json / results.csv / predictions.csv / summary.md and PNG plots of one evaluation, and a side-by-side table of
 several (`keras-iqa report`). Plots use matplotlib's Agg backend (no display needed).
 
-Plots: `scatter.png` (prediction vs MOS with the fitted 5-parameter logistic curve), `per_range.png` (per-ACR-bin SROCC / PLCC bars,
-REQA Table I), `error_hist.png` (|pred - MOS| on 0-100, REQA Fig. 7), `confusion.png` (ACR categories, REQA Fig. 6).
+Plots: `scatter.png` (prediction vs MOS with the fitted 5-parameter logistic curve), `per_range.png` (per-ACR-bin SROCC /
+PLCC bars, REQA Table I), `error_hist.png` (|pred - MOS| on 0-100, REQA Fig. 7), `confusion.png` (ACR categories, REQA Fig. 6).
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def to_markdown(results: dict) -> str:
                      f"{_fmt(row.get('rmse'), 3)} | {_fmt(row.get('mae'), 3)} |")
     fg = r.get("fine_grained")
     if fg:
-        lines += ["", f"## Fine-grained (range effect; predictions to 0-100 by `{fg['pred_mapping']}`; {fg.get('aggregate', '')})",
+        head = f"## Fine-grained (range effect; predictions to 0-100 by `{fg['pred_mapping']}`; {fg.get('aggregate', '')})"
+        lines += ["", head,
                   "", "| range | n | SROCC | PLCC | MAE (0-100) |", "|---|---|---|---|---|"]
         for b in fg["bins"]:
             lines.append(f"| {b['label']} ({b['low']:g}-{b['high']:g}) | {_fmt(b['n'], 0)} | {_fmt(b['srocc'])} | "
@@ -186,7 +187,8 @@ def to_markdown(results: dict) -> str:
     if r.get("per_distortion"):
         lines += ["", "## Per distortion type", "", "| type | name | n | SROCC | PLCC |", "|---|---|---|---|---|"]
         for d in r["per_distortion"]:
-            lines.append(f"| {d['distortion_type']} | {d['distortion_name']} | {d['n']} | {_fmt(d['srocc'])} | {_fmt(d['plcc'])} |")
+            lines.append(f"| {d['distortion_type']} | {d['distortion_name']} | {_fmt(d['n'], 0)} | {_fmt(d['srocc'])} | "
+                         f"{_fmt(d['plcc'])} |")
     sel = r.get("official_code_selection")
     if sel:
         lines += ["", "## Best epoch per run (official REQA code selection)", "", sel["note"], ""]
@@ -195,12 +197,14 @@ def to_markdown(results: dict) -> str:
     if r.get("significance"):
         lines += ["", "## Significance", ""]
         for s in r["significance"]:
-            lines.append(f"- {s['test']}: p = {_fmt(s.get('p_value'))} -> {s['verdict']}" + (f" ({s['note']})" if s.get("note") else ""))
+            note = f" ({s['note']})" if s.get("note") else ""
+            lines.append(f"- {s['test']}: p = {_fmt(s.get('p_value'))} -> {s['verdict']}{note}")
     return "\n".join(lines) + "\n"
 
 
 def write_report(result, out_dir, title: Optional[str] = None, plots: bool = True) -> dict:
-    """Writes results.json, results.csv (one line per row), predictions.csv, summary.md and the PNG plots; returns {name: path}."""
+    """Writes results.json, results.csv (one line per row), predictions.csv, summary.md and the PNG plots.
+    Returns {file name: path}."""
     import pandas as pd
 
     out = Path(out_dir)
@@ -246,7 +250,8 @@ def load_results(path) -> list:
     else:
         raise FileNotFoundError(f"{path} not found")
     if not cands:
-        raise FileNotFoundError(f"{path}: no results.json inside it or its sub-directories (run `keras-iqa evaluate ... --report DIR`)")
+        raise FileNotFoundError(f"{path}: no results.json inside it or its sub-directories "
+                                "(run `keras-iqa evaluate ... --report DIR`)")
     out = []
     for c in cands:
         try:

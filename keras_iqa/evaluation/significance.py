@@ -1,7 +1,7 @@
 """Statistical significance of a difference between two models.
 
-- `f_test`: the IQA literature's test (VQEG; Sheikh et al., 2006, Sec. V-B): residuals of each model after the 5-parameter logistic
-  mapping to MOS, F = var(res_A) / var(res_B) with (N_A - 1, N_B - 1) degrees of freedom (residuals assumed Gaussian),
+- `f_test`: the IQA literature's test (VQEG; Sheikh et al., 2006, Sec. V-B): residuals of each model after the 5-parameter
+  logistic mapping to MOS, F = var(res_A) / var(res_B) with (N_A - 1, N_B - 1) degrees of freedom (residuals assumed Gaussian),
   two-sided p-value; the model with the smaller residual variance is better when p < alpha.
 - `wilcoxon_splits`: Wilcoxon signed-rank test over paired per-split SROCCs (same split columns for both models).
 """

@@ -265,7 +265,8 @@ def test_gmad_finds_planted_pairs():
     n = 200
     a = rng.uniform(0, 1, n)
     b = a + rng.normal(0, 0.01, n)  # B agrees with A almost everywhere...
-    a[10], a[11] = np.median(a), np.median(a) + 1e-4  # ...except two images A calls equal (mid quality) that B calls best and worst
+    # ...except two images A calls equal (mid quality) that B calls best and worst
+    a[10], a[11] = np.median(a), np.median(a) + 1e-4
     b[10], b[11] = 2.0, -1.0
     from keras_iqa.evaluation.gmad import gmad_pairs
 
