@@ -257,7 +257,7 @@ class MetaLearner:
                 ys = [tf.convert_to_tensor(b) for b in _as_batches(task[f"{part}_y"], f"{part}_y")]
                 if len(xs) != len(ys):
                     raise ValueError(f"task {i}: {len(xs)} {part}_x batches but {len(ys)} {part}_y batches")
-                xs = [tf.cast(x, tf.float32) if x.dtype != tf.float32 and x.dtype.is_integer else x for x in xs]
+                xs = [tf.cast(x, tf.float32) if x.dtype.is_integer or x.dtype == tf.float64 else x for x in xs]
                 ys = [tf.cast(y, tf.float32) for y in ys]
                 (x, xo), (y, _) = _pack(xs), _pack(ys)
                 row += [x, y, xo]
