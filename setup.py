@@ -8,7 +8,7 @@ CORE = [
     "keras-hub>=0.32",
     "numpy",
     "scipy",
-    "pandas",
+    "pandas>=2.2,<3",  # apache-beam 2.77's dataframe module (imported by its IPython integration) breaks on pandas 3
     "pillow",
     "scikit-image",
     "matplotlib",
