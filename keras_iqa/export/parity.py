@@ -57,7 +57,8 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
     report = {"images": len(images), "crops_per_image": n, "score_range": [lo, hi],
               "keras_score_spread": float(np.std(ref_img)), "variants": {}}
     for q, path in tflite_files.items():
-        got = TFLiteScorer(path, num_threads=num_threads)(crops)
+        scorer = TFLiteScorer(path, num_threads=num_threads)
+        got = scorer(crops)
         got_img = got.reshape(len(images), n).mean(1)
         diff = float(np.max(np.abs(got - ref)))
         entry = {
@@ -66,6 +67,7 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
             "max_abs_diff_rel": diff / (hi - lo),
             "mean_abs_diff": float(np.mean(np.abs(got - ref))),
             "srocc_vs_keras": _srocc(got_img, ref_img),
+            "xnnpack": bool(getattr(scorer.interp, "xnnpack", True)),
         }
         checks = {k: (entry[k] <= v if k.startswith("max") else entry[k] >= v) for k, v in TARGETS.get(q, {}).items()}
         entry["targets"] = TARGETS.get(q, {})

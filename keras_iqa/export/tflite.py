@@ -100,14 +100,25 @@ def flex_ops(flat: bytes) -> list:
 
 
 def interpreter(model, num_threads: int = 2):
-    """An allocated `ai_edge_litert` Interpreter for a path or flatbuffer bytes."""
-    from ai_edge_litert.interpreter import Interpreter
+    """An allocated `ai_edge_litert` Interpreter for a path or flatbuffer bytes.
 
-    if isinstance(model, (bytes, bytearray)):
-        interp = Interpreter(model_content=bytes(model), num_threads=num_threads)
-    else:
-        interp = Interpreter(model_path=str(model), num_threads=num_threads)
-    interp.allocate_tensors()
+    The default XNNPACK delegate is used when it accepts the graph; when it fails to prepare (seen with some int8
+    quantization scales) the builtin reference kernels run instead and `interp.xnnpack` is False.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    src = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+    try:
+        interp = Interpreter(**src, num_threads=num_threads)
+        interp.allocate_tensors()
+        interp.xnnpack = True
+    except RuntimeError as e:
+        if "XNNPACK" not in str(e) and "Delegate" not in str(e):
+            raise
+        interp = Interpreter(**src, num_threads=num_threads,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+        interp.xnnpack = False
     return interp
 
 
