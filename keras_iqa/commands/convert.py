@@ -10,14 +10,15 @@ def register(sub):
         "convert",
         help="convert an official PyTorch checkpoint to Keras weights",
         description="Convert a checkpoint released with a paper's official PyTorch code into the matching keras-iqa model.\n"
-        "metaiqa-official: the MetaIQA scripts' `Net` (torchvision ResNet-18 incl. its ImageNet FC + the 1000->1024->512->1 head\n"
-        "with BatchNorm, PReLU, dropout and sigmoid), saved as a whole pickled model or a state dict. The output is a\n"
-        "`.weights.h5` for `keras_iqa.create_model('metaiqa-official').load_weights(...)`, or a full `.keras` model.\n"
+        "metaiqa-official: the MetaIQA scripts' `Net` (torchvision ResNet-18 incl. its ImageNet FC + the\n"
+        "1000->1024->512->1 head with BatchNorm, PReLU, dropout and sigmoid), saved as a whole pickled model or a\n"
+        "state dict. The output is a `.weights.h5` for\n"
+        "`keras_iqa.create_model('metaiqa-official').load_weights(...)`, or a full `.keras` model.\n"
         "torch is needed only here: pip install 'keras-iqa[torch]'.",
         epilog="Examples:\n"
         "  keras-iqa convert metaiqa-official model_IQA/TID2013_IQA_Meta_resnet18.pt weights/metaiqa-tid.weights.h5\n"
         "  keras-iqa convert metaiqa-official TID2013_KADID10K_IQA_Meta_resnet18.pt metaiqa.keras --check\n"
-        "Then: keras-iqa score metaiqa.keras photos/   or, in Python:\n"
+        "Then, in Python:\n"
         "  m = keras_iqa.create_model('metaiqa-official'); m.load_weights('weights/metaiqa-tid.weights.h5')",
         formatter_class=formatter(),
     )

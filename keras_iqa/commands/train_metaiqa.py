@@ -66,7 +66,8 @@ def register(sub):
         "finetune/ (history.csv, checkpoints), model.keras and results.json. Re-running with the same --out resumes.",
         epilog="Examples:\n"
         "  # Table 3, synthetic -> authentic: TID2013 + KADID-10k tasks, fine-tune and test on CLIVE split_00\n"
-        "  keras-iqa train metaiqa --meta-data records/tid2013 --meta-data records/kadid10k --data records/clive --out runs/meta\n"
+        "  keras-iqa train metaiqa --meta-data records/tid2013 --meta-data records/kadid10k \\\n"
+        "      --data records/clive --out runs/meta\n"
         "  # Table 2, leave-one-distortion-out on TID2013 (one held-out type)\n"
         "  keras-iqa train metaiqa --protocol lodo --meta-data records/tid2013 --held-out 'gaussian blur' --out runs/lodo\n"
         "  # Table 4 baseline: plain Adam on all synthetic images, then the same fine-tuning\n"

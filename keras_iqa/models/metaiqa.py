@@ -7,7 +7,8 @@ The network is ResNet-18 (keras-hub, torchvision v1.5 layout) + global average p
 - head "official" (the released code, spec/metaiqa.md 2.1): GAP -> ImageNet FC 512->1000 -> FC 1000->1024 -> BatchNorm -> PReLU
   (one shared slope, init 0.25) -> Dropout 0.5 -> FC 1024->512 -> BatchNorm -> PReLU -> Dropout 0.5 -> FC 512->1 -> sigmoid.
 
-Input: float32 RGB in [0, 255], any square size (the official test protocol resizes the whole image to 224x224: `crop_policy="resize"`,
+Input: float32 RGB in [0, 255], any square size (the official test protocol resizes the whole image to 224x224:
+`crop_policy="resize"`,
 `test_crops=1`). ImageNet normalisation is inside the model.
 
 Registry cards: "metaiqa" (paper head), "metaiqa-official" (official head; `keras-iqa convert metaiqa-official` loads released
@@ -172,7 +173,7 @@ _HEAD_MAP = {"imagenet_fc": "{bb}fc", "fc1": "net.fc1", "bn1": "net.bn1", "prelu
 
 
 def _backbone_key(layer_name: str) -> Optional[str]:
-    """keras-hub ResNet layer name -> torchvision module path (without prefix), e.g. stack1_block0_0_conv -> layer2.0.downsample.0."""
+    """keras-hub ResNet layer name -> torchvision module path (no prefix): stack1_block0_0_conv -> layer2.0.downsample.0."""
     import re
 
     if layer_name == "conv1_conv":

@@ -389,8 +389,9 @@ class _TaskSource:
         self.task, self.index = task, index
         if "support" in task and "query" in task:
             if task["support"] is None or task["query"] is None:
-                raise ValueError(f"task {index} ({task.get('name', '?')}) has no {'support' if task['support'] is None else 'query'}"
-                                 " set (too few images of this distortion type); drop it from the task list")
+                part = "support" if task["support"] is None else "query"
+                raise ValueError(f"task {index} ({task.get('name', '?')}) has no {part} set (too few images of this "
+                                 "distortion type); drop it from the task list")
             self._it = {p: iter(task[p].repeat()) for p in ("support", "query")}
         elif all(key in task for key in ("support_x", "support_y", "query_x", "query_y")):
             self._it = None
@@ -491,8 +492,8 @@ def predict_batches(model: keras.Model, data) -> tuple:
 
 
 def evaluate_model(model: keras.Model, data) -> dict:
-    """SROCC / PLCC / RMSE / n of `model` on `data`: a `RecordReader` (its eval protocol via `keras_iqa.evaluation.predict_reader`)
-    or (x, y) batches (one forward each)."""
+    """SROCC / PLCC / RMSE / n of `model` on `data`: a `RecordReader` (its eval protocol via
+    `keras_iqa.evaluation.predict_reader`) or (x, y) batches (one forward each)."""
     from keras_iqa import metrics
 
     if hasattr(data, "eval_dataset"):
