@@ -248,15 +248,18 @@ def resize_to_policy(img, policy: DecodePolicy = DEFAULT_POLICY):
         scale = tf.maximum(scale, policy.min_short_side / tf.reduce_min(shape))
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
     method = tf.cond(scale < 1.0, lambda: tf.constant(0), lambda: tf.constant(1))
-    resized = tf.switch_case(
-        method,
-        [
-            lambda: tf.image.resize(img, new, method="area"),
-            lambda: tf.image.resize(img, new, method="bicubic"),
-        ],
-    )
-    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-    return tf.cond(tf.equal(scale, 1.0), lambda: img, lambda: resized)
+
+    def resized():  # built inside the branch: an image within the limits is not resized at all
+        out = tf.switch_case(
+            method,
+            [
+                lambda: tf.image.resize(img, new, method="area"),
+                lambda: tf.image.resize(img, new, method="bicubic"),
+            ],
+        )
+        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+    return tf.cond(tf.equal(scale, 1.0), lambda: img, resized)
 
 
 def try_decode_image_tensor(encoded, policy: DecodePolicy = DEFAULT_POLICY):
