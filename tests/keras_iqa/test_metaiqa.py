@@ -259,3 +259,8 @@ def test_cli_train_metaiqa_end_to_end(tmp_path):
     assert cli_main(argv) == 0
     assert (out / "model.keras").exists() and (out / "results.json").exists() and (out / "config.json").exists()
     assert (out / "meta" / "meta_state" / "theta.weights.h5").exists()
+    import json
+
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta_traces"]["task"] == 1 and res["meta_traces"]["outer"] == 1  # reader tasks: ragged batches, one trace
+    assert res["test"]["n"] >= 3 and len(res["meta_history"]["query_loss"]) == 1
