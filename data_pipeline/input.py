@@ -147,6 +147,8 @@ class RecordReader:
             REQA's scale) or `pseudo` (full-reference pseudo-label, named by `manifest["pseudo_label"]`).
         policy: the decode policy (size limits) applied after decoding.
         shuffle_buffer: records held for shuffling (encoded bytes, not pixels).
+        jpeg_crop_window: decode only the crop window of JPEG records for random crops (same pixels, faster); False
+            decodes whole images (benchmarks).
 
     Example:
         >>> reader = RecordReader("prepared/koniq10k", split="split_00", subset="train", target="normalized100")
@@ -154,7 +156,7 @@ class RecordReader:
     """
 
     def __init__(self, data_dir: str, split: str = "split_00", subset: Optional[str] = None, target: str = "mos",
-                 policy: DecodePolicy = DEFAULT_POLICY, shuffle_buffer: int = 1024):
+                 policy: DecodePolicy = DEFAULT_POLICY, shuffle_buffer: int = 1024, jpeg_crop_window: bool = True):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.data_dir = data_dir
@@ -173,6 +175,7 @@ class RecordReader:
         self.score_range = tuple(self.manifest["score_range"])
         self.higher_better = bool(self.manifest["higher_better"])
         self.shuffle_buffer = int(shuffle_buffer)
+        self.jpeg_crop_window = bool(jpeg_crop_window)
         self.files = [os.path.join(data_dir, s["file"]) for s in self.manifest["shards"]]
         missing = [f for f in self.files if not tf.io.gfile.exists(f)]
         if missing:
@@ -310,7 +313,7 @@ class RecordReader:
         return wrapped
 
     def _fast_crop_ok(self, resize) -> bool:
-        return resize is None and not self.policy.max_long_side and not self.policy.min_short_side
+        return self.jpeg_crop_window and resize is None and not self.policy.max_long_side and not self.policy.min_short_side
 
     def _decode_random_crop(self, encoded, h, w, seed, crop: int, resize: Resize, flip: bool):
         """One random crop (+flip) as float32 [crop, crop, 3] and ok; JPEG crop-window decoding where it applies."""

@@ -236,3 +236,14 @@ def test_multi_dataset_batches_from_one_dataset(auth, syn):
 def test_missing_dataset_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="keras-iqa prepare"):
         RecordReader(str(tmp_path))
+
+
+def test_crop_window_and_full_decode_pipelines_agree(auth):
+    fast = RecordReader(auth, subset="test")
+    full = RecordReader(auth, subset="test", jpeg_crop_window=False)
+    a = list(fast.train_dataset(2, crop_size=C, seed=9).as_numpy_iterator())
+    b = list(full.train_dataset(2, crop_size=C, seed=9).as_numpy_iterator())
+    assert len(a) == len(b) == 2
+    for (x1, y1), (x2, y2) in zip(a, b):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
