@@ -119,7 +119,8 @@ def plot_error_hist(fine: dict, path, title: str = "") -> Path:
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
     ax.set_xlabel("|prediction - MOS| (0-100 scale)")
     ax.set_ylabel("images")
-    ax.set_xlim(0, edges[max(1, int(np.flatnonzero(counts).max(initial=0)) + 2) if counts.any() else -1])
+    last = int(np.flatnonzero(counts).max(initial=0)) + 2 if counts.any() else len(edges) - 1
+    ax.set_xlim(0, edges[min(max(1, last), len(edges) - 1)])  # up to the last non-empty bin (+1), within the edges
     ax.set_title(f"absolute error {title}".strip(), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

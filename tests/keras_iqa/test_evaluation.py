@@ -401,3 +401,12 @@ def test_end_to_end_run_dirs_real_reader(tmp_path):
                  "--tol", "0.3", "--report", str(tmp_path / "gm")]) == 0
     assert json.loads((tmp_path / "gm" / "gmad.json").read_text())["pairs"]
     assert (tmp_path / "gm" / "gmad_sheet.png").stat().st_size > 1000
+
+
+def test_error_hist_plot_with_errors_in_the_last_bin(tmp_path):
+    """Regression: all errors in the last bin (a collapsed model far from every MOS) used to index past the edges."""
+    from keras_iqa.evaluation.reports import plot_error_hist
+
+    hist = {"edges": list(range(0, 105, 5)), "counts": [0] * 19 + [3]}
+    path = plot_error_hist({"error_histogram": hist}, tmp_path / "e.png")
+    assert path.stat().st_size > 0
