@@ -82,3 +82,15 @@ def test_config_file_errors(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         cfgmod.load_config(Cfg, files=[str(bad)])
+
+
+def test_registered_families_and_lazy_model_imports():
+    import keras_iqa.models as models
+
+    names = registry.list_models()
+    for family in ("reqa", "reqa-official", "reqa-tiny", "metaiqa", "metaiqa-official", "metaiqa-tiny", "hcl", "hcl-tiny"):
+        assert family in names
+    for cls in ("REQA", "MetaIQA", "HCL", "IQAModel"):
+        assert isinstance(getattr(models, cls), type)
+    with pytest.raises(AttributeError):
+        models.Nope
