@@ -225,6 +225,12 @@ class RestorationNet(keras.Model):
             out["restored"] = self.out_conv(self.ups[4](x))
         return out
 
+    def build(self, input_shape=None):
+        """Builds every sublayer (including the decoder tail that `quality_features` does not use) on a 32x32 dummy."""
+        if not self.built:
+            self.decode(ops.zeros((1, 32, 32, 3)), training=False, full=True)
+            self.built = True
+
     def quality_features(self, images, training=None):
         """q(x) = concat[GAP(bottom), GAP(dec 14x14), GAP(dec 28x28), GAP(dec 56x56)] (spec/hcl.md 3.3)."""
         d = self.decode(images, training=training, full=False)
@@ -279,6 +285,11 @@ class RestorationLoss(keras.losses.Loss):
 
 # ---------------------------------------------------------------------------------------------- two learning rates
 
+def _plain(restoration) -> dict:
+    """RestorationNet arguments with tuples as lists (what a `.keras` round trip gives back)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(restoration or {}).items()}
+
+
 class _Holder:
     """Keeps an object out of Keras' attribute tracking and `.keras` saving (the second optimizer is training state)."""
 
@@ -296,6 +307,13 @@ class _TwoLRMixin:
     def compile(self, optimizer="adam", backbone_optimizer=None, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
         self._backbone_opt = _Holder(keras.optimizers.get(backbone_optimizer) if backbone_optimizer is not None else None)
+
+    def compile_from_config(self, config):
+        """A loaded model compiles with Keras' single optimizer (the backbone optimizer is training state, not saved)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     @property
     def backbone_optimizer(self):
@@ -388,7 +406,7 @@ class HCLSynthetic(_TwoLRMixin, keras.Model):
                  cqac_key_dim=16, lambda_corr=0.1, **kwargs):
         kwargs.setdefault("name", "hcl_synthetic")
         super().__init__(**kwargs)
-        self.restoration_config = dict(restoration or {})
+        self.restoration_config = _plain(restoration)
         self.num_datasets = int(num_datasets)
         self.subnet_units, self.subnet_dropout = tuple(int(u) for u in subnet_units), float(subnet_dropout)
         self.use_cqac, self.cqac_heads, self.cqac_key_dim = bool(cqac), int(cqac_heads), int(cqac_key_dim)
@@ -408,6 +426,12 @@ class HCLSynthetic(_TwoLRMixin, keras.Model):
     def call(self, inputs, training=None):
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
         return self.embed(images, training=training)[1]
+
+    def build(self, input_shape=None):
+        if not self.built:
+            self.restoration.build()
+            self.call(ops.zeros((1, 32, 32, 3)), training=False)
+            self.built = True
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if not isinstance(x, (tuple, list)) or len(x) != 2:
@@ -459,7 +483,7 @@ class HCL(_TwoLRMixin, IQAModel):
                          crop_policy=crop_policy, **kwargs)
         if int(crop_size) % 32:
             raise ValueError(f"HCL's U-Net needs crop_size divisible by 32, got {crop_size}")
-        self.restoration_config = dict(restoration or {})
+        self.restoration_config = _plain(restoration)
         self.num_datasets = int(num_datasets)
         self.subnet_units, self.subnet_dropout = tuple(int(u) for u in subnet_units), float(subnet_dropout)
         self.use_cqac, self.cqac_heads, self.cqac_key_dim = bool(cqac), int(cqac_heads), int(cqac_key_dim)
@@ -470,6 +494,12 @@ class HCL(_TwoLRMixin, IQAModel):
         self.flatten = keras.layers.Flatten(name="concat_embeddings")
         self.fuse = keras.layers.Dense(self.head_units, activation="relu", name="fuse")
         self.out = keras.layers.Dense(1, name="score")
+
+    def build(self, input_shape=None):
+        if not self.built:
+            self.restoration.build()
+            self.call(ops.zeros((1, 32, 32, 3)), training=False)
+            self.built = True
 
     def call(self, images, training=None):
         q = self.restoration.quality_features(images, training=training)

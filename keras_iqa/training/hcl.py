@@ -208,9 +208,16 @@ def load_stage_model(init):
 def transfer_weights(src, dst) -> list:
     """Copies the parts `src` and `dst` share (restoration network always; subnetworks and CQAC when K matches) and returns
     their names. Fails clearly when the architectures differ."""
+    from keras_iqa.models.hcl import RestorationNet
+
+    def part(model, name):
+        if name == "restoration" and isinstance(model, RestorationNet):
+            return model  # a stage-1 model is the restoration network itself
+        return getattr(model, name, None)
+
     parts = []
     for name in ("restoration", "subnets", "cqac"):
-        a, b = getattr(src, name, None), getattr(dst, name, None)
+        a, b = part(src, name), part(dst, name)
         if a is None or b is None:
             continue
         wa, wb = a.get_weights(), b.get_weights()
