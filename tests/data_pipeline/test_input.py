@@ -247,3 +247,15 @@ def test_crop_window_and_full_decode_pipelines_agree(auth):
     for (x1, y1), (x2, y2) in zip(a, b):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
+
+
+def test_corrupt_shard_is_survived_and_detected(tmp_path):
+    fixtures.write_tiny_records(str(tmp_path), n=10, size=(24, 24), num_shards=2)
+    shard = tmp_path / "records-00000-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 40] = bytes(40)
+    shard.write_bytes(bytes(data))
+    r = RecordReader(str(tmp_path))
+    n = len(list(r.eval_dataset(num_crops=1, crop_size=16).as_numpy_iterator()))
+    assert 5 <= n < 10  # the intact shard fully, the corrupt one up to its bad record
+    assert r.verify_shards() == [str(shard)]
