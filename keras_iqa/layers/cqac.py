@@ -54,8 +54,8 @@ def cqac_loss(scores, targets, dataset_id, lam=0.1, num_datasets=None):
     corr = mean_{j != k} (1 - PLCC_batch(s_j, y)) (every other head should rank dataset k's images like its raters);
     total = mse + lam * corr. With K = 1 (or lam = 0) the total is the per-dataset MSE.
     """
-    scores = ops.convert_to_tensor(scores)
-    y = ops.reshape(ops.cast(targets, scores.dtype), (-1,))
+    scores = ops.cast(scores, "float32")  # the loss in fp32 also under mixed precision
+    y = ops.reshape(ops.cast(targets, "float32"), (-1,))
     k_count = int(num_datasets or scores.shape[-1])
     ids = ops.reshape(ops.cast(dataset_id, "int32"), (-1,))
     onehot = ops.one_hot(ids, k_count, dtype=scores.dtype)  # [B, K]

@@ -270,7 +270,8 @@ class RestorationLoss(keras.losses.Loss):
         self.ssim_weight = float(ssim_weight)
 
     def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, y_pred.dtype)
+        y_pred = ops.cast(y_pred, "float32")
+        y_true = ops.cast(y_true, "float32")
         l1 = ops.mean(ops.abs(y_true - y_pred), axis=(1, 2, 3))
         if self.ssim_weight == 0.0:
             return l1
