@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import io
-import math
 import os
 import zlib
 from typing import Optional, Sequence

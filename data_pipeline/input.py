@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -34,7 +33,7 @@ import tensorflow as tf
 
 from data_pipeline import schema
 from data_pipeline.beam.writer import IMAGE_FIELDS, MANIFEST, SIDECAR, SPLITS, load_manifest
-from data_pipeline.images import DEFAULT_POLICY, DecodePolicy, decode_image_tensor, try_decode_image_tensor
+from data_pipeline.images import DEFAULT_POLICY, DecodePolicy, try_decode_image_tensor
 from data_pipeline.splits import ids_for
 
 logger = logging.getLogger(__name__)

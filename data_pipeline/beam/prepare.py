@@ -12,13 +12,12 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import math
 import os
 import time
 from typing import Optional, Sequence
 
 from data_pipeline import schema
-from data_pipeline.images import ImageDecodeError, canonical_bytes, load_image
+from data_pipeline.images import canonical_bytes, load_image
 from data_pipeline.splits import SplitConfig
 
 logger = logging.getLogger(__name__)
@@ -28,20 +27,21 @@ def row_to_examples(row: dict, kind: str, dataset: str, score_range, higher_bett
     """One adapter row -> [(image_id, serialized Example)]; raises ImageDecodeError / ValueError for a bad image."""
     path = row["path"]
     side = row.get("resize_short_side")
-    if side:
+    arr = load_image(path) if side else None  # decode once: truncated / corrupt data fails here, not in training
+    if side and min(arr.shape[:2]) > side:
+        import numpy as np
         from PIL import Image
 
-        arr = load_image(path)
         h, w = arr.shape[:2]
         s = side / min(h, w)
-        if s < 1.0:
-            arr = __import__("numpy").asarray(Image.fromarray(arr).resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC))
+        arr = np.asarray(Image.fromarray(arr).resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC))
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
+        Image.fromarray(arr).save(buf, format="PNG")  # resized pixels: stored losslessly
         encoded, fmt, h, w = buf.getvalue(), "png", arr.shape[0], arr.shape[1]
     else:
         encoded, fmt, h, w = canonical_bytes(path)
-        load_image(encoded)  # decode once: truncated / corrupt data fails here, not in training
+        if arr is None:
+            load_image(encoded)
     mos = row.get("mos")
     mos = float("nan") if mos is None else float(mos)
     fields = {

@@ -1,6 +1,5 @@
 """splits.csv: seeded random 80/20 columns, reference-grouped for synthetic sets, official column."""
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
