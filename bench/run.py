@@ -120,8 +120,9 @@ def summarize(records: Iterable[dict], quick: bool = False) -> str:
             lines += ["Failed (recorded, not fatal):", "", "```", r.get("error", "").strip(), "```"]
             continue
         doc = r["doc"]
-        if doc.get("table_md"):
-            lines += [doc["table_md"], ""]
+        if doc.get("table_md"):  # the area's own table says it best; every entry stays in the JSON
+            lines += [doc["table_md"], "", f"All entries: `bench/results/{r['area']}.json`."]
+            continue
         entries = [e for e in doc.get("results", []) if isinstance(e, dict)]
         if entries:
             lines += ["| name | items/s | ms/item | median s | min s | max s | notes |", "|---|---|---|---|---|---|---|"]

@@ -10,14 +10,13 @@ import pytest
 from bench import run as bench_run
 
 FAKE_OK = textwrap.dedent('''
-    import json, os
     def main(quick=False):
         doc = {"area": "fake_ok", "machine": {"cpus": 2}, "quick": quick, "peak_rss_mib": 12.0,
                "results": [{"name": "step", "median_s": 0.5, "min_s": 0.4, "max_s": 0.6, "repeats": 3, "items": 8,
-                            "items_per_s": 16.0, "ms_per_item": 62.5, "batch": 8}],
-               "table_md": "| fake | table |\\n|---|---|\\n| 1 | 2 |"}
+                            "items_per_s": 16.0, "ms_per_item": 62.5, "batch": 8}]}
         return doc
 ''')
+FAKE_TABLE = "def main(quick=False):\n    return {'results': [{'name': 'x'}], 'table_md': '| fake | table |'}\n"
 FAKE_BAD = "def main(quick=False):\n    raise RuntimeError('boom: out of fake memory')\n"
 FAKE_HANG = "import time\ndef main(quick=False):\n    time.sleep(60)\n    return {}\n"
 FAKE_NOT_DICT = "def main(quick=False):\n    return 42\n"
@@ -28,7 +27,8 @@ def fake_pkg(tmp_path):
     pkg = tmp_path / "fakebench"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for name, src in {"fake_ok": FAKE_OK, "fake_bad": FAKE_BAD, "fake_hang": FAKE_HANG, "fake_nd": FAKE_NOT_DICT}.items():
+    for name, src in {"fake_ok": FAKE_OK, "fake_bad": FAKE_BAD, "fake_hang": FAKE_HANG, "fake_nd": FAKE_NOT_DICT,
+                      "fake_table": FAKE_TABLE}.items():
         (pkg / f"{name}.py").write_text(src)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     return tmp_path, env
@@ -37,10 +37,11 @@ def fake_pkg(tmp_path):
 def test_failing_and_passing_areas(fake_pkg, tmp_path):
     root, env = fake_pkg
     out = tmp_path / "results"
-    records = bench_run.run_all(["fakebench.fake_bad", "fakebench.fake_ok", "fakebench.fake_nd", "fakebench.fake_hang"],
+    records = bench_run.run_all(["fakebench.fake_bad", "fakebench.fake_ok", "fakebench.fake_nd", "fakebench.fake_hang",
+                                 "fakebench.fake_table"],
                                 quick=True, timeout=10, results_dir=out, env=env, log=lambda *_: None)
     status = {r["area"]: r["status"] for r in records}
-    assert status == {"fake_bad": "failed", "fake_ok": "ok", "fake_nd": "failed", "fake_hang": "timeout"}
+    assert status == {"fake_bad": "failed", "fake_ok": "ok", "fake_nd": "failed", "fake_hang": "timeout", "fake_table": "ok"}
     assert "boom: out of fake memory" in records[0]["error"]
     assert "expected the dict" in records[2]["error"]
     assert records[1]["doc"]["quick"] is True  # --quick reached the area's main
@@ -50,7 +51,8 @@ def test_failing_and_passing_areas(fake_pkg, tmp_path):
     assert "| step | 16.00 | 62.50 |" in summary and "batch=8" in summary
     assert "| fake | table |" in summary and "boom" in summary
     runs = json.loads((out / "runs.json").read_text())
-    assert [r["area"] for r in runs] == ["fake_bad", "fake_ok", "fake_nd", "fake_hang"]
+    assert [r["area"] for r in runs] == ["fake_bad", "fake_ok", "fake_nd", "fake_hang", "fake_table"]
+    assert "All entries: `bench/results/fake_table.json`" in summary
 
 
 def test_discover_and_cli(tmp_path, capsys):
