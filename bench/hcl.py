@@ -18,6 +18,84 @@ import numpy as np
 from bench.common import measure, write_results
 
 
+def make_pairs(names, types, levels, long_side=128, seed=0):
+    """(distorted, reference) uint8 arrays from embedded pristine photos resized to `long_side`, every type x level."""
+    from PIL import Image
+
+    from data_pipeline import distortions as D
+    from data_pipeline import pristine
+
+    dist, ref = [], []
+    for n in names:
+        img = Image.fromarray(pristine.load_embedded(n))
+        s = long_side / max(img.size)
+        r = np.asarray(img.resize((max(64, round(img.size[0] * s)), max(64, round(img.size[1] * s))), Image.LANCZOS))
+        for t in types:
+            for lv in levels:
+                d = np.asarray(D.distort(r, t, lv, np.random.default_rng(seed + 1000 * t + lv)))
+                if d.shape == r.shape:
+                    dist.append(d)
+                    ref.append(r)
+    return dist, ref
+
+
+def restoration_check(steps=1500, types=tuple(range(1, 26)), levels=(1, 2, 3, 4, 5), batch=8, crop=64, lr=1e-3,
+                      holdout=("coffee", "retina"), long_side=128, seed=0) -> dict:
+    """Trains the TINY restoration network on pairs from the embedded pristine set (all references but `holdout`) and
+    reports PSNR/SSIM of restored vs reference and of the distorted input vs reference (identity) on 8 fixed crops of
+    every held-out pair (`keras_iqa.training.hcl.restoration_report`). A measurement, not a pass/fail test."""
+    import time
+
+    import keras
+    import tensorflow as tf
+
+    from data_pipeline import pristine
+    from keras_iqa.models import hcl as M
+    from keras_iqa.training.hcl import restoration_report
+
+    keras.utils.set_random_seed(seed)
+    names = [n for n in pristine.embedded_names() if n not in holdout]
+    t0 = time.perf_counter()
+    tr_d, tr_r = make_pairs(names, types, levels, long_side, seed)
+    ho_d, ho_r = make_pairs(list(holdout), types, levels, long_side, seed + 7)
+    gen_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+
+    def crops(ds, rs, n):
+        idx = rng.integers(0, len(ds), n)
+        out_d, out_r = [], []
+        for i in idx:
+            h, w = ds[i].shape[:2]
+            y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+            out_d.append(ds[i][y:y + crop, x:x + crop])
+            out_r.append(rs[i][y:y + crop, x:x + crop])
+        return np.stack(out_d).astype("float32"), np.stack(out_r).astype("float32")
+
+    hd, hr = [], []
+    for i in range(len(ho_d)):
+        d, r = crops(ho_d[i:i + 1], ho_r[i:i + 1], 8)
+        hd.append(d)
+        hr.append(r)
+    hold = tf.data.Dataset.from_tensor_slices((np.concatenate(hd), np.concatenate(hr))).batch(64)
+    cfg = M.HCLModelConfig(**{**M.TINY, "crop_size": crop})
+    model = M.build_restoration(cfg)
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps)),
+                  loss=M.RestorationLoss(0.0))
+    before = restoration_report(model, hold)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        d, r = crops(tr_d, tr_r, batch)
+        losses.append(float(model.train_on_batch(d, r / 255.0)))
+    train_s = time.perf_counter() - t0
+    after = restoration_report(model, hold)
+    return {"name": "hcl restoration vs identity (tiny network, embedded pristine set)", "steps": steps, "batch": batch,
+            "crop": crop, "types": list(types), "levels": list(levels), "train_pairs": len(tr_d), "holdout_pairs": len(ho_d),
+            "holdout_refs": list(holdout), "pair_generation_s": gen_s, "train_s": train_s,
+            "l1_first_50": float(np.mean(losses[:50])), "l1_last_50": float(np.mean(losses[-50:])),
+            "before_training": before, "after_training": after, "note": "HCL (reconstruction), curriculum 1"}
+
+
 def main(quick: bool = False) -> dict:
     import keras
 
@@ -55,12 +133,24 @@ def main(quick: bool = False) -> dict:
     model = M.build_hcl(cfg)
     compile_finetune(model, FinetuneStageConfig())
     entries.append(measure(lambda: model.train_on_batch(x, 100 * y), name="hcl finetune train step", **common))
-    return write_results("hcl", entries, config={"quick": quick, "cpu": applied})
+    del model
+    if quick:
+        check = restoration_check(steps=20, types=(1, 11), levels=(3, 5), holdout=("coffee",), long_side=96)
+    else:
+        check = restoration_check()
+    return write_results("hcl", entries, config={"quick": quick, "cpu": applied}, restoration_check=check)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny network, a smoke run")
+    p.add_argument("--check-only", action="store_true", help="only the restoration vs identity measurement")
+    p.add_argument("--steps", type=int, default=1500)
     a = p.parse_args()
-    for e in main(quick=a.quick)["results"]:
-        print(f"{e['name']}: {e['items_per_s']:.2f} img/s")
+    if a.check_only:
+        import json
+
+        print(json.dumps(restoration_check(steps=a.steps), indent=2))
+    else:
+        for e in main(quick=a.quick)["results"]:
+            print(f"{e['name']}: {e['items_per_s']:.2f} img/s")
