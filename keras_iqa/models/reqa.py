@@ -241,7 +241,22 @@ class REQA(IQAModel):
 
     def get_compile_config(self):
         cfg = super().get_compile_config() or {}
-        return {**cfg, "coarse": self._coarse, "group_size": self._group_size, "weight_decay": self._weight_decay}
+        bo = self.backbone_optimizer
+        return {**cfg, "coarse": self._coarse, "group_size": self._group_size, "weight_decay": self._weight_decay,
+                "backbone_optimizer": keras.optimizers.serialize(bo) if bo is not None else None}
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model: both optimizers are rebuilt so `load_model` restores their slot variables."""
+        cfg = dict(config or {})
+        opt, bopt = cfg.pop("optimizer", None), cfg.pop("backbone_optimizer", None)
+        self.compile(optimizer=keras.optimizers.deserialize(opt) if opt else None,
+                     backbone_optimizer=keras.optimizers.deserialize(bopt) if bopt else None,
+                     coarse=cfg.get("coarse", "paper"), group_size=cfg.get("group_size", 5),
+                     weight_decay=cfg.get("weight_decay", 5e-4))
+        if self.built:
+            bb, rest = self._split_vars()
+            self.backbone_optimizer.build(bb)
+            self.optimizer.build(rest)
 
 
 def build_reqa(cfg: REQAConfig) -> REQA:

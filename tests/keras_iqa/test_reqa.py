@@ -102,7 +102,7 @@ def test_training_reduces_loss_and_round_trip(tmp_path):
     m = keras_iqa.create_model("reqa-tiny", dropout=0.0)
     m.compile(lr=2e-3, backbone_lr=2e-3, weight_decay=5e-4)
     before = float(m.compute_loss_terms(Y, m(X, training=False))[0])
-    m.fit(_ds(30), epochs=1, verbose=0)
+    m.fit(_ds(30), epochs=1, verbose=0)  # 30 steps on one batch of 2 micro-batches
     after = float(m.compute_loss_terms(Y, m(X, training=False))[0])
     assert after < before
     path = tmp_path / "reqa.keras"
@@ -111,6 +111,9 @@ def test_training_reduces_loss_and_round_trip(tmp_path):
     assert isinstance(m2, REQA) and m2.get_config() == m.get_config()
     np.testing.assert_allclose(np.asarray(m2.score(X)), np.asarray(m.score(X)), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(m2.curriculum_weights.numpy(), m.curriculum_weights.numpy())
+    # both optimizers come back with their state (compile_from_config rebuilds them before loading)
+    assert int(m2.optimizer.iterations) == int(m.optimizer.iterations) == 30
+    assert int(m2.backbone_optimizer.iterations) == 30 and m2._weight_decay == pytest.approx(5e-4)
 
 
 def test_cli_trains_tiny_run(tmp_path):
