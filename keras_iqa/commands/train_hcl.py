@@ -50,6 +50,8 @@ def register(sub):
     p.add_argument("--split", help="split column of splits.csv for every stage (default split_00)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--distribute", choices=("auto", "mirrored", "multiworker"), help="tf.distribute strategy")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="CPU compute precision (auto: bf16 on CPUs with native bf16, else fp32; fp32 on GPUs)")
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -58,6 +60,9 @@ def run(args):
     import dataclasses
     import json
 
+    from keras_iqa.training.cpu import configure_cpu
+
+    applied = configure_cpu(args.precision)  # first: it sets TF options that only act before TensorFlow starts
     from keras_iqa.config import load_config
     from keras_iqa.registry import get_card
     from keras_iqa.training import hcl as T
@@ -91,5 +96,5 @@ def run(args):
             raise SystemExit(f"--stage finetune needs exactly one --data DIR (the authentic dataset), got {len(args.data)}")
         summary = T.train_finetune(cfg, args.data[0], args.out, init=args.init)["test"]
     print(json.dumps({"out": args.out, "model": "HCL (reconstruction)", "summary": summary,
-                      "ablation": dataclasses.asdict(cfg.ablation)}, indent=2, default=str))
+                      "ablation": dataclasses.asdict(cfg.ablation), "cpu": applied}, indent=2, default=str))
     return 0

@@ -203,7 +203,7 @@ class RestorationNet(keras.Model):
         self.ups = [keras.layers.Conv2DTranspose(f, 2, strides=2, name=f"up{i + 1}") for i, f in enumerate(self.decoder_filters)]
         block = ConvBlock if decoder_block == "conv" else InceptionConv
         self.merges = [block(f, name=f"merge{i + 1}") for i, f in enumerate(self.decoder_filters[:4])]
-        self.out_conv = keras.layers.Conv2D(3, 1, activation="sigmoid", name="restored")
+        self.out_conv = keras.layers.Conv2D(3, 1, activation="sigmoid", name="restored", dtype="float32")  # fp32 under bf16
         self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
 
     @property
@@ -494,7 +494,7 @@ class HCL(_TwoLRMixin, IQAModel):
         self.cqac = CQAC(self.num_datasets, self.cqac_heads, self.cqac_key_dim, attention=self.use_cqac, name="cqac")
         self.flatten = keras.layers.Flatten(name="concat_embeddings")
         self.fuse = keras.layers.Dense(self.head_units, activation="relu", name="fuse")
-        self.out = keras.layers.Dense(1, name="score")
+        self.out = keras.layers.Dense(1, name="score", dtype="float32")  # MOS resolution under mixed precision
 
     def build(self, input_shape=None):
         if not self.built:
