@@ -216,7 +216,7 @@ def run(args) -> int:
     if cfg.eval_every:
         cbs.append(_eval_callback(test_reader, cfg, cfg.eval_every))
     hist = runner.fit(model, ds, epochs=cfg.epochs, run=run_dir, steps_per_epoch=steps, callbacks=cbs,
-                      monitor="test_srocc" if cfg.eval_every else None, verbose=0 if args.quiet else "auto",
+                      verbose=0 if args.quiet else "auto",
                       tensorboard=False)
     run_dir.save_final(model)
     ev = evaluate(model, test_reader, cfg)

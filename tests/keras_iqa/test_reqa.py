@@ -123,12 +123,15 @@ def test_cli_trains_tiny_run(tmp_path):
     write_tiny_records(str(tmp_path / "data"), kind="authentic", n=30, size=(72, 80))
     out = tmp_path / "run"
     rc = main(["train", "reqa", "--model", "reqa-tiny", "--data", str(tmp_path / "data"), "--out", str(out), "--quiet",
-               "--set", "epochs=2", "--set", "steps_per_epoch=2", "--set", "stage_epochs=1", "--set", "eval_crops=2"])
+               "--set", "epochs=2", "--set", "steps_per_epoch=2", "--set", "stage_epochs=1", "--set", "eval_crops=2",
+               "--set", "eval_every=2"])
     assert rc in (0, None)
     res = json.loads((out / "results.json").read_text())
     assert res["test"]["n"] > 0 and "srocc" in res["test"]
     assert len(res["history"]["loss"]) == 2 and res["history"]["w_2"] == pytest.approx([0.5, 0.5])
     assert res["history"]["w_3"] == pytest.approx([0.25 / 3, 0.25], rel=1e-5)
+    assert len(res["history"]["test_srocc"]) == 1 and "srocc" in res["best_epoch_test"]  # evaluated at epoch 2 only
+    assert [c[0] for c in res["curriculum"]] == [0, 1]
     assert (out / "model.keras").exists() and (out / "history.csv").exists() and (out / "predictions.csv").exists()
 
 
