@@ -211,7 +211,12 @@ def test_stage_handoff_freeze_and_round_trip(restoration, tmp_path):
     assert loaded.get_config() == hcl.get_config()
 
 
-def test_ablation_switches(tmp_path):
+def test_ablation_switches(restoration, tmp_path):
+    run1 = RunDir.create(tmp_path / "1", config={}, seed=0)
+    run1.save_final(restoration)
+    hcl, parts = T.init_finetune(_cfg(skip_synthetic=True), init=run1.path, score_range=(1.0, 5.0))
+    assert parts == ["restoration"] and _same(_weights(hcl.restoration), _weights(restoration))
+    assert hcl.num_datasets == TINY_CFG.num_datasets and hcl.score_range == (1.0, 5.0)
     syn, parts = T.init_synthetic(_cfg(skip_restoration=True, cqac=False, single_head=True), init=None, num_datasets=3)
     assert parts == [] and syn.num_datasets == 1 and not syn.use_cqac and syn.lambda_corr == 0.0
     assert not hasattr(syn.cqac, "mha")
