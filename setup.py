@@ -14,6 +14,7 @@ CORE = [
     "matplotlib",
     "pyyaml",
     "openpyxl",  # BID / SPAQ score sheets (.xlsx)
+    "tqdm",  # progress bars of keras-iqa score
 ]
 EXTRAS = {
     "beam": ["apache-beam[tfrecord]==2.77.*"],
