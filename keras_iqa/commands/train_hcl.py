@@ -56,10 +56,23 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _check_args(args):
+    if args.stages == "all":
+        if len(args.data) > 1:
+            raise SystemExit("--stages all takes ONE authentic --data DIR; give the synthetic datasets with --synthetic")
+    elif args.stage == "restoration" and not args.pairs:
+        raise SystemExit("--stage restoration needs --pairs DIR (prepared pair records)")
+    elif args.stage == "synthetic" and not (args.synthetic or args.data):
+        raise SystemExit("--stage synthetic needs at least one --data DIR (a prepared synthetic IQA dataset)")
+    elif args.stage == "finetune" and len(args.data) != 1:
+        raise SystemExit(f"--stage finetune needs exactly one --data DIR (the authentic dataset), got {len(args.data)}")
+
+
 def run(args):
     import dataclasses
     import json
 
+    _check_args(args)  # before anything global changes
     from keras_iqa.training.cpu import configure_cpu
 
     applied = configure_cpu(args.precision)  # first: it sets TF options that only act before TensorFlow starts

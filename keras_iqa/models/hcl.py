@@ -44,6 +44,7 @@ PAPER = ("J. Wang, Z. Chen, C. Yuan, B. Li, W. Ma, W. Hu. Hierarchical Curriculu
          "Assessment. IJCV 131(11):3074-3093, 2023 (reconstruction: paper body unavailable)")
 DECODER_BLOCKS = ("conv", "inception")
 INPUT_NORMS = ("imagenet", "unit")
+OUTPUTS = ("direct", "residual")
 
 
 @dataclass
@@ -57,6 +58,8 @@ class HCLModelConfig:
         decoder_filters: output channels of the 5 up-steps (1024, 512, 256, 64, 64).
         decoder_block: "conv" (two 3x3 conv + BN + ReLU, our design) or "inception" (TeacherIQA's InceptionConv).
         input_norm: "imagenet" (mean/std inside the model, the package contract) or "unit" (x / 255 like TeacherIQA's demo).
+        restoration_output: "direct" (1x1 conv + sigmoid, TeacherIQA) or "residual" (clip(x / 255 + 1x1 conv, 0, 1), the
+            conv zero-initialised so training starts at the identity; our option).
         num_datasets: K, the number of synthetic datasets (subnetworks); the stage runner sets it from the data given.
         subnet_units: (hidden, embedding) of each subnetwork (256, 64); subnet_dropout: 0.1.
         cqac: True = attention across the K embeddings; False = the "CQAC off" ablation (independent heads).
@@ -72,6 +75,7 @@ class HCLModelConfig:
     decoder_filters: tuple = (1024, 512, 256, 64, 64)
     decoder_block: str = "conv"
     input_norm: str = "imagenet"
+    restoration_output: str = "direct"
     num_datasets: int = 4
     subnet_units: tuple = (256, 64)
     subnet_dropout: float = 0.1
@@ -89,7 +93,8 @@ class HCLModelConfig:
 def restoration_kwargs(cfg: HCLModelConfig) -> dict:
     """The `RestorationNet` arguments of a model config."""
     return dict(depth=cfg.depth, backbone_weights=cfg.backbone_weights, width=cfg.width, blocks=cfg.blocks,
-                decoder_filters=cfg.decoder_filters, decoder_block=cfg.decoder_block, input_norm=cfg.input_norm)
+                decoder_filters=cfg.decoder_filters, decoder_block=cfg.decoder_block, input_norm=cfg.input_norm,
+                output=cfg.restoration_output)
 
 
 def head_kwargs(cfg: HCLModelConfig) -> dict:
@@ -183,8 +188,11 @@ class RestorationNet(keras.Model):
     """
 
     def __init__(self, depth=50, backbone_weights=None, width=1.0, blocks=None, decoder_filters=(1024, 512, 256, 64, 64),
-                 decoder_block="conv", input_norm="imagenet", **kwargs):
+                 decoder_block="conv", input_norm="imagenet", output="direct", **kwargs):
         kwargs.setdefault("name", "restoration")
+        if output not in OUTPUTS:
+            raise ValueError(f"restoration output must be one of {OUTPUTS}, got {output!r}")
+        self.output_mode = output
         super().__init__(**kwargs)
         if decoder_block not in DECODER_BLOCKS:
             raise ValueError(f"decoder_block must be one of {DECODER_BLOCKS}, got {decoder_block!r}")
@@ -203,7 +211,10 @@ class RestorationNet(keras.Model):
         self.ups = [keras.layers.Conv2DTranspose(f, 2, strides=2, name=f"up{i + 1}") for i, f in enumerate(self.decoder_filters)]
         block = ConvBlock if decoder_block == "conv" else InceptionConv
         self.merges = [block(f, name=f"merge{i + 1}") for i, f in enumerate(self.decoder_filters[:4])]
-        self.out_conv = keras.layers.Conv2D(3, 1, activation="sigmoid", name="restored", dtype="float32")  # fp32 under bf16
+        if output == "direct":
+            self.out_conv = keras.layers.Conv2D(3, 1, activation="sigmoid", name="restored", dtype="float32")  # fp32 in bf16
+        else:
+            self.out_conv = keras.layers.Conv2D(3, 1, kernel_initializer="zeros", name="residual", dtype="float32")
         self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
 
     @property
@@ -222,7 +233,10 @@ class RestorationNet(keras.Model):
             dec.append(x)
         out = {"bottom": taps["stage4"], "decoder": dec}
         if full:
-            out["restored"] = self.out_conv(self.ups[4](x))
+            y = self.out_conv(self.ups[4](x))
+            if self.output_mode == "residual":
+                y = ops.clip(ops.cast(images, "float32") / 255.0 + y, 0.0, 1.0)
+            out["restored"] = y
         return out
 
     def build(self, input_shape=None):
@@ -242,7 +256,7 @@ class RestorationNet(keras.Model):
     def get_config(self):
         return {**super().get_config(), "depth": self.depth, "backbone_weights": None, "width": self.width,
                 "blocks": list(self.blocks) if self.blocks else None, "decoder_filters": list(self.decoder_filters),
-                "decoder_block": self.decoder_block, "input_norm": self.input_norm}
+                "decoder_block": self.decoder_block, "input_norm": self.input_norm, "output": self.output_mode}
 
     @classmethod
     def from_config(cls, config):

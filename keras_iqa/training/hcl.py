@@ -238,10 +238,10 @@ def _model_cfg_from(cfg: HCLModelConfig, src) -> HCLModelConfig:
         rc = dict(getattr(src, "restoration_config", None) or {})
         if not rc and src.__class__.__name__ == "RestorationNet":
             rc = {k: v for k, v in src.get_config().items()
-                  if k in ("depth", "width", "blocks", "decoder_filters", "decoder_block", "input_norm")}
-        for k in ("depth", "width", "blocks", "decoder_filters", "decoder_block", "input_norm"):
+                  if k in ("depth", "width", "blocks", "decoder_filters", "decoder_block", "input_norm", "output")}
+        for k in ("depth", "width", "blocks", "decoder_filters", "decoder_block", "input_norm", "output"):
             if k in rc:
-                changes[k] = tuple(rc[k]) if isinstance(rc[k], list) else rc[k]
+                changes["restoration_output" if k == "output" else k] = tuple(rc[k]) if isinstance(rc[k], list) else rc[k]
         changes["backbone_weights"] = None  # weights come from the previous stage
         if hasattr(src, "subnets"):
             changes.update(num_datasets=src.num_datasets, cqac=src.use_cqac, subnet_units=tuple(src.subnet_units))

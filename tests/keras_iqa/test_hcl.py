@@ -241,5 +241,18 @@ def test_cli_help_and_errors(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--stages all" in out and "ablation.cqac=false" in out and "reconstruction" in out
+    policy = keras.config.dtype_policy().name
     with pytest.raises(SystemExit, match="needs --pairs"):
         cli.main(["train", "hcl", "--stage", "restoration", "--out", "/tmp/never-written-hcl"])
+    assert keras.config.dtype_policy().name == policy  # a usage error changes no global state
+    with pytest.raises(SystemExit, match="exactly one --data"):
+        cli.main(["train", "hcl", "--stage", "finetune", "--data", "a", "--data", "b", "--out", "/tmp/never-written-hcl"])
+
+
+def test_residual_restoration_starts_at_identity():
+    net = M.build_restoration(dataclasses.replace(TINY_CFG, restoration_output="residual", crop_size=32))
+    x = np.random.default_rng(2).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(net(x)), x / 255.0, atol=1e-6)
+    assert M.RestorationNet.from_config(net.get_config()).output_mode == "residual"
+    with pytest.raises(ValueError, match="restoration output"):
+        M.RestorationNet(output="sharpen")
