@@ -143,7 +143,8 @@ class RecordReader:
         split: column of `splits.csv` (`split_00` .. or `official`).
         subset: keep images whose `split` value equals this (`train`, `test`, `validation`); None = all images.
         target: `mos` (native scale), `normalized` ([0, 1], higher = better), `normalized100` (0-100, higher = better;
-            REQA's scale) or `pseudo` (full-reference pseudo-label, named by `manifest["pseudo_label"]`).
+            REQA's scale) or `pseudo` (full-reference pseudo-label, named by `manifest["pseudo_label"]`);
+            None: no targets (pair records without scores, `pair_dataset()` only).
         policy: the decode policy (size limits) applied after decoding.
         shuffle_buffer: records held for shuffling (encoded bytes, not pixels).
         jpeg_crop_window: decode only the crop window of JPEG records for random crops (same pixels, faster); False
@@ -156,8 +157,8 @@ class RecordReader:
 
     def __init__(self, data_dir: str, split: str = "split_00", subset: Optional[str] = None, target: str = "mos",
                  policy: DecodePolicy = DEFAULT_POLICY, shuffle_buffer: int = 1024, jpeg_crop_window: bool = True):
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if target is not None and target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS} (or None: no targets, pair_dataset only), got {target!r}")
         self.data_dir = data_dir
         self.manifest = load_manifest(data_dir)
         self.kind = self.manifest["kind"]
@@ -168,8 +169,9 @@ class RecordReader:
                              f"{schema.SCHEMA_VERSION}; upgrade keras-iqa")
         if target == "pseudo" and not self.manifest.get("pseudo_label"):
             raise ValueError(f"{data_dir}: target='pseudo' but the manifest names no pseudo-label (pseudo_label is null)")
-        if target != "pseudo" and self.kind == "pair" and self.manifest["statistics"].get("mos_min") is None:
-            raise ValueError(f"{data_dir}: pair records carry no MOS; use target='pseudo' or pair_dataset()")
+        if target not in ("pseudo", None) and self.kind == "pair" and self.manifest["statistics"].get("mos_min") is None:
+            raise ValueError(f"{data_dir}: pair records carry no MOS; use target='pseudo' or target=None "
+                             "with pair_dataset()")
         self.split, self.subset, self.target, self.policy = split, subset, target, policy
         self.score_range = tuple(self.manifest["score_range"])
         self.higher_better = bool(self.manifest["higher_better"])
@@ -264,6 +266,8 @@ class RecordReader:
 
     # ------------------------------------------------------------------------------------------------------------ decoding
     def _target(self, p):
+        if self.target is None:
+            raise ValueError(f"{self.data_dir}: this reader was opened with target=None (no targets): only pair_dataset() works")
         if self.target == "mos":
             return p["score/mos"]
         if self.target == "normalized":
