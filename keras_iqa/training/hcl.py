@@ -313,8 +313,8 @@ def train_restoration(cfg: HCLTrainConfig, pairs: str, out: str) -> dict:
 
     s = cfg.restoration
     run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "restoration", "pairs": pairs})
-    train = RecordReader(pairs, split=s.split, subset="train", target="pseudo" if _has_pseudo(pairs) else "mos")
-    test = RecordReader(pairs, split=s.split, subset="test", target="pseudo" if _has_pseudo(pairs) else "mos")
+    train = RecordReader(pairs, split=s.split, subset="train", target=None)  # pairs need no scores
+    test = RecordReader(pairs, split=s.split, subset="test", target=None)
     c = cfg.model.crop_size
     steps = s.steps_per_epoch or train.steps_per_epoch(s.batch_size)
     train_ds = train.pair_dataset(s.batch_size, crop_size=c, seed=cfg.seed, repeat=True)
@@ -325,11 +325,6 @@ def train_restoration(cfg: HCLTrainConfig, pairs: str, out: str) -> dict:
     res["bad_records"] = train.bad_records + test.bad_records
     run.save_results(res)
     return res
-
-
-def _has_pseudo(path) -> bool:
-    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
-        return bool(json.load(f).get("pseudo_label"))
 
 
 # ------------------------------------------------------------------------------------------------------------ stage 2
