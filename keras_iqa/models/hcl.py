@@ -59,7 +59,7 @@ class HCLModelConfig:
         decoder_block: "conv" (two 3x3 conv + BN + ReLU, our design) or "inception" (TeacherIQA's InceptionConv).
         input_norm: "imagenet" (mean/std inside the model, the package contract) or "unit" (x / 255 like TeacherIQA's demo).
         restoration_output: "direct" (1x1 conv + sigmoid, TeacherIQA) or "residual" (clip(x / 255 + 1x1 conv, 0, 1), the
-            conv zero-initialised so training starts at the identity; our option).
+            conv initialised near 0 (std 1e-3) so training starts close to the identity; our option).
         num_datasets: K, the number of synthetic datasets (subnetworks); the stage runner sets it from the data given.
         subnet_units: (hidden, embedding) of each subnetwork (256, 64); subnet_dropout: 0.1.
         cqac: True = attention across the K embeddings; False = the "CQAC off" ablation (independent heads).
@@ -214,7 +214,8 @@ class RestorationNet(keras.Model):
         if output == "direct":
             self.out_conv = keras.layers.Conv2D(3, 1, activation="sigmoid", name="restored", dtype="float32")  # fp32 in bf16
         else:
-            self.out_conv = keras.layers.Conv2D(3, 1, kernel_initializer="zeros", name="residual", dtype="float32")
+            init = keras.initializers.RandomNormal(stddev=1e-3)  # ~identity at start, yet gradients reach the decoder
+            self.out_conv = keras.layers.Conv2D(3, 1, kernel_initializer=init, name="residual", dtype="float32")
         self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
 
     @property

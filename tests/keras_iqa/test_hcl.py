@@ -249,10 +249,11 @@ def test_cli_help_and_errors(capsys):
         cli.main(["train", "hcl", "--stage", "finetune", "--data", "a", "--data", "b", "--out", "/tmp/never-written-hcl"])
 
 
-def test_residual_restoration_starts_at_identity():
+def test_residual_restoration_starts_near_identity():
     net = M.build_restoration(dataclasses.replace(TINY_CFG, restoration_output="residual", crop_size=32))
     x = np.random.default_rng(2).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(np.asarray(net(x)), x / 255.0, atol=1e-6)
+    y = np.asarray(net(x))
+    assert np.abs(y - x / 255.0).mean() < 0.02 and y.min() >= 0.0 and y.max() <= 1.0
     assert M.RestorationNet.from_config(net.get_config()).output_mode == "residual"
     with pytest.raises(ValueError, match="restoration output"):
         M.RestorationNet(output="sharpen")
