@@ -22,18 +22,22 @@ def _flat32(x):
     return ops.reshape(ops.cast(x, "float32"), (-1,))
 
 
-def batch_plcc(y_true, y_pred, eps=1e-8):
-    """Pearson linear correlation of `y_pred` with `y_true` over the batch (a scalar in [-1, 1], differentiable).
+def batch_plcc(y_true, y_pred, axis=None, eps=1e-8):
+    """Pearson linear correlation of `y_pred` with `y_true` over the batch (in [-1, 1], differentiable, float32).
 
     r = sum((p - mean p)(t - mean t)) / sqrt(sum (p - mean p)^2 * sum (t - mean t)^2 + eps).
-    A constant prediction (zero variance) gives r = 0 instead of NaN.
+    `axis=None`: one scalar over all elements; `axis=0`: one r per column, broadcasting (HCL's CQAC:
+    `batch_plcc(y[:, None], scores [B, K], axis=0)` -> [K]). A constant side (zero variance) gives r = 0 instead of NaN.
     """
-    t = _flat32(y_true)
-    p = _flat32(y_pred)
-    t = t - ops.mean(t)
-    p = p - ops.mean(p)
-    num = ops.sum(t * p)
-    den = ops.sqrt(ops.sum(t * t) * ops.sum(p * p) + eps)
+    if axis is None:
+        t, p, axis = _flat32(y_true), _flat32(y_pred), 0
+    else:
+        t = ops.cast(ops.convert_to_tensor(y_true), "float32")
+        p = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+    t = t - ops.mean(t, axis=axis, keepdims=True)
+    p = p - ops.mean(p, axis=axis, keepdims=True)
+    num = ops.sum(t * p, axis=axis)
+    den = ops.sqrt(ops.sum(t * t, axis=axis) * ops.sum(p * p, axis=axis) + eps)
     return num / den
 
 

@@ -8,7 +8,7 @@ subnetworks" each learning one synthetic dataset's scoring rule, tied by a "cros
   batched einsum (no Python loop over k): q [B, F] -> z [B, K, 64].
 - `CQAC`: z'_k = LN(z_k + MHA(z)_k) (one self-attention layer over the K dataset tokens), then one affine head per dataset
   s_k = w_k . z'_k + b_k -> scores [B, K]. `attention=False` is the "CQAC off" ablation (independent heads).
-- `batch_plcc`: differentiable Pearson correlation over the batch axis.
+- `batch_plcc` (from `keras_iqa.losses`): differentiable Pearson correlation over the batch axis.
 - `cqac_loss`: L = MSE(s_k, y) + lambda * mean_{j != k} (1 - PLCC_batch(s_j, y)) for a batch from dataset k.
 - `head_correlation_matrix`: the K x K batch PLCC between the heads' scores (logged per epoch).
 """
@@ -18,23 +18,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_iqa.losses import batch_plcc
+
 __all__ = ["batch_plcc", "head_correlation_matrix", "cqac_loss", "DatasetSubnetworks", "CQAC"]
-
-
-def batch_plcc(x, y, axis=0, eps=1e-8):
-    """Differentiable Pearson linear correlation of `x` and `y` along `axis` (the batch).
-
-    PLCC = sum((x - mean x)(y - mean y)) / sqrt(sum (x - mean x)^2 * sum (y - mean y)^2 + eps). Broadcasts, so
-    `batch_plcc(scores [B, K], y[:, None])` gives one PLCC per head ([K]). Returns 0 where one side is constant.
-    (Kept here because `keras_iqa.losses.batch_plcc` did not exist when HCL was written; prefer that one when present.)
-    """
-    x = ops.convert_to_tensor(x)
-    y = ops.cast(ops.convert_to_tensor(y), x.dtype)
-    xc = x - ops.mean(x, axis=axis, keepdims=True)
-    yc = y - ops.mean(y, axis=axis, keepdims=True)
-    num = ops.sum(xc * yc, axis=axis)
-    den = ops.sqrt(ops.sum(xc * xc, axis=axis) * ops.sum(yc * yc, axis=axis) + eps)
-    return num / den
 
 
 def head_correlation_matrix(scores, eps=1e-8):
@@ -63,7 +49,7 @@ def cqac_loss(scores, targets, dataset_id, lam=0.1, num_datasets=None):
     mse = ops.mean(ops.square(own - y))
     if k_count < 2:
         return mse, mse, ops.zeros_like(mse)
-    plcc = batch_plcc(scores, y[:, None], axis=0)  # [K]
+    plcc = batch_plcc(y[:, None], scores, axis=0)  # [K]
     others = 1.0 - onehot[0]  # heads j != k of this batch's dataset
     corr = ops.sum((1.0 - plcc) * others) / ops.maximum(ops.sum(others), 1.0)
     return mse + lam * corr, mse, corr

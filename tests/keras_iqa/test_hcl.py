@@ -37,7 +37,7 @@ def test_batch_plcc_matches_scipy(seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(17, 3)).astype("float32")
     y = (x[:, 0] * rng.normal() + rng.normal(size=17)).astype("float32")
-    got = np.asarray(batch_plcc(x, y[:, None], axis=0))
+    got = np.asarray(batch_plcc(y[:, None], x, axis=0))
     want = [scipy.stats.pearsonr(x[:, k], y)[0] for k in range(3)]
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert float(batch_plcc(np.ones(5, "float32"), np.arange(5.0, dtype="float32"))) == 0.0  # constant side: 0, not NaN
