@@ -4,7 +4,7 @@ What is measured (224x224 inputs, random weights, random data resident in memory
 - training step images/s: backbone + global average pooling + Dense(1), MSE loss, Adam, batch 16 and 32;
 - batch-1 inference latency (ms): the same network in inference mode.
 
-How (see docs/benchmarks.md):
+How (see README, Benchmarks):
 1. Each side runs in its OWN process (`python -m bench.backbones --worker SPEC`): TensorFlow and PyTorch in one process fight
    over the cores with two thread pools, and TF settings (oneDNN, thread pools) must be fixed before TF starts. A worker builds
    its model, warms up (graph tracing / XLA compilation / oneDNN primitive caches), then blocks on stdin; the parent sends

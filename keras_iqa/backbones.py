@@ -96,7 +96,7 @@ def resnet_features(
         blocks: blocks per stage, e.g. (1, 1, 1, 1) for tests; default the standard depth.
         name: model name.
         fused_bn: run BatchNormalization on TF's fused kernel (`keras_iqa.layers.fused_batch_norm`; same maths and weights,
-            about 1.6x faster bf16 training on CPU, see docs/benchmarks.md). False keeps keras-hub's plain Keras layers.
+            about 1.6x faster bf16 training on CPU, see README, Benchmarks). False keeps keras-hub's plain Keras layers.
 
     Example:
     >>> feats = resnet_features(depth=18, width=0.25, blocks=(1, 1, 1, 1))

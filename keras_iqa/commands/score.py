@@ -8,7 +8,7 @@ EPILOG = """\
 MODEL is any of: a run directory (runs/NAME with model.keras), a .keras file, a SavedModel (saved_models/NAME/1 or
 saved_models/NAME for the latest version) or a .tflite with its sidecar .json.
 Every format the decode policy reads is scored (JPEG, PNG, BMP, GIF, TIFF, WebP, JPEG 2000, PNM), not only .jpg.
-Each image's score is the mean over the model's deterministic test crops (see docs/deployment.md).
+Each image's score is the mean over the model's deterministic test crops (see README, Deployment).
 
 Examples:
   keras-iqa score runs/reqa-koniq photo.jpg

@@ -3,7 +3,7 @@
 from keras_iqa.commands import add_config_args, formatter
 
 DESCRIPTION = """\
-Train HCL (reconstruction) (Wang et al., IJCV 2023; the paper body is unavailable, so this follows the design in docs/hcl.md).
+Train HCL (reconstruction) (Wang et al., IJCV 2023; the paper body is unavailable, so this follows the design in README, HCL).
 
   restoration  curriculum 1: ResNet-50 + U-Net restores distorted crops (pair records, --pairs); reports PSNR/SSIM of the
                restored vs the distorted input on held-out pairs (results.json: holdout.beats_identity)

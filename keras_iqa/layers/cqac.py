@@ -2,7 +2,7 @@
 
 The HCL paper's body is not available; everything here is OUR design built from its abstract ("multiple lightweight
 subnetworks" each learning one synthetic dataset's scoring rule, tied by a "cross-dataset quality assessment correlation"
-(CQAC) module). See docs/hcl.md.
+(CQAC) module). See README, HCL.
 
 - `DatasetSubnetworks`: K lightweight MLPs S_k = Dense(256) + ReLU + Dropout(0.1) + Dense(64), evaluated together as one
   batched einsum (no Python loop over k): q [B, F] -> z [B, K, 64].

@@ -4,7 +4,7 @@ Keras 3's BatchNormalization upcasts its input to float32 and builds the normali
 multiply, add) -- on a CPU that is many passes over every activation tensor, and under `mixed_bfloat16` two extra casts. The
 fused op (`FusedBatchNormV3`, oneDNN-accelerated on x86, bf16 input with float32 statistics) does it in one pass, and at
 inference TF's graph optimiser folds it into the preceding convolution. On this project's CPU it made the ResNet-50 training
-step about 1.6x faster in bf16 and 1.2x in fp32 (CPU-time measurement, bench/backbones.py; docs/benchmarks.md).
+step about 1.6x faster in bf16 and 1.2x in fp32 (CPU-time measurement, bench/backbones.py; README, Benchmarks).
 
 Same maths as Keras (Ioffe & Szegedy 2015, Alg. 1): y = gamma * (x - mu_B) / sqrt(var_B + eps) + beta with the biased batch
 variance in training, moving averages m <- momentum * m + (1 - momentum) * stat (the kernel's Bessel-corrected variance is

@@ -3,7 +3,7 @@
 The paper's body is not available: this is OUR reconstruction from its abstract (three curricula: restoration on
 distorted-reference pairs; lightweight per-dataset subnetworks tied by a CQAC module on synthetic IQA datasets; fine-tuning on
 an authentic dataset), with curriculum 1 built on the same authors' public TeacherIQA restoration network and a CQAC module of
-our own design (spec/hcl.md 3.3, docs/hcl.md). Every number produced with it is "HCL (reconstruction)".
+our own design (spec/hcl.md 3.3, README, HCL). Every number produced with it is "HCL (reconstruction)".
 
 - `RestorationNet` (curriculum 1): ResNet-50 v1.5 encoder (taps e0 = stem 112x112x64 before max-pool, e1..e3 = stages 1-3,
   bottom = stage 4 7x7x2048) + U-Net decoder: 5 up-steps Conv2DTranspose(k2, s2) 2048->1024->512->256->64->64, the first 4

@@ -1,7 +1,7 @@
 """CPU training defaults: precision policy, thread pools and oneDNN, applied once before TensorFlow builds anything.
 
 `configure_cpu()` is what `keras-iqa train` calls on a machine without a GPU (settings chosen with `bench/backbones.py`, see
-docs/benchmarks.md):
+README, Benchmarks):
 
 - precision: "auto" picks `mixed_bfloat16` (bf16 compute, fp32 variables; no loss scaling needed, bf16 has fp32's exponent
   range) when the CPU has native bf16 dot products (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo), else fp32. "fp32" and
