@@ -23,8 +23,9 @@ EXTRAS = {
     "notebooks": ["nbclient", "nbformat", "ipykernel"],
     "torch": ["torch==2.13.0"],  # only for `keras-iqa convert metaiqa-official` and the bench peer
 }
+# dev includes torch so the official-checkpoint converter tests run (the CPU wheel torch==2.13.0 installs here)
 EXTRAS["dev"] = sorted(
-    {"pytest", "hypothesis"} | {d for k in ("beam", "lite", "serving", "notebooks") for d in EXTRAS[k]}
+    {"pytest", "hypothesis"} | {d for k in ("beam", "lite", "serving", "notebooks", "torch") for d in EXTRAS[k]}
 )
 
 setup(

@@ -10,8 +10,8 @@ import scipy.stats
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from keras_iqa.layers.cqac import CQAC, DatasetSubnetworks, batch_plcc, cqac_loss, head_correlation_matrix  # noqa: E402
 from keras_iqa.models import hcl as M  # noqa: E402

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from keras_iqa.training.meta import MetaLearner, lodo_splits, leave_one_distortion_out, lr_factor  # noqa: E402

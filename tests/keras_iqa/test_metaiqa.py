@@ -4,7 +4,7 @@ checkpoint converter (against a torch model in the official state-dict layout) a
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 import keras_iqa  # noqa: E402
@@ -239,11 +239,7 @@ def test_cli_help_teaches(argv, capsys):
 
 
 def _tiny_records_or_skip(tmp_path):
-    try:
-        from data_pipeline.fixtures import write_tiny_records
-        import data_pipeline.input  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"data_pipeline.input / fixtures not available yet ({e})")
+    from data_pipeline.fixtures import write_tiny_records
     syn, auth = tmp_path / "syn", tmp_path / "auth"
     write_tiny_records(str(syn), kind="synthetic", n=24, n_types=3)
     write_tiny_records(str(auth), kind="authentic", n=20)
