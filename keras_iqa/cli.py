@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "models", "demo")
@@ -47,6 +48,8 @@ def _version() -> str:
 
 
 def main(argv=None) -> int:
+    # TensorFlow's C++ info lines (oneDNN, CUDA probing) drown the progress output; TF_CPP_MIN_LOG_LEVEL=0 brings them back.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
