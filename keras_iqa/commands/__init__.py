@@ -12,12 +12,3 @@ def add_config_args(p) -> None:
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML/JSON override file (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, dotted keys for sections, e.g. --set epochs=40 (repeatable)")
-
-
-def missing(capability: str, issue: int):
-    """A stub's `run`: says which capability is missing instead of pretending."""
-
-    def run(args):
-        raise NotImplementedError(f"{capability} is not built yet (issue #{issue}); nothing was done.")
-
-    return run

@@ -49,19 +49,10 @@ def synthetic_images(n: int = 32, size: tuple = (96, 128), seed: int = 0) -> lis
 
 
 def _embedded_images(limit: int) -> list:
-    from data_pipeline import pristine  # written by the data helpers; optional here
+    """Up to `limit` of the colour photos bundled with scikit-image (uint8 HxWx3)."""
+    from data_pipeline import pristine
 
-    items = pristine.embedded()
-    items = list(items.values()) if isinstance(items, dict) else list(items)
-    images = []
-    for it in items[:limit]:
-        if isinstance(it, (tuple, list)):
-            it = next((x for x in it if isinstance(x, np.ndarray)), None)
-        elif isinstance(it, dict):
-            it = next((x for x in it.values() if isinstance(x, np.ndarray)), None)
-        if isinstance(it, np.ndarray) and it.ndim == 3 and it.shape[-1] == 3:
-            images.append(it.astype(np.uint8))
-    return images
+    return [img for _, img in pristine.embedded()[:limit]]
 
 
 def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: int = 0) -> tuple[np.ndarray, str]:
