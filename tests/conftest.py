@@ -18,3 +18,8 @@ def _seed():
     random.seed(0)
     np.random.seed(0)
     yield
+    # CLI tests run `keras-iqa train ...` in-process; `--precision auto` sets a global mixed_bfloat16 policy on bf16 CPUs.
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")

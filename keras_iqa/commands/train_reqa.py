@@ -44,7 +44,7 @@ class REQATrainConfig:
     eval_mode: str = "random"               # random (official) | grid | resize
     eval_every: int = 0                     # evaluate the test split every N epochs (0: only at the end)
     split: str = "split_00"
-    precision: str = "fp32"                 # fp32 | bf16 (mixed_bfloat16)
+    precision: str = "auto"                 # auto (bf16 on CPUs with AVX512-BF16/AMX, measured 1.67x faster) | fp32 | bf16
     seed: int = 0
 
 
@@ -85,7 +85,8 @@ def register(sub):
     p.add_argument("--split", help="split column of splits.csv (default split_00)")
     p.add_argument("--model", help="registry card (reqa | reqa-official | reqa-tiny)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper protocol (default) or the released code's")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or mixed_bfloat16")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (default: mixed_bfloat16 on CPUs with native bf16, else fp32; fp32 on GPUs), fp32 or bf16")
     p.add_argument("--epochs", type=int)
     p.add_argument("--crop-size", type=int)
     p.add_argument("--seed", type=int)
@@ -103,7 +104,7 @@ def _config(args) -> REQATrainConfig:
     cfg = load_config(REQATrainConfig, files=args.config, sets=args.set, overrides=overrides)
     checks = {"sampler": ("microbatch", "batch"), "coarse": ("paper", "official"), "curriculum": ("paper", "official"),
               "lr_schedule": ("paper", "official", "constant"), "eval_mode": ("random", "grid", "resize"),
-              "precision": ("fp32", "bf16"), "bins": ("acr", "quantile")}
+              "precision": ("auto", "fp32", "bf16"), "bins": ("acr", "quantile")}
     for key, allowed in checks.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"config {key}={getattr(cfg, key)!r} is not one of {allowed} (set it with --set {key}=...)")
@@ -200,8 +201,9 @@ def run(args) -> int:
     from keras_iqa.training.curriculum import CurriculumSchedule
 
     cfg = _config(args)
-    if cfg.precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    from keras_iqa.training.cpu import configure_cpu
+
+    cpu = configure_cpu(cfg.precision)  # the benchmarked CPU defaults (README, Benchmarks)
     run_dir = runner.RunDir.create(args.out, config={**to_dict(cfg), "data": args.data}, seed=cfg.seed)
     train_reader = RecordReader(args.data, split=cfg.split, subset="train", target="normalized")
     test_reader = RecordReader(args.data, split=cfg.split, subset="test", target="normalized")
@@ -225,7 +227,7 @@ def run(args) -> int:
                "test": ev["metrics"], "fine_grained": ev.get("fine_grained"),
                "eval": {"crops": cfg.eval_crops, "mode": cfg.eval_mode, "score": "last step"},
                "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()},
-               "curriculum": schedule.history, "precision": cfg.precision,
+               "curriculum": schedule.history, "precision": cfg.precision, "cpu": cpu,
                "sampler": {"kind": cfg.sampler, "bin_counts": getattr(train_reader, "bin_counts", None),
                            "bin_sources": getattr(train_reader, "bin_sources", None)}}
     if "test_srocc" in hist.history:  # the official code reports the best epoch (test-set model selection)
