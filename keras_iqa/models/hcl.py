@@ -60,6 +60,9 @@ class HCLModelConfig:
         input_norm: "imagenet" (mean/std inside the model, the package contract) or "unit" (x / 255 like TeacherIQA's demo).
         restoration_output: "direct" (1x1 conv + sigmoid, TeacherIQA) or "residual" (clip(x / 255 + 1x1 conv, 0, 1), the
             conv initialised near 0 (std 1e-3) so training starts close to the identity; our option).
+        restoration_input_skip: False (TeacherIQA: the last up-step sees no full-resolution input) or True (our option: the
+            normalised input image is concatenated with the last up-step's 224x224 map and merged by a decoder block, so
+            per-pixel detail such as noise reaches the output; a U-Net's full-resolution skip).
         num_datasets: K, the number of synthetic datasets (subnetworks); the stage runner sets it from the data given.
         subnet_units: (hidden, embedding) of each subnetwork (256, 64); subnet_dropout: 0.1.
         cqac: True = attention across the K embeddings; False = the "CQAC off" ablation (independent heads).
@@ -76,6 +79,7 @@ class HCLModelConfig:
     decoder_block: str = "conv"
     input_norm: str = "imagenet"
     restoration_output: str = "direct"
+    restoration_input_skip: bool = False
     num_datasets: int = 4
     subnet_units: tuple = (256, 64)
     subnet_dropout: float = 0.1
@@ -94,7 +98,7 @@ def restoration_kwargs(cfg: HCLModelConfig) -> dict:
     """The `RestorationNet` arguments of a model config."""
     return dict(depth=cfg.depth, backbone_weights=cfg.backbone_weights, width=cfg.width, blocks=cfg.blocks,
                 decoder_filters=cfg.decoder_filters, decoder_block=cfg.decoder_block, input_norm=cfg.input_norm,
-                output=cfg.restoration_output)
+                output=cfg.restoration_output, input_skip=cfg.restoration_input_skip)
 
 
 def head_kwargs(cfg: HCLModelConfig) -> dict:
@@ -188,7 +192,7 @@ class RestorationNet(keras.Model):
     """
 
     def __init__(self, depth=50, backbone_weights=None, width=1.0, blocks=None, decoder_filters=(1024, 512, 256, 64, 64),
-                 decoder_block="conv", input_norm="imagenet", output="direct", **kwargs):
+                 decoder_block="conv", input_norm="imagenet", output="direct", input_skip=False, **kwargs):
         kwargs.setdefault("name", "restoration")
         if output not in OUTPUTS:
             raise ValueError(f"restoration output must be one of {OUTPUTS}, got {output!r}")
@@ -203,7 +207,7 @@ class RestorationNet(keras.Model):
         self.depth, self.backbone_weights, self.width = int(depth), backbone_weights, float(width)
         self.blocks = tuple(int(b) for b in blocks) if blocks is not None else None
         self.decoder_filters = tuple(int(f) for f in decoder_filters)
-        self.decoder_block, self.input_norm = decoder_block, input_norm
+        self.decoder_block, self.input_norm, self.input_skip = decoder_block, input_norm, bool(input_skip)
         self.normalize = (ImageNetNormalization(name="imagenet_norm") if input_norm == "imagenet"
                           else keras.layers.Rescaling(1.0 / 255.0, name="unit_norm"))
         self.encoder = resnet_features(depth=self.depth, weights=backbone_weights, width=self.width, blocks=self.blocks,
@@ -211,6 +215,8 @@ class RestorationNet(keras.Model):
         self.ups = [keras.layers.Conv2DTranspose(f, 2, strides=2, name=f"up{i + 1}") for i, f in enumerate(self.decoder_filters)]
         block = ConvBlock if decoder_block == "conv" else InceptionConv
         self.merges = [block(f, name=f"merge{i + 1}") for i, f in enumerate(self.decoder_filters[:4])]
+        if self.input_skip:  # our option: full-resolution skip of the (normalised) input image
+            self.merges.append(block(self.decoder_filters[4], name="merge5"))
         if output == "direct":
             self.out_conv = keras.layers.Conv2D(3, 1, activation="sigmoid", name="restored", dtype="float32")  # fp32 in bf16
         else:
@@ -225,7 +231,8 @@ class RestorationNet(keras.Model):
 
     def decode(self, images, training=None, full=True):
         """{"bottom", "decoder": [14x14, 28x28, 56x56, 112x112 maps], "restored" (when `full`)}."""
-        taps = self.encoder(self.normalize(images), training=training)
+        x0 = self.normalize(images)
+        taps = self.encoder(x0, training=training)
         skips = (taps["stage3"], taps["stage2"], taps["stage1"], taps["stem"])
         x, dec = taps["stage4"], []
         n_merge = 4 if full else 3
@@ -234,7 +241,10 @@ class RestorationNet(keras.Model):
             dec.append(x)
         out = {"bottom": taps["stage4"], "decoder": dec}
         if full:
-            y = self.out_conv(self.ups[4](x))
+            x = self.ups[4](x)
+            if self.input_skip:
+                x = self.merges[4](ops.concatenate([ops.cast(x0, x.dtype), x], axis=-1), training=training)
+            y = self.out_conv(x)
             if self.output_mode == "residual":
                 y = ops.clip(ops.cast(images, "float32") / 255.0 + y, 0.0, 1.0)
             out["restored"] = y
@@ -257,7 +267,8 @@ class RestorationNet(keras.Model):
     def get_config(self):
         return {**super().get_config(), "depth": self.depth, "backbone_weights": None, "width": self.width,
                 "blocks": list(self.blocks) if self.blocks else None, "decoder_filters": list(self.decoder_filters),
-                "decoder_block": self.decoder_block, "input_norm": self.input_norm, "output": self.output_mode}
+                "decoder_block": self.decoder_block, "input_norm": self.input_norm, "output": self.output_mode,
+                "input_skip": self.input_skip}
 
     @classmethod
     def from_config(cls, config):

@@ -236,12 +236,13 @@ def _model_cfg_from(cfg: HCLModelConfig, src) -> HCLModelConfig:
     changes = {}
     if src is not None:
         rc = dict(getattr(src, "restoration_config", None) or {})
+        keys = ("depth", "width", "blocks", "decoder_filters", "decoder_block", "input_norm", "output", "input_skip")
         if not rc and src.__class__.__name__ == "RestorationNet":
-            rc = {k: v for k, v in src.get_config().items()
-                  if k in ("depth", "width", "blocks", "decoder_filters", "decoder_block", "input_norm", "output")}
-        for k in ("depth", "width", "blocks", "decoder_filters", "decoder_block", "input_norm", "output"):
+            rc = {k: v for k, v in src.get_config().items() if k in keys}
+        renamed = {"output": "restoration_output", "input_skip": "restoration_input_skip"}
+        for k in keys:
             if k in rc:
-                changes["restoration_output" if k == "output" else k] = tuple(rc[k]) if isinstance(rc[k], list) else rc[k]
+                changes[renamed.get(k, k)] = tuple(rc[k]) if isinstance(rc[k], list) else rc[k]
         changes["backbone_weights"] = None  # weights come from the previous stage
         if hasattr(src, "subnets"):
             changes.update(num_datasets=src.num_datasets, cqac=src.use_cqac, subnet_units=tuple(src.subnet_units))

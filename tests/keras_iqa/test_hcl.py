@@ -257,3 +257,32 @@ def test_residual_restoration_starts_near_identity():
     assert M.RestorationNet.from_config(net.get_config()).output_mode == "residual"
     with pytest.raises(ValueError, match="restoration output"):
         M.RestorationNet(output="sharpen")
+
+
+def test_input_skip_option_trains_round_trips_and_hands_over(tmp_path):
+    """`restoration_input_skip` (our option): the input reaches the full-resolution decoder step, so a residual network
+    learns per-pixel noise removal that the TeacherIQA decoder (no full-resolution skip) cannot; the option survives the
+    .keras round trip and the hand-over to curriculum 2."""
+    from scipy.ndimage import gaussian_filter
+
+    keras.utils.set_random_seed(0)
+    cfg = dataclasses.replace(TINY_CFG, restoration_output="residual", restoration_input_skip=True, crop_size=32)
+    net = M.build_restoration(cfg)
+    rng = np.random.default_rng(3)
+    ref = gaussian_filter(rng.uniform(60, 200, (8, 32, 32, 3)), (0, 2, 2, 0)).astype("float32")
+    noisy = np.clip(ref + rng.normal(0, 20, ref.shape), 0, 255).astype("float32")
+    identity_l1 = float(np.abs(noisy - ref).mean() / 255.0)
+    assert abs(float(np.abs(np.asarray(net(noisy)) - ref / 255.0).mean()) - identity_l1) < 0.01  # starts at the identity
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=M.RestorationLoss(0.0))
+    for _ in range(60):
+        loss = float(net.train_on_batch(noisy, ref / 255.0))
+    assert loss < 0.8 * identity_l1, (loss, identity_l1)  # below the identity on the batch it trains on
+    path = tmp_path / "r.keras"
+    net.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.input_skip and loaded.output_mode == "residual"
+    np.testing.assert_allclose(np.asarray(loaded(noisy)), np.asarray(net(noisy)), atol=1e-5)
+    run = RunDir.create(tmp_path / "1", config={}, seed=0)
+    run.save_final(net)
+    syn, _ = T.init_synthetic(_cfg(), init=run.path, num_datasets=2)
+    assert syn.restoration.input_skip and _same(_weights(syn.restoration), _weights(net))
