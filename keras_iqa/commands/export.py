@@ -42,6 +42,11 @@ def register(sub):
     p.add_argument("--data", metavar="DIR", help="prepared dataset (records) for int8 calibration (default: embedded "
                    "pristine photos, else synthetic images)")
     p.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="int8 calibration crops (default 128)")
+    p.add_argument("--int8-scope", choices=("conv", "all"), default="conv",
+                   help="which ops int8 quantizes: 'conv' = convolutions, pads and pools (the compute; residual sums, "
+                        "normalisation, attention and heads stay float32: keeps the ranking of scores), 'all' = every op "
+                        "with an int8 kernel (TFLite's full-integer default; faster on int8-only accelerators, less "
+                        "faithful). Default conv")
     p.add_argument("--parity-images", metavar="DIR", help="folder of images for the parity report (default: 24 synthetic images)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity report")
     p.set_defaults(func=run)
@@ -108,7 +113,7 @@ def run(args):
             raise ValueError(f"--parity-images {args.parity_images}: need at least 3 readable images, found {len(images)}")
     result = export_tflite(model, args.out, quantize=quantize, data_dir=args.data, name=args.name,
                            parity=not args.no_parity, parity_images=images, calibration_samples=args.calibration_samples,
-                           source=args.model)
+                           source=args.model, int8_scope=args.int8_scope)
     for q, f in result["files"].items():
         print(f"wrote {f} (+ {Path(f).with_suffix('.json').name})")
     rep = result["parity"]
