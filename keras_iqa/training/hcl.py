@@ -254,7 +254,11 @@ def _model_cfg_from(cfg: HCLModelConfig, src) -> HCLModelConfig:
 def restoration_report(model, pairs_ds, max_batches: Optional[int] = None, min_gain_db: float = 0.05) -> dict:
     """PSNR / SSIM (max value 1) of restored vs reference and of the distorted input vs reference (the identity baseline)
     over (distorted, reference) batches in [0, 255]; `beats_identity` (mean PSNR gain > `min_gain_db`, so that a network
-    that learned to copy its input does not pass on rounding) is the measured check of curriculum 1."""
+    that learned to copy its input does not pass on rounding) is the measured check of curriculum 1.
+
+    Pairs whose distorted crop equals its reference (e.g. a flat or black region; `n_unchanged`) are left out of the means:
+    there is nothing to restore, and their infinite identity PSNR (capped at 100 dB) would dominate the mean (measured: 3 %
+    of held-out 64 px crops of the embedded set moved the identity's mean PSNR by 2.5 dB). Restored PSNR is capped alike."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
@@ -262,8 +266,9 @@ def restoration_report(model, pairs_ds, max_batches: Optional[int] = None, min_g
         d, r = tf.cast(d, tf.float32), tf.cast(r, tf.float32) / 255.0
         restored = tf.clip_by_value(tf.cast(model(d, training=False), tf.float32), 0.0, 1.0)
         d = d / 255.0
+        unchanged = tf.cast(tf.reduce_max(tf.abs(d - r), axis=[1, 2, 3]) == 0.0, tf.float32)
         return tf.stack([tf.image.psnr(restored, r, 1.0), tf.image.psnr(d, r, 1.0),
-                         tf.image.ssim(restored, r, 1.0), tf.image.ssim(d, r, 1.0)], axis=1)
+                         tf.image.ssim(restored, r, 1.0), tf.image.ssim(d, r, 1.0), unchanged], axis=1)
 
     rows = []
     for i, (d, r) in enumerate(pairs_ds):
@@ -273,12 +278,17 @@ def restoration_report(model, pairs_ds, max_batches: Optional[int] = None, min_g
     if not rows:
         raise ValueError("restoration_report: the held-out pair dataset is empty")
     a = np.concatenate(rows)
-    a = np.where(np.isfinite(a), a, 100.0)  # identical images give PSNR inf; cap at 100 dB
+    unchanged = a[:, 4] > 0.5
+    a = np.where(np.isfinite(a[:, :4]), a[:, :4], 100.0)[~unchanged]  # identical images give PSNR inf: cap at 100 dB
+    if not len(a):
+        raise ValueError("restoration_report: every held-out distorted crop equals its reference; nothing to restore")
     m = a.mean(axis=0)
-    return {"n_pairs": int(len(a)), "psnr_restored": float(m[0]), "psnr_identity": float(m[1]), "psnr_gain": float(m[0] - m[1]),
+    return {"n_pairs": int(len(a)), "n_unchanged": int(unchanged.sum()),
+            "psnr_restored": float(m[0]), "psnr_identity": float(m[1]), "psnr_gain": float(m[0] - m[1]),
             "ssim_restored": float(m[2]), "ssim_identity": float(m[3]), "ssim_gain": float(m[2] - m[3]),
             "beats_identity": bool(m[0] - m[1] > min_gain_db), "min_gain_db": float(min_gain_db),
-            "note": "HCL (reconstruction), curriculum 1: restored vs reference compared with distorted vs reference"}
+            "note": "HCL (reconstruction), curriculum 1: restored vs reference compared with distorted vs reference, "
+                    "over the pairs whose distorted input differs from the reference"}
 
 
 def to_restoration_targets(pairs_ds):

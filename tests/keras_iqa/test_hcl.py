@@ -141,6 +141,18 @@ def test_restoration_output_range_features_and_l1_drops(restoration, tmp_path):
     assert (tmp_path / "r" / "model.keras").exists() and json.loads((tmp_path / "r" / "results.json").read_text())["holdout"]
 
 
+def test_restoration_report_leaves_out_unchanged_pairs(restoration):
+    dist, ref = _pairs()
+    dist = dist.copy()
+    dist[0] = ref[0]  # nothing to restore in pair 0: its identity PSNR is infinite
+    h = T.restoration_report(restoration, tf.data.Dataset.from_tensor_slices((dist, ref)).batch(4))
+    assert h["n_unchanged"] == 1 and h["n_pairs"] == 3
+    ident = tf.image.psnr(dist[1:] / 255.0, ref[1:] / 255.0, 1.0).numpy().mean()
+    assert h["psnr_identity"] == pytest.approx(float(ident), rel=1e-4)
+    with pytest.raises(ValueError, match="nothing to restore"):
+        T.restoration_report(restoration, tf.data.Dataset.from_tensor_slices((ref, ref)).batch(4))
+
+
 def test_restoration_loss_ssim_term():
     a = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
     assert float(M.RestorationLoss(0.2)(a, a)) == pytest.approx(0.0, abs=1e-5)
