@@ -44,8 +44,8 @@ def concrete_score_function(model, batch: int = 1):
 #: op types quantized in the int8 variant; every other op type of the model stays float32. Convolutions are nearly all of
 #: the compute of every family (ResNet encoders, U-Net decoder). Measured on the tiny families (12 images, 9 crops each):
 #: int8 convolutions alone keep SROCC vs Keras at 0.993 (HCL) and 0.986 (REQA), while also quantizing ADD (residual
-#: sums, LayerNorm, attention) drops it to 0.04 and 0.95, and quantizing every supported op (TFLite's default) to 0.87
-#: and 0.91; FULLY_CONNECTED (small heads, a negligible share of the compute) cost HCL 0.03.
+#: sums, LayerNorm, attention) drops it to 0.04 and 0.95, and quantizing every supported op (TFLite's default) to 0.72
+#: and 0.92; FULLY_CONNECTED (small heads, a negligible share of the compute) cost HCL 0.03.
 INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D")
 
 
