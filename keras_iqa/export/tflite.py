@@ -211,9 +211,15 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
         from keras_iqa.export.samples import calibration_crops
 
         rep, rep_source = calibration_crops(model, data_dir, n=calibration_samples)
-    files = {}
-    for q in quantize:
-        flat = convert(model, q, rep if q == "int8" else None, float_ops=INT8_SCOPES[int8_scope])
+    files, fp32_flat = {}, None
+    # fp32 first: its op list gives the int8 float ops without a second conversion (unknown names fail in `convert`)
+    for q in sorted(quantize, key=lambda v: QUANTIZE.index(v) if v in QUANTIZE else len(QUANTIZE)):
+        float_ops = INT8_SCOPES[int8_scope]
+        if q == "int8" and float_ops is None and fp32_flat is not None:
+            float_ops = default_float_ops(fp32_flat)
+        flat = convert(model, q, rep if q == "int8" else None, float_ops=float_ops)
+        if q == "none":
+            fp32_flat = flat
         path = paths[q]
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(flat)
