@@ -42,7 +42,8 @@ STAGE_DIRS = {"restoration": "1-restoration", "synthetic": "2-synthetic", "finet
 
 @dataclass
 class RestorationStageConfig:
-    """Curriculum 1. `epochs` is our choice (the paper's schedule is unknown); `use_ssim` adds 0.2 * (1 - SSIM)."""
+    """Curriculum 1. `epochs` is our choice (the paper's schedule is unknown); `use_ssim` adds 0.2 * (1 - SSIM);
+    `pixel_loss` "l1" (spec) or "psnr" (our option, `RestorationLoss`)."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -50,6 +51,7 @@ class RestorationStageConfig:
     cosine: bool = True
     use_ssim: bool = False
     ssim_weight: float = 0.2
+    pixel_loss: str = "l1"
     split: str = "split_00"
     steps_per_epoch: Optional[int] = None
     holdout_batches: Optional[int] = None
@@ -298,7 +300,7 @@ def to_restoration_targets(pairs_ds):
 
 def fit_restoration(model, train_pairs, run: RunDir, scfg: RestorationStageConfig, steps_per_epoch: int,
                     holdout_pairs=None, verbose=2):
-    """Compiles (L1 [+ SSIM], Adam + cosine decay) and fits a `RestorationNet`; saves model.keras and results.json."""
+    """Compiles (L1 or -PSNR [+ SSIM], Adam + cosine decay) and fits a `RestorationNet`; saves model.keras, results.json."""
     import keras
 
     from keras_iqa.models.hcl import RestorationLoss, restoration_l1
@@ -306,8 +308,8 @@ def fit_restoration(model, train_pairs, run: RunDir, scfg: RestorationStageConfi
     lr = scfg.lr
     if scfg.cosine:
         lr = keras.optimizers.schedules.CosineDecay(scfg.lr, decay_steps=max(1, scfg.epochs * steps_per_epoch))
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=RestorationLoss(scfg.ssim_weight if scfg.use_ssim else 0.0),
-                  metrics=[restoration_l1])
+    loss = RestorationLoss(scfg.ssim_weight if scfg.use_ssim else 0.0, pixel=scfg.pixel_loss)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=[restoration_l1])
     hist = fit(model, to_restoration_targets(train_pairs), epochs=scfg.epochs, run=run, steps_per_epoch=steps_per_epoch,
                verbose=verbose, tensorboard=False)
     results = {"stage": "restoration", "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
@@ -321,9 +323,12 @@ def fit_restoration(model, train_pairs, run: RunDir, scfg: RestorationStageConfi
 def train_restoration(cfg: HCLTrainConfig, pairs: str, out: str) -> dict:
     """Curriculum 1 from a prepared pair dataset: train split for training, test split held out for the PSNR/SSIM report."""
     from data_pipeline.input import RecordReader
-    from keras_iqa.models.hcl import build_restoration
+    from keras_iqa.models.hcl import PIXEL_LOSSES, build_restoration
 
     s = cfg.restoration
+    if s.pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"restoration.pixel_loss must be one of {PIXEL_LOSSES}, got {s.pixel_loss!r} "
+                         "(e.g. --set restoration.pixel_loss=psnr)")
     run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "restoration", "pairs": pairs})
     train = RecordReader(pairs, split=s.split, subset="train", target=None)  # pairs need no scores
     test = RecordReader(pairs, split=s.split, subset="test", target=None)
