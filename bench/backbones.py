@@ -1,7 +1,8 @@
 """Our ResNet-18 / ResNet-50 backbones (keras-hub, via `keras_iqa.backbones.resnet_features`) against a PyTorch reference.
 
 What is measured (224x224 inputs, random weights, random data resident in memory, same work on both sides):
-- training step images/s: backbone + global average pooling + Dense(1), MSE loss, Adam, batch 16 and 32;
+- training step images/s: backbone + global average pooling + Dense(1), MSE loss, Adam (ours: `FusedAdam`, TF's fused
+  kernel; PyTorch: `torch.optim.Adam`, its default multi-tensor implementation), batch 16 and 32;
 - batch-1 inference latency (ms): the same network in inference mode.
 
 How (see README, Benchmarks):
@@ -67,7 +68,9 @@ def _tf_worker(spec: dict):
     ys = tf.constant(rng.uniform(0, 1, (batch,)).astype("float32"))
     jit = variant == "xla"
     if spec["mode"] == "train":
-        opt = keras.optimizers.Adam(1e-4)
+        from keras_iqa.training.optimizers import FusedAdam  # what our trainers use (one fused kernel per variable)
+
+        opt = FusedAdam(1e-4)
         opt.build(model.trainable_variables)
 
         @tf.function(jit_compile=jit)

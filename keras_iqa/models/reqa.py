@@ -40,6 +40,7 @@ from keras_iqa.layers.preprocessing import ImageNetNormalization
 from keras_iqa.layers.transformer import QualityTransformer
 from keras_iqa.models.base import IQAModel
 from keras_iqa.registry import InputContract, ModelCard, register
+from keras_iqa.training.optimizers import FusedAdam
 
 PAPER = ("C. Li, J. Huo (and co-authors). Coarse-to-fine Assessment of Image Quality to Alleviate the Range Effect "
          "(REQA), IEEE TMM / arXiv")
@@ -171,8 +172,8 @@ class REQA(IQAModel):
         and the coupled L2 `weight_decay` (added to gradients). Curriculum weights: `curriculum_weights` / `CurriculumSchedule`."""
         if coarse not in COARSE_MODES:
             raise ValueError(f"coarse must be one of {COARSE_MODES}, got {coarse!r}")
-        optimizer = optimizer if optimizer is not None else keras.optimizers.Adam(lr)
-        self.backbone_optimizer = backbone_optimizer if backbone_optimizer is not None else keras.optimizers.Adam(backbone_lr)
+        optimizer = optimizer if optimizer is not None else FusedAdam(lr)
+        self.backbone_optimizer = backbone_optimizer if backbone_optimizer is not None else FusedAdam(backbone_lr)
         self._coarse, self._group_size, self._weight_decay = coarse, int(group_size), float(weight_decay)
         kwargs.pop("loss", None)
         super().compile(optimizer=optimizer, **kwargs)

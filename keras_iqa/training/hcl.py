@@ -304,12 +304,13 @@ def fit_restoration(model, train_pairs, run: RunDir, scfg: RestorationStageConfi
     import keras
 
     from keras_iqa.models.hcl import RestorationLoss, restoration_l1
+    from keras_iqa.training.optimizers import FusedAdam
 
     lr = scfg.lr
     if scfg.cosine:
         lr = keras.optimizers.schedules.CosineDecay(scfg.lr, decay_steps=max(1, scfg.epochs * steps_per_epoch))
     loss = RestorationLoss(scfg.ssim_weight if scfg.use_ssim else 0.0, pixel=scfg.pixel_loss)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=[restoration_l1])
+    model.compile(optimizer=FusedAdam(lr), loss=loss, metrics=[restoration_l1])
     hist = fit(model, to_restoration_targets(train_pairs), epochs=scfg.epochs, run=run, steps_per_epoch=steps_per_epoch,
                verbose=verbose, tensorboard=False)
     results = {"stage": "restoration", "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
@@ -362,9 +363,9 @@ def init_synthetic(cfg: HCLTrainConfig, init=None, num_datasets: Optional[int] =
 
 
 def compile_synthetic(model, scfg: SyntheticStageConfig):
-    import keras
+    from keras_iqa.training.optimizers import FusedAdam
 
-    model.compile(optimizer=keras.optimizers.Adam(scfg.lr), backbone_optimizer=keras.optimizers.Adam(0.0))
+    model.compile(optimizer=FusedAdam(scfg.lr), backbone_optimizer=FusedAdam(0.0))
     return freeze_then_low_lr(scfg.lr, scfg.freeze_epochs, scfg.backbone_lr_factor)
 
 
@@ -434,9 +435,9 @@ def init_finetune(cfg: HCLTrainConfig, init=None, score_range=None, higher_bette
 
 
 def compile_finetune(model, fcfg: FinetuneStageConfig):
-    import keras
+    from keras_iqa.training.optimizers import FusedAdam
 
-    model.compile(optimizer=keras.optimizers.Adam(fcfg.lr), backbone_optimizer=keras.optimizers.Adam(fcfg.backbone_lr),
+    model.compile(optimizer=FusedAdam(fcfg.lr), backbone_optimizer=FusedAdam(fcfg.backbone_lr),
                   loss="mean_absolute_error")
     return step_decay(fcfg.lr, fcfg.backbone_lr, fcfg.decay_epoch, fcfg.decay_factor)
 

@@ -45,6 +45,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from keras_iqa.training.optimizers import FusedAdam
+
 __all__ = [
     "MetaLearner", "lr_factor", "FINETUNE_PRESETS", "compile_for_finetune", "finetune", "load_meta_weights",
     "predict_batches", "evaluate_model", "lodo_splits", "leave_one_distortion_out", "synthetic_to_authentic",
@@ -432,7 +434,7 @@ def compile_for_finetune(model: keras.Model, preset: str = "paper", lr: Optional
     wd = p["weight_decay"] if weight_decay is None else float(weight_decay)
     if preset == "official":
         beta_2 = 0.999
-    opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=beta_2, epsilon=1e-8, weight_decay=wd or None)
+    opt = FusedAdam(learning_rate=lr, beta_1=0.9, beta_2=beta_2, epsilon=1e-8, weight_decay=wd or None)
     model.compile(optimizer=opt, loss="mse")
     return model
 
@@ -601,7 +603,7 @@ def baseline_then_finetune(synthetic_data, build_model: Callable[[], keras.Model
     if shuffle_buffer:
         synthetic_data = synthetic_data.shuffle(shuffle_buffer)
     model = build_model()
-    model.compile(optimizer=keras.optimizers.Adam(pretrain_lr, beta_2=0.99), loss="mse")
+    model.compile(optimizer=FusedAdam(pretrain_lr, beta_2=0.99), loss="mse")
     hist = model.fit(synthetic_data, epochs=int(pretrain_epochs), verbose=verbose)
     finetune(model, train_data, **{"verbose": 0, **(tune or {})})
     return {"pretrain": hist.history, "test": evaluate_model(model, test_data), "model": model}

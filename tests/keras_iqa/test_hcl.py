@@ -280,7 +280,7 @@ def test_registry_cards():
         M.HCL(restoration=M.restoration_kwargs(TINY_CFG), crop_size=50)
 
 
-def test_cli_help_and_errors(capsys):
+def test_cli_help_and_errors(capsys, tmp_path):
     from keras_iqa import cli
 
     with pytest.raises(SystemExit) as e:
@@ -294,6 +294,12 @@ def test_cli_help_and_errors(capsys):
     assert keras.config.dtype_policy().name == policy  # a usage error changes no global state
     with pytest.raises(SystemExit, match="exactly one --data"):
         cli.main(["train", "hcl", "--stage", "finetune", "--data", "a", "--data", "b", "--out", "/tmp/never-written-hcl"])
+    try:  # a bad config value: exit code 2, the message names the key and a valid value; nothing is written
+        rc = cli.main(["train", "hcl", "--stage", "restoration", "--pairs", "/nonexistent", "--out", str(tmp_path / "o"),
+                       "--set", "restoration.pixel_loss=l2"])
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert rc == 2 and "restoration.pixel_loss" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_residual_restoration_starts_near_identity():
