@@ -18,8 +18,9 @@ import numpy as np
 from bench.common import measure, write_results
 
 
-def make_pairs(names, types, levels, long_side=128, seed=0):
-    """(distorted, reference) uint8 arrays from embedded pristine photos resized to `long_side`, every type x level."""
+def make_pairs(names, types, levels, long_side=128, seed=0, labels=None):
+    """(distorted, reference) uint8 arrays from embedded pristine photos resized to `long_side`, every type x level;
+    `labels`, if a list, receives the (type, level) of each pair."""
     from PIL import Image
 
     from data_pipeline import distortions as D
@@ -36,6 +37,8 @@ def make_pairs(names, types, levels, long_side=128, seed=0):
                 if d.shape == r.shape:
                     dist.append(d)
                     ref.append(r)
+                    if labels is not None:
+                        labels.append((t, lv))
     return dist, ref
 
 
@@ -53,12 +56,14 @@ def restoration_check(steps=1500, types=tuple(range(1, 26)), levels=(1, 2, 3, 4,
     from data_pipeline import pristine
     from keras_iqa.models import hcl as M
     from keras_iqa.training.hcl import restoration_report
+    from keras_iqa.training.optimizers import FusedAdam
 
     keras.utils.set_random_seed(seed)
     names = [n for n in pristine.embedded_names() if n not in holdout]
     t0 = time.perf_counter()
     tr_d, tr_r = make_pairs(names, types, levels, long_side, seed)
-    ho_d, ho_r = make_pairs(list(holdout), types, levels, long_side, seed + 7)
+    ho_labels = []
+    ho_d, ho_r = make_pairs(list(holdout), types, levels, long_side, seed + 7, labels=ho_labels)
     gen_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
 
@@ -77,11 +82,13 @@ def restoration_check(steps=1500, types=tuple(range(1, 26)), levels=(1, 2, 3, 4,
         d, r = crops(ho_d[i:i + 1], ho_r[i:i + 1], 8)
         hd.append(d)
         hr.append(r)
-    hold = tf.data.Dataset.from_tensor_slices((np.concatenate(hd), np.concatenate(hr))).batch(64)
+    hd, hr = np.concatenate(hd), np.concatenate(hr)
+    hold_labels = np.repeat(np.asarray(ho_labels), 8, axis=0)  # (type, level) of each held-out crop
+    hold = tf.data.Dataset.from_tensor_slices((hd, hr)).batch(64)
     cfg = M.HCLModelConfig(**{**M.TINY, "crop_size": crop, "restoration_output": output,
                               "restoration_input_skip": input_skip})
     model = M.build_restoration(cfg)
-    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps)),
+    model.compile(optimizer=FusedAdam(keras.optimizers.schedules.CosineDecay(lr, steps)),
                   loss=M.RestorationLoss(0.0, pixel=pixel_loss))
     before = restoration_report(model, hold)
     t0 = time.perf_counter()
@@ -91,6 +98,19 @@ def restoration_check(steps=1500, types=tuple(range(1, 26)), levels=(1, 2, 3, 4,
         losses.append(float(model.train_on_batch(d, r / 255.0)))
     train_s = time.perf_counter() - t0
     after = restoration_report(model, hold)
+
+    def gain_by(column):  # mean PSNR gain over the held-out crops of each distortion type / level
+        out = {}
+        for key in sorted(set(hold_labels[:, column].tolist())):
+            sel = hold_labels[:, column] == key
+            try:
+                group = tf.data.Dataset.from_tensor_slices((hd[sel], hr[sel])).batch(64)
+                out[int(key)] = restoration_report(model, group)["psnr_gain"]
+            except ValueError:  # every crop of this group is unchanged by its distortion
+                out[int(key)] = None
+        return out
+
+    after["psnr_gain_by_type"], after["psnr_gain_by_level"] = gain_by(0), gain_by(1)
     return {"name": "hcl restoration vs identity (tiny network, embedded pristine set)", "steps": steps, "batch": batch,
             "crop": crop, "types": list(types), "levels": list(levels), "train_pairs": len(tr_d), "holdout_pairs": len(ho_d),
             "holdout_refs": list(holdout), "output": output, "input_skip": input_skip, "pixel_loss": pixel_loss, "lr": lr,

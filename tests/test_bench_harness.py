@@ -113,3 +113,16 @@ def test_backbone_table_and_roofline_fractions_from_fake_results():
     got = {r["name"]: (round(r["achieved_gflops"], 3), round(r["fraction_of_peak"], 4)) for r in rows}
     assert got == {"resnet50-train-b16-ours": (288.0, 0.72), "resnet50-train-b16-pytorch": (240.0, 2.4),
                    "resnet50-infer-b1-ours": (400.0, 1.0), "resnet50-infer-b1-pytorch": (320.0, 3.2)}
+
+
+def test_hcl_restoration_check_reports_gain_by_type_and_level():
+    """The tiny restoration-vs-identity measurement (bench/hcl.py) on a 5-step run: its bookkeeping, not its result."""
+    from bench.hcl import restoration_check
+
+    r = restoration_check(steps=5, types=(1, 11), levels=(4, 5), holdout=("coffee",), long_side=64, output="residual",
+                          input_skip=True, pixel_loss="psnr")
+    before, after = r["before_training"], r["after_training"]
+    assert abs(before["psnr_gain"]) < 0.05  # residual head + input skip start at the identity
+    assert before["n_pairs"] + before["n_unchanged"] == r["holdout_pairs"] * 8 == 4 * 8
+    assert set(after["psnr_gain_by_type"]) == {1, 11} and set(after["psnr_gain_by_level"]) == {4, 5}
+    assert r["pixel_loss"] == "psnr" and r["steps"] == 5 and len(r["types"]) == 2
