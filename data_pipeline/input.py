@@ -169,9 +169,12 @@ class RecordReader:
                              f"{schema.SCHEMA_VERSION}; upgrade keras-iqa")
         if target == "pseudo" and not self.manifest.get("pseudo_label"):
             raise ValueError(f"{data_dir}: target='pseudo' but the manifest names no pseudo-label (pseudo_label is null)")
-        if target not in ("pseudo", None) and self.kind == "pair" and self.manifest["statistics"].get("mos_min") is None:
-            raise ValueError(f"{data_dir}: pair records carry no MOS; use target='pseudo' or target=None "
-                             "with pair_dataset()")
+        stats = self.manifest.get("statistics") or {}
+        if target not in ("pseudo", None) and "mos_min" in stats and stats["mos_min"] is None:
+            hint = (f"use target='pseudo' (its records carry {self.manifest['pseudo_label']!r} pseudo-labels)"
+                    if self.manifest.get("pseudo_label") else "prepare it with scores")
+            raise ValueError(f"{data_dir}: no record of this {self.kind} dataset carries a MOS, so target={target!r} would "
+                             f"give NaN targets; {hint}, or target=None with pair_dataset()")
         self.split, self.subset, self.target, self.policy = split, subset, target, policy
         self.score_range = tuple(self.manifest["score_range"])
         self.higher_better = bool(self.manifest["higher_better"])

@@ -203,3 +203,5 @@ def test_readers_consume_the_generated_data(cli_run):
     assert [t["type"] for t in tasks] == list(TYPES) and tasks[1]["name"] == "JPEG"
     d, r = next(iter(RecordReader(str(out / "syn_pairs"), target="pseudo").pair_dataset(2, crop_size=32, seed=0)))
     assert d.shape == r.shape == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match=r"carries a MOS.*target='pseudo'.*'ssim'"):  # not NaN targets
+        RecordReader(str(out / "syn"), target="mos")
