@@ -97,20 +97,7 @@ def restoration_check(steps=1500, types=tuple(range(1, 26)), levels=(1, 2, 3, 4,
         d, r = crops(tr_d, tr_r, batch)
         losses.append(float(model.train_on_batch(d, r / 255.0)))
     train_s = time.perf_counter() - t0
-    after = restoration_report(model, hold)
-
-    def gain_by(column):  # mean PSNR gain over the held-out crops of each distortion type / level
-        out = {}
-        for key in sorted(set(hold_labels[:, column].tolist())):
-            sel = hold_labels[:, column] == key
-            try:
-                group = tf.data.Dataset.from_tensor_slices((hd[sel], hr[sel])).batch(64)
-                out[int(key)] = restoration_report(model, group)["psnr_gain"]
-            except ValueError:  # every crop of this group is unchanged by its distortion
-                out[int(key)] = None
-        return out
-
-    after["psnr_gain_by_type"], after["psnr_gain_by_level"] = gain_by(0), gain_by(1)
+    after = restoration_report(model, hold, group_by={"type": hold_labels[:, 0], "level": hold_labels[:, 1]})
     return {"name": "hcl restoration vs identity (tiny network, embedded pristine set)", "steps": steps, "batch": batch,
             "crop": crop, "types": list(types), "levels": list(levels), "train_pairs": len(tr_d), "holdout_pairs": len(ho_d),
             "holdout_refs": list(holdout), "output": output, "input_skip": input_skip, "pixel_loss": pixel_loss, "lr": lr,

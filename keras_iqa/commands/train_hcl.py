@@ -28,7 +28,7 @@ Examples:
   keras-iqa train hcl --stages all --pairs P --data D --out runs/no-c2 --set ablation.skip_synthetic=true
   keras-iqa train hcl --stages all --pairs P --synthetic S1 --synthetic S2 --data D --out runs/no-cqac --set ablation.cqac=false
   # curriculum 1 with our options: residual head, full-resolution input skip, per-image PSNR loss (README, HCL)
-  keras-iqa train hcl --stage restoration --pairs P --out runs/hcl/1 --set model.restoration_output=residual \
+  keras-iqa train hcl --stage restoration --pairs P --out runs/hcl/1 --set model.restoration_output=residual \\
       --set model.restoration_input_skip=true --set restoration.pixel_loss=psnr
   # a tiny smoke run
   keras-iqa train hcl --model hcl-tiny --stages all --pairs P --synthetic S --data D --out /tmp/hcl \\

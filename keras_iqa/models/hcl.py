@@ -28,6 +28,7 @@ TensorShape([2])
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -307,7 +308,7 @@ class RestorationLoss(keras.losses.Loss):
         if self.pixel == "l1":
             loss = ops.mean(ops.abs(y_true - y_pred), axis=(1, 2, 3))
         else:  # 10 log10(MSE + eps): -PSNR (max value 1), bounded below at -50 dB by eps
-            loss = (10.0 / 2.302585093) * ops.log(ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3)) + 1e-5)
+            loss = (10.0 / math.log(10.0)) * ops.log(ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3)) + 1e-5)
         if self.ssim_weight == 0.0:
             return loss
         import tensorflow as tf
