@@ -35,8 +35,9 @@ TF_CANDIDATES = ("fp32-graph", "bf16-graph", "fp32-xla", "bf16-xla")
 # bf16, batch 16), so for training only its bf16 variant is tried; inference tries all four.
 TF_TRAIN_CANDIDATES = ("fp32-graph", "bf16-graph", "bf16-xla")
 TORCH_CANDIDATES = ("fp32", "fp32-channels_last", "bf16", "bf16-channels_last")
-# inference also tries frozen graphs on both sides (TF: variables -> constants; PyTorch: torch.jit.trace + freeze)
-TF_INFER_CANDIDATES = TF_CANDIDATES + ("fp32-frozen", "bf16-frozen")
+# inference also tries frozen graphs on both sides (TF: variables -> constants; PyTorch: torch.jit.trace + freeze), and on
+# ours the frozen graph of the BN-folded copy (`fold_batch_norm`: TF's optimiser folds BN itself only in float32)
+TF_INFER_CANDIDATES = TF_CANDIDATES + ("fp32-frozen", "bf16-frozen", "fp32-folded", "bf16-folded")
 TORCH_INFER_CANDIDATES = TORCH_CANDIDATES + ("fp32-channels_last-frozen", "bf16-channels_last-frozen")
 
 
@@ -84,8 +85,13 @@ def _tf_worker(spec: dict):
 
         def run_one():
             step(xs, ys).numpy()
-    elif variant == "frozen":  # variables -> constants: grappler folds BN into the convolutions, oneDNN caches weights
+    elif variant in ("frozen", "folded"):  # variables -> constants (fp32: grappler folds BN into the convolutions)
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        from keras_iqa.layers import fold_batch_norm
+
+        if variant == "folded":  # BN folded into the convolutions by us: conv + bias (+ add) fuse in bf16 too
+            model = fold_batch_norm(model)
 
         fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(xs.shape, tf.float32))
         infer = convert_variables_to_constants_v2(fn)
@@ -342,14 +348,15 @@ def main(quick: bool = False) -> dict:
     if quick:
         cases = [(18, "train", 4), (18, "infer", 1)]
         kw = dict(size=64, rounds=2, block_s=0.5, width=0.125, blocks=(1, 1, 1, 1),
-                  tf_candidates=("fp32-graph", "bf16-graph"), torch_candidates=("fp32", "bf16-channels_last"))
+                  torch_candidates=("fp32", "bf16-channels_last"))
+        quick_tf = {"train": ("fp32-graph", "bf16-graph"), "infer": ("bf16-graph", "bf16-folded")}
     else:
         cases = [(d, m, b) for d in (50, 18) for m, b in (("train", 16), ("train", 32), ("infer", 1))]
         kw = dict(size=224, rounds=5, block_s=5.0)
     rows = []
     for depth, mode, batch in cases:
         try:
-            rows.append(compare(depth, mode, batch, **kw))
+            rows.append(compare(depth, mode, batch, tf_candidates=quick_tf[mode] if quick else None, **kw))
         except Exception as e:
             rows.append({"name": f"resnet{depth}-{mode}-b{batch}", "model": f"ResNet-{depth}", "mode": mode,
                          "batch": batch, "error": f"{type(e).__name__}: {e}"[-1000:]})

@@ -126,3 +126,17 @@ def test_hcl_restoration_check_reports_gain_by_type_and_level():
     assert before["n_pairs"] + before["n_unchanged"] == r["holdout_pairs"] * 8 == 4 * 8
     assert set(after["psnr_gain_by_type"]) == {1, 11} and set(after["psnr_gain_by_level"]) == {4, 5}
     assert r["pixel_loss"] == "psnr" and r["steps"] == 5 and len(r["types"]) == 2
+
+
+def test_tf_worker_runs_the_bn_folded_inference_candidate():
+    """The `bf16-folded` latency candidate (frozen graph of `fold_batch_norm`'s copy) builds and serves timed blocks."""
+    from bench.backbones import Worker
+
+    w = Worker(dict(framework="tf", config="bf16-folded", depth=18, mode="infer", batch=1, size=32, width=0.125,
+                    blocks=[1, 1, 1, 1], threads=1, warmup=1), timeout=300)
+    try:
+        times = w.run(2)
+        assert len(times) == 2 and all(t > 0 for t in times)
+        assert w.ready["info"]["policy"] == "mixed_bfloat16" and w.ready["info"]["params"] > 0
+    finally:
+        assert w.close() is not None  # clean exit with its peak RSS

@@ -73,3 +73,80 @@ def fuse_batch_norm(model: keras.Model) -> keras.Model:
     fused = keras.models.clone_model(model, clone_function=clone)
     fused.set_weights(model.get_weights())
     return fused
+
+
+@keras.saving.register_keras_serializable(package="keras_iqa")
+class FoldedBatchNormalization(keras.layers.Identity):
+    """Where `fold_batch_norm` removed a BatchNormalization (now in the preceding Conv2D): passes its input through."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        return super().compute_output_spec(inputs)
+
+
+def _bn_after_conv(model: keras.Model) -> dict:
+    """{BatchNormalization layer: the Conv2D whose output only it reads}, for the inference-mode folds of `fold_batch_norm`."""
+    pairs, outputs = {}, {id(t) for t in keras.tree.flatten(model.outputs)}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or layer.axis not in (-1, len(layer.input.shape) - 1):
+            continue
+        if len(layer._inbound_nodes) != 1:
+            continue
+        conv = layer.input._keras_history.operation
+        if id(layer.input) in outputs:  # the convolution's own output is also a model output: keep it
+            continue
+        if (type(conv) is keras.layers.Conv2D and conv.data_format == "channels_last" and len(conv._inbound_nodes) == 1
+                and len(conv._outbound_nodes) == 1 and conv.activation is keras.activations.linear):
+            pairs[layer] = conv
+    return pairs
+
+
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """An inference copy of a functional `model` with each Conv2D -> BatchNormalization pair folded into one biased Conv2D.
+
+    W' = W * gamma / sqrt(var + eps) and b' = (b - mean) * gamma / sqrt(var + eps) + beta per output channel (the moving
+    statistics: inference only; the BN layer becomes a pass-through `FoldedBatchNormalization`). TF's graph optimiser
+    folds BN itself only in float32; under `mixed_bfloat16` the folded model is what lets oneDNN run conv + bias (+ residual add) + ReLU as one
+    fused kernel (ResNet-18 batch-1 latency: README, Benchmarks). Nested functional models are folded too; outputs match
+    the original to float rounding. Not for training: the folded copy has no batch statistics.
+    """
+    import numpy as np
+    from keras.src.models.functional import Functional  # Sequential models are Functional once built
+
+    if not isinstance(model, (Functional, keras.Sequential)):
+        raise ValueError(f"fold_batch_norm needs a functional or Sequential model, got {type(model).__name__}: fold its "
+                         "functional parts (keras-iqa models: their `backbone`)")
+    pairs = _bn_after_conv(model)
+    folded_convs = {id(conv): bn for bn, conv in pairs.items()}
+    if not pairs and not any(isinstance(layer, keras.Model) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):  # nested model: folded if functional, else shared as it is
+            return fold_batch_norm(layer) if isinstance(layer, (Functional, keras.Sequential)) else layer
+        if layer in pairs:
+            return FoldedBatchNormalization(name=layer.name)
+        config = layer.get_config()
+        if id(layer) in folded_convs:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    out = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) or layer in pairs or not layer.weights:
+            continue
+        new = out.get_layer(layer.name)
+        if id(layer) not in folded_convs:
+            new.set_weights(layer.get_weights())
+            continue
+        bn = folded_convs[id(layer)]
+        kernel = np.asarray(layer.kernel, np.float64)
+        bias = np.asarray(layer.bias, np.float64) if layer.use_bias else 0.0
+        gamma = np.asarray(bn.gamma, np.float64) if bn.scale else 1.0
+        beta = np.asarray(bn.beta, np.float64) if bn.center else 0.0
+        scale = gamma / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+        new.set_weights([(kernel * scale).astype("float32"),
+                         ((bias - np.asarray(bn.moving_mean, np.float64)) * scale + beta).astype("float32")])
+    return out

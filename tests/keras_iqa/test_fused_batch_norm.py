@@ -63,3 +63,75 @@ def test_fuse_model_keeps_names_weights_and_round_trips(tmp_path):
     assert type(loaded.get_layer("bn")) is FusedBatchNormalization
     np.testing.assert_allclose(loaded(x), fused(x), atol=1e-6)
     assert fuse_batch_norm(fused) is fused  # nothing left to fuse
+
+
+def _conv_bn_net():
+    """Conv -> BN pairs of every kind fold_batch_norm meets: no bias, bias, BN without scale/center, BN after a ReLU
+    (not foldable), a conv whose output is also a model output (not foldable), a nested functional model."""
+    inner_in = keras.Input((8, 8, 4))
+    t = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="ic")(inner_in)
+    t = FusedBatchNormalization(name="ibn")(t)
+    inner = keras.Model(inner_in, keras.layers.ReLU()(t), name="inner")
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)
+    a = keras.layers.BatchNormalization(name="bn1")(a)
+    b = keras.layers.Conv2D(4, 1, use_bias=False, name="c2")(inp)
+    b = keras.layers.BatchNormalization(center=False, scale=False, name="bn2")(b)
+    h = keras.layers.ReLU()(keras.layers.Add()([a, b]))
+    c = keras.layers.BatchNormalization(name="bn3")(h)  # after a ReLU: stays a BN
+    d = keras.layers.Conv2D(4, 1, name="c4")(c)
+    e = keras.layers.BatchNormalization(name="bn4")(d)  # c4's output is also an output: stays
+    model = keras.Model(inp, [inner(e), d])
+    rng = np.random.default_rng(3)
+    for layer in list(model.layers) + list(inner.layers):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 2.0, w.shape).astype("float32") * (1 if i % 2 else rng.choice([-1, 1]))
+                               for i, w in enumerate(layer.get_weights())])
+    return model
+
+
+def test_fold_batch_norm_matches_inference_outputs(tmp_path):
+    from keras_iqa.layers import FoldedBatchNormalization, fold_batch_norm
+
+    model = _conv_bn_net()
+    folded = fold_batch_norm(model)
+    kinds = {n: type(folded.get_layer(n)).__name__ for n in ("bn1", "bn2", "bn3", "bn4")}
+    assert kinds == {"bn1": "FoldedBatchNormalization", "bn2": "FoldedBatchNormalization",
+                     "bn3": "BatchNormalization", "bn4": "BatchNormalization"}
+    assert folded.get_layer("c2").use_bias and type(folded.get_layer("inner").get_layer("ibn")) is FoldedBatchNormalization
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    for want, got in zip(model(x, training=False), folded(x, training=False)):
+        np.testing.assert_allclose(want, got, rtol=1e-4, atol=1e-5)
+    assert type(model.get_layer("bn1")) is keras.layers.BatchNormalization  # the original is untouched
+    folded.save(tmp_path / "f.keras")
+    loaded = keras.models.load_model(tmp_path / "f.keras")
+    np.testing.assert_allclose(loaded(x)[0], folded(x)[0], atol=1e-6)
+
+
+def test_fold_batch_norm_resnet_and_bad_input():
+    from keras_iqa.backbones import resnet_features
+    from keras_iqa.layers import fold_batch_norm
+
+    feats = resnet_features(18, width=0.25, blocks=(1, 1, 1, 1))
+    rng = np.random.default_rng(1)
+    for layer in feats.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.normal(0, 0.1, n), rng.uniform(0.5, 2, n)])
+    folded = fold_batch_norm(feats)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    x = rng.uniform(size=(2, 64, 64, 3)).astype("float32")
+    want, got = feats(x, training=False), folded(x, training=False)
+    for k in want:
+        np.testing.assert_allclose(want[k], got[k], rtol=1e-4, atol=2e-5)
+
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    try:
+        fold_batch_norm(Sub())
+    except ValueError as e:
+        assert "functional" in str(e)
+    else:
+        raise AssertionError("a subclassed model must be refused")
