@@ -364,8 +364,26 @@ def main(quick: bool = False) -> dict:
                          method="separate processes per side, best configuration per side, interleaved rounds")
 
 
+def latency_ab(rounds: int = 9, log=print) -> dict:
+    """Batch-1 latency of our frozen bf16 graph with and without `fold_batch_norm`, each against PyTorch's best frozen /
+    eager bf16 channels-last configuration, in interleaved rounds (`python -m bench.backbones --latency-ab`).
+
+    The full run picks one TF candidate from a single short block; this runs both folded and unfolded through all rounds,
+    so the effect of the fold is measured against the same peer rather than inferred from a selection.
+    """
+    rows = []
+    for depth in (18, 50):
+        for tf_cfg in ("bf16-frozen", "bf16-folded"):
+            rows.append(compare(depth, "infer", 1, rounds=rounds, tf_candidates=(tf_cfg,),
+                                torch_candidates=("bf16-channels_last", "bf16-channels_last-frozen"), log=log))
+    return write_results("backbones_latency_ab", rows, table_md=table(rows),
+                         method="one TF configuration per row vs PyTorch's best of two, interleaved rounds")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         worker_main(json.loads(sys.argv[2]))
+    elif "--latency-ab" in sys.argv:
+        print(latency_ab()["table_md"])
     else:
         print(json.dumps(main(quick="--quick" in sys.argv), indent=2, default=str)[-3000:])

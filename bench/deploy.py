@@ -6,13 +6,20 @@ MetaIQA). `serving_default` rows time the full server path per IMAGE (JPEG decod
 (speed does not depend on them). Target (issue #9): TFLite int8 latency <= 0.5 x TFLite fp32 (`int8_vs_fp32_latency`).
 
     python -c "import bench.deploy as b; b.main(quick=True)"     # tiny model, seconds
-    python -m bench.run deploy                                   # full-size models
+    python -m bench.run --only deploy                            # full-size models
+    python -m bench.deploy --model reqa --out reqa.json          # one model (what main() runs per model)
+
+Each model runs in its own process: the three full-size models with every export format in one process grew to 19.3 GiB RSS
+on the 23.5 GiB machine (TF keeps graphs, converters and interpreters alive) before it finished.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -97,19 +104,51 @@ def bench_model(name: str, quick: bool, workdir: Path) -> list:
     return rows
 
 
+def _run_model_process(name: str, quick: bool, timeout: float = 3600) -> list:
+    """`bench_model(name)` in a fresh process (memory returned to the OS after each model); error rows on failure."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", "bench.deploy", "--model", name, "--out", str(out)] + (["--quick"] if quick else [])
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root, env=env)
+        except subprocess.TimeoutExpired:
+            return [{"name": "error", "model": name, "error": f"timed out after {timeout:.0f} s"}]
+        if proc.returncode != 0 or not out.exists():
+            return [{"name": "error", "model": name, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}]
+        return json.loads(out.read_text())
+
+
+def _model_main(name: str, quick: bool, out: str) -> None:
+    """Child process: one model's rows (plus its peak RSS) as JSON in `out`."""
+    import resource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            rows = bench_model(name, quick, Path(tmp))
+        except Exception as e:  # recorded, not raised: the parent reads the file either way
+            rows = [{"name": "error", "model": name, "error": f"{type(e).__name__}: {e}"}]
+    rows.append({"name": "peak_rss", "model": name, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    Path(out).write_text(json.dumps(rows, default=str))
+
+
 def main(quick: bool = False) -> dict:
     rows = []  # float32 models, TF's default threading (mixed precision would change what is exported)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in (QUICK_MODELS if quick else FULL_MODELS):
-            try:
-                rows += bench_model(name, quick, Path(tmp))
-            except Exception as e:  # one model failing must not hide the others' numbers
-                rows.append({"name": "error", "model": name, "error": f"{type(e).__name__}: {e}"})
+    for name in (QUICK_MODELS if quick else FULL_MODELS):
+        rows += _run_model_process(name, quick)  # one model failing must not hide the others' numbers
     return write_results("deploy_quick" if quick else "deploy", rows, quick=quick)
 
 
 if __name__ == "__main__":
-    import json
-    import sys
+    import argparse
 
-    print(json.dumps(main(quick="--quick" in sys.argv), indent=2, default=str))
+    p = argparse.ArgumentParser(description="Deployment benchmark (all models, or one with --model).")
+    p.add_argument("--model", help="one model name (e.g. reqa); with --out, the child mode main() uses")
+    p.add_argument("--out", help="where --model writes its rows (JSON)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the machinery, numbers mean nothing")
+    a = p.parse_args()
+    if a.model:
+        _model_main(a.model, a.quick, a.out or f"deploy_{a.model}.json")
+    else:
+        print(json.dumps(main(quick=a.quick), indent=2, default=str))

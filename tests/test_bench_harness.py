@@ -140,3 +140,12 @@ def test_tf_worker_runs_the_bn_folded_inference_candidate():
         assert w.ready["info"]["policy"] == "mixed_bfloat16" and w.ready["info"]["params"] > 0
     finally:
         assert w.close() is not None  # clean exit with its peak RSS
+
+
+def test_deploy_area_runs_each_model_in_its_own_process():
+    """bench/deploy.py: a model runs in a child process; its failure comes back as rows (with the child's peak RSS)."""
+    from bench.deploy import _run_model_process
+
+    rows = _run_model_process("no-such-model", quick=True, timeout=300)
+    assert [r["name"] for r in rows] == ["error", "peak_rss"]
+    assert "no-such-model" in rows[0]["error"] and rows[1]["peak_rss_mib"] > 0
