@@ -58,10 +58,10 @@ def _contract_fields(d: dict) -> dict:
 
 
 def _from_keras_model(model, kind: str, source: str) -> Scorer:
-    import tensorflow as tf
+    from keras_iqa.evaluation.predict import make_score_fn
 
     c = int(model.crop_size)
-    fn = tf.function(lambda x: tf.reshape(model.score(x), [-1]), input_signature=[tf.TensorSpec([None, c, c, 3], tf.float32)])
+    fn = make_score_fn(model, c)
     return Scorer(lambda crops: np.asarray(fn(crops)), kind, source, tuple(model.score_range), bool(model.higher_better),
                   c, int(model.test_crops), model.crop_policy, extra={"model": model})
 

@@ -13,14 +13,26 @@ import numpy as np
 __all__ = ["predict_reader", "predict_dataset", "make_score_fn"]
 
 
-def make_score_fn(model, crop_size: int):
-    """A `tf.function` over `model.score` with a fixed [None, c, c, 3] signature: one trace whatever the batch size."""
+def make_score_fn(model, crop_size: int, fold_bn: bool = True):
+    """A `tf.function` over `model.score` with a fixed [None, c, c, 3] signature: one trace whatever the batch size.
+
+    fold_bn: trace it with the BN of bf16/fp16 backbones folded into their convolutions
+        (`keras_iqa.layers.fused_batch_norm.folded_for_inference`; the model itself is not changed). Same scores up to
+        bf16 rounding, 14-22 % faster on CPU (README, Benchmarks). The traced function keeps the weights of the moment it was
+        made: make a new one after training further.
+    """
     import tensorflow as tf
+
+    from keras_iqa.layers.fused_batch_norm import folded_for_inference
 
     @tf.function(input_signature=[tf.TensorSpec([None, crop_size, crop_size, 3], tf.float32)], reduce_retracing=True)
     def score(crops):
         return tf.reshape(tf.cast(model.score(crops), tf.float32), [-1])
 
+    if fold_bn:
+        with folded_for_inference(model) as folded:
+            score.get_concrete_function()  # the one trace, taken with the folded backbone
+        score.folded_submodels = folded  # keeps the captured folded weights alive with the function
     return score
 
 

@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 
@@ -150,3 +152,30 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         new.set_weights([(kernel * scale).astype("float32"),
                          ((bias - np.asarray(bn.moving_mean, np.float64)) * scale + beta).astype("float32")])
     return out
+
+
+@contextlib.contextmanager
+def folded_for_inference(model: keras.Layer):
+    """Inside the block, every functional sub-model of `model` (e.g. a keras-iqa model's ResNet `backbone`) that computes in
+    bfloat16 / float16 and has Conv2D -> BatchNormalization pairs is replaced by its `fold_batch_norm` copy.
+
+    For tracing an inference function (`keras_iqa.evaluation.predict.make_score_fn`): the graph traced inside the block keeps
+    the folded weights (a snapshot of the current ones); the model itself is restored on exit, untouched for training and
+    saving. float32 sub-models are left alone (TF's graph optimiser folds BN there itself). Yields the list of folded copies:
+    keep it referenced as long as the traced function is used (a `tf.function` holds its captured variables weakly).
+    """
+    from keras.src.models.functional import Functional
+
+    swapped, folded = [], []
+    try:
+        for layer in model._flatten_layers(include_self=True):
+            for name, value in list(vars(layer).items()):
+                if (isinstance(value, Functional) and value.compute_dtype in ("bfloat16", "float16")
+                        and _bn_after_conv(value)):
+                    folded.append(fold_batch_norm(value))
+                    object.__setattr__(layer, name, folded[-1])  # bypasses Keras tracking on purpose
+                    swapped.append((layer, name, value))
+        yield folded
+    finally:
+        for layer, name, value in reversed(swapped):
+            object.__setattr__(layer, name, value)

@@ -410,3 +410,40 @@ def test_error_hist_plot_with_errors_in_the_last_bin(tmp_path):
     hist = {"edges": list(range(0, 105, 5)), "counts": [0] * 19 + [3]}
     path = plot_error_hist({"error_histogram": hist}, tmp_path / "e.png")
     assert path.stat().st_size > 0
+
+
+def test_score_fn_folds_bf16_backbone_bn_and_leaves_the_model_alone():
+    """make_score_fn traces a bf16 model with its backbone's BN folded (no FusedBatchNorm op left in the graph), gives the
+    unfolded scores up to bf16 rounding, keeps working after garbage collection, and leaves the model unchanged."""
+    import gc
+
+    import keras
+    import tensorflow as tf
+
+    import keras_iqa
+    from keras_iqa.evaluation.predict import make_score_fn
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras_iqa.create_model("metaiqa-tiny")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    c = model.crop_size
+    rng = np.random.default_rng(0)
+    for layer in model.backbone.layers:  # non-trivial statistics, so that folding matters
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n), rng.uniform(0.5, 2, n)])
+    backbone = model.backbone
+    x = rng.uniform(0, 255, (6, c, c, 3)).astype("float32")
+
+    def ops(fn):
+        return {op.type for op in fn.get_concrete_function().graph.get_operations()}
+
+    plain, folded = make_score_fn(model, c, fold_bn=False), make_score_fn(model, c)
+    assert any("FusedBatchNorm" in t for t in ops(plain)) and not any("FusedBatchNorm" in t for t in ops(folded))
+    assert model.backbone is backbone and any(isinstance(l, keras.layers.BatchNormalization) for l in backbone.layers)
+    gc.collect()
+    a, b = plain(tf.constant(x)).numpy(), folded(tf.constant(x)).numpy()
+    assert np.isfinite(b).all() and np.abs(a - b).max() <= 0.05 * max(1e-3, np.abs(a).max())
