@@ -15,6 +15,7 @@ on the 23.5 GiB machine (TF keeps graphs, converters and interpreters alive) bef
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -84,6 +85,8 @@ def bench_model(name: str, quick: bool, workdir: Path) -> list:
     rows.append(measure(lambda: sd(images=jb), repeats=max(1, repeats // 2), items=big,
                         name=f"savedmodel_serving_default_b{big}_per_image", size_bytes=size_sm, **common))
 
+    del loaded, pc, sd  # the SavedModel's graphs are not needed any more: free them before the TFLite conversions
+    gc.collect()
     res = export_tflite(model, workdir / "tflite" / name, quantize=QUANTIZE, parity=not quick,
                         calibration_samples=32 if quick else 128)
     lat = {}
