@@ -171,10 +171,12 @@ def folded_for_inference(model: keras.Layer):
     try:
         for layer in model._flatten_layers(include_self=True):
             for name, value in list(vars(layer).items()):
-                if (isinstance(value, Functional) and value.compute_dtype in ("bfloat16", "float16")
-                        and _bn_after_conv(value)):
-                    folded.append(fold_batch_norm(value))
-                    object.__setattr__(layer, name, folded[-1])  # bypasses Keras tracking on purpose
+                if not (isinstance(value, Functional) and value.compute_dtype in ("bfloat16", "float16")):
+                    continue
+                copy = fold_batch_norm(value)  # the model itself when there is nothing to fold
+                if copy is not value:
+                    folded.append(copy)
+                    object.__setattr__(layer, name, copy)  # bypasses Keras tracking on purpose
                     swapped.append((layer, name, value))
         yield folded
     finally:
