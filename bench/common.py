@@ -42,8 +42,11 @@ def machine() -> dict:
 
 
 def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, items: int = 1, unit: str = "s",
-            name: str = "", **extra) -> dict:
-    """Runs `fn` `warmup` times untimed, then `repeats` timed; returns median/min/max seconds and items/s."""
+            name: str = "", budget_s: Optional[float] = None, **extra) -> dict:
+    """Runs `fn` `warmup` times untimed, then `repeats` timed; returns median/min/max seconds and items/s.
+
+    `budget_s`: stop timing once the timed runs took this long (at least 2 runs); "repeats" then says how many ran.
+    """
     for _ in range(warmup):
         fn()
     times = []
@@ -51,6 +54,9 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, items: 
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if budget_s is not None and len(times) >= 2 and sum(times) >= budget_s:
+            break
+    repeats = len(times)
     med = statistics.median(times)
     return {
         "name": name,

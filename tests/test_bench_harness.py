@@ -149,3 +149,22 @@ def test_deploy_area_runs_each_model_in_its_own_process():
     rows = _run_model_process("no-such-model", quick=True, timeout=300)
     assert [r["name"] for r in rows] == ["error", "peak_rss"]
     assert "no-such-model" in rows[0]["error"] and rows[1]["peak_rss_mib"] > 0
+
+
+def test_measure_stops_at_its_time_budget():
+    from bench.common import measure
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        import time
+        time.sleep(0.05)
+
+    full = measure(slow, repeats=4, warmup=1)
+    assert full["repeats"] == 4 and len(calls) == 5
+    calls.clear()
+    cut = measure(slow, repeats=50, warmup=1, budget_s=0.12, items=2)
+    assert 2 <= cut["repeats"] <= 4 and len(calls) == cut["repeats"] + 1  # stopped after ~0.12 s of timed runs
+    assert cut["items_per_s"] == pytest.approx(2 / cut["median_s"])
+    assert measure(slow, repeats=5, budget_s=0.0)["repeats"] == 2  # never fewer than 2 timed runs
