@@ -205,6 +205,33 @@ def test_predict_crops_signature_matches_keras(tmp_path):
     assert got["score"].shape == (6,)
 
 
+def test_serving_scores_images_in_bounded_groups(tmp_path):
+    """serving_default / image_tensor score whole images in groups of <= max_crops_per_call crops (last group padded)."""
+    import tensorflow as tf
+
+    from keras_iqa.export.samples import synthetic_images
+    from keras_iqa.export.savedmodel import build_archive
+
+    model = tiny(policy="grid", crops=4)
+    images = synthetic_images(5, size=(48, 70), seed=11)
+    want = expected_scores(model, images)
+    seen = []
+    score = model.score
+    model.score = lambda x: (seen.append(x.shape[0]), score(x))[1]  # records the batch of every traced model call
+    try:
+        for max_crops, group in ((8, 2), (3, 1), (100, 25)):  # 4 crops per image: 2 images, 1 image, 25 images per call
+            seen.clear()
+            build_archive(model, max_crops_per_call=max_crops).write_out(str(tmp_path / str(max_crops)), verbose=False)
+            assert set(seen) - {None} == {group * 4}, (max_crops, seen)  # traced while writing (None: predict_crops)
+            loaded = tf.saved_model.load(str(tmp_path / str(max_crops)))
+            got = loaded.signatures["image_tensor"](images=tf.constant(np.stack(images)))
+            np.testing.assert_allclose(got["score"].numpy(), want, atol=1e-3)
+            jpegs = tf.constant([encode(im, "PNG") for im in images])
+            np.testing.assert_allclose(loaded.signatures["serving_default"](images=jpegs)["score"].numpy(), want, atol=1e-3)
+    finally:
+        del model.score
+
+
 # -------------------------------------------------------------------------------------------------------- TFLite
 def check_tflite(model, out, variants=("none", "fp16", "dynamic", "int8")):
     """Exports the variants, checks builtin-only ops, sidecars and every parity target (issue #9)."""
