@@ -83,8 +83,8 @@ def build_archive(model, decode_policy=None, max_crops_per_call: int = MAX_CROPS
 
     `serving_default` / `image_tensor` run the model on groups of whole images of at most `max_crops_per_call` crops
     (at least one image), one group after another: a 32-image request to a 25-crop model is then 32 calls of 25 crops,
-    not one of 800 (which needed tens of GiB for HCL on CPU). Per-image timings were the same both ways (README,
-    Deployment > Measured).
+    not one of 800 (in the session-5 deploy benchmark, 32-image requests took REQA to 14.6 GiB and HCL out of memory).
+    Per-image CPU timings did not depend on the request size (README, Deployment > Measured).
     """
     import keras
     import tensorflow as tf
