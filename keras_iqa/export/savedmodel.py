@@ -78,6 +78,22 @@ def validate_encoded(images):
 MAX_CROPS_PER_CALL = 32
 
 
+def score_in_groups(score_fn, crops, group_size: int):
+    """`score_fn` on consecutive slices of at most `group_size` crops of `crops` [N, c, c, 3], one after another
+    (`tf.while_loop`, no padding: a short request costs only its own crops); per-crop float32 scores [N]."""
+    import tensorflow as tf
+
+    starts = tf.range(0, tf.shape(crops)[0], group_size)
+
+    def body(i, scores):
+        chunk = crops[starts[i]:starts[i] + group_size]
+        return i + 1, scores.write(i, tf.cast(tf.reshape(score_fn(chunk), [-1]), tf.float32))
+
+    scores = tf.TensorArray(tf.float32, size=tf.size(starts), infer_shape=False, element_shape=[None])
+    _, scores = tf.while_loop(lambda i, _: i < tf.size(starts), body, (0, scores), parallel_iterations=1)
+    return tf.reshape(scores.concat(), [-1])
+
+
 def build_archive(model, decode_policy=None, max_crops_per_call: int = MAX_CROPS_PER_CALL):
     """An `ExportArchive` tracking `model` with the three signatures (see the module docstring).
 
@@ -101,16 +117,8 @@ def build_archive(model, decode_policy=None, max_crops_per_call: int = MAX_CROPS
         scores = tf.cast(scores, tf.float32)
         return {"score": scores, "score_normalized": tf.cast(model.normalized_score(scores), tf.float32)}
 
-    group = max(1, int(max_crops_per_call) // n)  # whole images per model call
-
-    def score_crops(crops):  # [B, n, c, c, 3] -> per-crop [B*n], `group` images per model call
-        b = tf.shape(crops)[0]
-        pad = (group - b % group) % group  # zero images fill the last group; their scores are dropped
-        crops = tf.concat([crops, tf.zeros(tf.stack([pad, n, c, c, 3]), crops.dtype)], 0)
-        groups = tf.reshape(crops, [-1, group * n, c, c, 3])
-        per_crop = tf.map_fn(lambda g: tf.cast(tf.reshape(model.score(g), [group * n]), tf.float32), groups,
-                             fn_output_signature=tf.TensorSpec([group * n], tf.float32), parallel_iterations=1)
-        return tf.reshape(per_crop, [-1])[: b * n]
+    def score_crops(crops):  # [B, n, c, c, 3] -> per-crop [B*n]
+        return score_in_groups(model.score, tf.reshape(crops, [-1, c, c, 3]), max(1, int(max_crops_per_call) // n) * n)
 
     def serving_default(images):
         images = tf.reshape(images, [-1])
