@@ -13,17 +13,28 @@ import numpy as np
 __all__ = ["predict_reader", "predict_dataset", "make_score_fn"]
 
 
-def make_score_fn(model, crop_size: int, fold_bn: bool = True):
+def make_score_fn(model, crop_size: int, fold_bn: bool = True, reuse: bool = False):
     """A `tf.function` over `model.score` with a fixed [None, c, c, 3] signature: one trace whatever the batch size.
 
     fold_bn: trace it with the BN of bf16/fp16 backbones folded into their convolutions
         (`keras_iqa.layers.fused_batch_norm.folded_for_inference`; the model itself is not changed). Same scores up to
-        bf16 rounding, 14-22 % faster on CPU (README, Benchmarks). The traced function keeps the weights of the moment it was
-        made: make a new one after training further.
+        bf16 rounding, 14-22 % faster on CPU (README, Benchmarks). The folded weights are those of the moment the function
+        is made (or refreshed, below).
+    reuse: return the function an earlier `reuse=True` call made for this model, crop size and `fold_bn`, with its
+        folded weights rewritten from the model's current ones (`refold_batch_norm`): a validation pass per epoch then
+        costs no new clone of the backbone and no new trace.
     """
     import tensorflow as tf
 
-    from keras_iqa.layers.fused_batch_norm import folded_for_inference
+    from keras_iqa.layers.fused_batch_norm import folded_for_inference, refold_batch_norm
+
+    key = (int(crop_size), bool(fold_bn))
+    cache = getattr(model, "_kiqa_score_fns", None)
+    if reuse and cache is not None and key in cache:
+        score = cache[key]
+        for copy in score.folded_submodels:
+            refold_batch_norm(copy._kiqa_fold_source, copy)
+        return score
 
     @tf.function(input_signature=[tf.TensorSpec([None, crop_size, crop_size, 3], tf.float32)], reduce_retracing=True)
     def score(crops):
@@ -33,6 +44,13 @@ def make_score_fn(model, crop_size: int, fold_bn: bool = True):
         with folded_for_inference(model) as folded:
             score.get_concrete_function()  # the one trace, taken with the folded backbone
         score.folded_submodels = folded  # keeps the captured folded weights alive with the function
+    else:
+        score.folded_submodels = []
+    if reuse:
+        if cache is None:
+            cache = {}
+            object.__setattr__(model, "_kiqa_score_fns", cache)  # not a tracked Keras attribute
+        cache[key] = score
     return score
 
 
@@ -50,7 +68,7 @@ def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[in
         raise ValueError(f"expected elements (crops, target, image_id) as RecordReader.eval_dataset yields, got {spec}")
     n_crops = spec[0].shape[0]
     c = int(crop_size or spec[0].shape[1] or getattr(model, "crop_size", 224))
-    score = make_score_fn(model, c)
+    score = make_score_fn(model, c, reuse=True)  # one trace per model: repeated validation passes refresh its weights
     per_pass = max(1, int(batch_size) // int(n_crops)) if n_crops else 1
     ids, targets, preds = [], [], []
     for crops, target, image_id in dataset.batch(per_pass).prefetch(2):

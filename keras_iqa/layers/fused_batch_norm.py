@@ -113,9 +113,8 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     folds BN itself only in float32; under `mixed_bfloat16` the folded copy runs conv + bias as one oneDNN kernel instead
     of a convolution and a separate batch norm (ResNet-18 / ResNet-50 batch-1 latency -16 % / -19 %: README, Benchmarks).
     Nested functional models are folded too; outputs match the original to float rounding. Not for training: the folded
-    copy has no batch statistics.
+    copy has no batch statistics. `refold_batch_norm(model, copy)` refreshes the copy after more training.
     """
-    import numpy as np
     from keras.src.models.functional import Functional  # Sequential models are Functional once built
 
     if not isinstance(model, (Functional, keras.Sequential)):
@@ -137,8 +136,27 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         return layer.__class__.from_config(config)
 
     out = keras.models.clone_model(model, clone_function=clone)
+    _write_folded_weights(model, out, pairs, recurse=False)  # nested models got their weights when they were folded
+    return out
+
+
+def refold_batch_norm(model: keras.Model, folded: keras.Model) -> None:
+    """Writes the current weights of `model` into `folded`, its `fold_batch_norm` copy (after more training or a
+    `load_weights`): the copy's variables are assigned in place, so functions traced over it see the new values."""
+    _write_folded_weights(model, folded, _bn_after_conv(model), recurse=True)
+
+
+def _write_folded_weights(model, out, pairs: dict, recurse: bool) -> None:
+    """Folded kernels / biases of `model`'s Conv2D -> BN pairs, and every other layer's weights, into the copy `out`."""
+    import numpy as np
+
+    folded_convs = {id(conv): bn for bn, conv in pairs.items()}
     for layer in model.layers:
-        if isinstance(layer, keras.Model) or layer in pairs or not layer.weights:
+        if isinstance(layer, keras.Model):
+            if recurse and out.get_layer(layer.name) is not layer:
+                refold_batch_norm(layer, out.get_layer(layer.name))
+            continue
+        if layer in pairs or not layer.weights:
             continue
         new = out.get_layer(layer.name)
         if id(layer) not in folded_convs:
@@ -152,7 +170,6 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         scale = gamma / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
         new.set_weights([(kernel * scale).astype("float32"),
                          ((bias - np.asarray(bn.moving_mean, np.float64)) * scale + beta).astype("float32")])
-    return out
 
 
 @contextlib.contextmanager
@@ -175,6 +192,7 @@ def folded_for_inference(model: keras.Layer):
                     continue
                 copy = fold_batch_norm(value)  # the model itself when there is nothing to fold
                 if copy is not value:
+                    object.__setattr__(copy, "_kiqa_fold_source", value)  # for refold_batch_norm(source, copy)
                     folded.append(copy)
                     object.__setattr__(layer, name, copy)  # bypasses Keras tracking on purpose
                     swapped.append((layer, name, value))

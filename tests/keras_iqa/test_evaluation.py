@@ -447,3 +447,44 @@ def test_score_fn_folds_bf16_backbone_bn_and_leaves_the_model_alone():
     gc.collect()
     a, b = plain(tf.constant(x)).numpy(), folded(tf.constant(x)).numpy()
     assert np.isfinite(b).all() and np.abs(a - b).max() <= 0.05 * max(1e-3, np.abs(a).max())
+
+
+def test_reused_score_fn_refreshes_folded_weights_without_a_new_trace():
+    """make_score_fn(reuse=True) (what predict_dataset uses for every validation pass) returns the same traced function for
+    the same model and crop size, with the folded backbone weights rewritten from the model's current ones: after the
+    weights change its scores equal those of a freshly folded function and differ from the old ones."""
+    import keras
+    import tensorflow as tf
+
+    import keras_iqa
+    from keras_iqa.evaluation.predict import make_score_fn
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras_iqa.create_model("metaiqa-tiny")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    c, rng = model.crop_size, np.random.default_rng(1)
+    x = tf.constant(rng.uniform(0, 255, (4, c, c, 3)).astype("float32"))
+
+    def perturb():  # new BN statistics and convolution kernels, as training would leave them
+        for layer in model.backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                n = layer.gamma.shape[0]
+                layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n),
+                                   rng.uniform(0.5, 2, n)])
+            elif isinstance(layer, keras.layers.Conv2D):
+                layer.kernel.assign(layer.kernel * rng.uniform(0.5, 1.5))
+
+    perturb()
+    first = make_score_fn(model, c, reuse=True)
+    before = first(x).numpy()
+    assert first.folded_submodels, "the bf16 backbone was not folded"
+    perturb()
+    again = make_score_fn(model, c, reuse=True)
+    assert again is first and first.experimental_get_tracing_count() == 1
+    after, fresh = again(x).numpy(), make_score_fn(model, c)(x).numpy()
+    np.testing.assert_allclose(after, fresh, rtol=1e-6, atol=1e-6)
+    assert np.abs(after - before).max() > 1e-3 * max(1e-3, np.abs(before).max()), "the weights were not refreshed"
+    assert make_score_fn(model, c, fold_bn=False, reuse=True) is not first  # other settings: their own function
