@@ -80,12 +80,13 @@ def peak_rss_mib() -> Optional[float]:
         return None
 
 
-def write_results(area: str, entries: list, **extra) -> dict:
-    """Writes bench/results/<area>.json and returns its content."""
+def write_results(area: str, entries: list, quick: bool = False, **extra) -> dict:
+    """Writes bench/results/<area>.json (a `--quick` smoke pass: <area>_quick.json, so it never replaces a full run's
+    numbers) and returns its content."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {"area": area, "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": entries,
-           "peak_rss_mib": peak_rss_mib(), **extra}
-    path = RESULTS / f"{area}.json"
+           "peak_rss_mib": peak_rss_mib(), "quick": bool(quick), **extra}
+    path = RESULTS / f"{area}{'_quick' if quick else ''}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str))
     os.replace(tmp, path)

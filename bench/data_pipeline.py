@@ -133,7 +133,7 @@ def main(quick: bool = False) -> dict:
             "tfrecord_over_reqa_step": rates["reader-tfrecord"] / reqa if reqa else None,
             "targets": {"tfrecord_over_reqa_step": ">= 3", "tfrecord_over_jpeg_folder": ">= 1"},
         }
-        return write_results("data_pipeline" + ("_quick" if quick else ""), entries, summary=summary, quick=quick,
+        return write_results("data_pipeline", entries, summary=summary, quick=quick,
                               images=n, image_size_hw=list(size), generate_s=gen_s, tf=tf.__version__)
     finally:
         shutil.rmtree(work, ignore_errors=True)

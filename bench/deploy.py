@@ -145,7 +145,7 @@ def main(quick: bool = False) -> dict:
     rows = []  # float32 models, TF's default threading (mixed precision would change what is exported)
     for name in (QUICK_MODELS if quick else FULL_MODELS):
         rows += _run_model_process(name, quick)  # one model failing must not hide the others' numbers
-    return write_results("deploy_quick" if quick else "deploy", rows, quick=quick)
+    return write_results("deploy", rows, quick=quick)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main(quick: bool = False) -> dict:
     summary = {"name": "meta-iteration overhead vs plain steps", "overhead": overhead, "target": 0.15,
                "within_target": bool(overhead <= 0.15), "quick": quick, "model": card, "k": k, "S": S, "batch": batch,
                "crop": crop, "traces": dict(learner.trace_counts)}
-    return write_results("metaiqa" + ("_quick" if quick else ""), [meta, base, summary])
+    return write_results("metaiqa", [meta, base, summary], quick=quick)
 
 
 if __name__ == "__main__":

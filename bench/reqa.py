@@ -51,7 +51,7 @@ def main(quick: bool = False) -> dict:
         entries.extend(_bench_precision(precision, quick))
     by = {(e["precision"], "train" if "train" in e["name"] else "infer"): e for e in entries}
     faster = {k: min(("fp32", "bf16"), key=lambda p: by[(p, k)]["median_s"]) for k in ("train", "infer")}
-    return write_results("reqa" + ("_quick" if quick else ""), entries, faster=faster,
+    return write_results("reqa", entries, quick=quick, faster=faster,
                          note="train = one train_step (forward, 4 loss terms, two Adam updates) on 15 images; "
                               "infer = last-step score of 25 crops averaged = one image")
 

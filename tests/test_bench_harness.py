@@ -168,3 +168,14 @@ def test_measure_stops_at_its_time_budget():
     assert 2 <= cut["repeats"] <= 4 and len(calls) == cut["repeats"] + 1  # stopped after ~0.12 s of timed runs
     assert cut["items_per_s"] == pytest.approx(2 / cut["median_s"])
     assert measure(slow, repeats=5, budget_s=0.0)["repeats"] == 2  # never fewer than 2 timed runs
+
+
+def test_quick_results_never_replace_a_full_run(tmp_path, monkeypatch):
+    from bench import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    common.write_results("area", [{"name": "full"}])
+    doc = common.write_results("area", [{"name": "smoke"}], quick=True)
+    assert doc["quick"] is True
+    assert json.loads((tmp_path / "area.json").read_text())["results"] == [{"name": "full"}]
+    assert json.loads((tmp_path / "area_quick.json").read_text())["results"] == [{"name": "smoke"}]
