@@ -412,6 +412,20 @@ def test_error_hist_plot_with_errors_in_the_last_bin(tmp_path):
     assert path.stat().st_size > 0
 
 
+def _bf16_tiny_metaiqa():
+    """A tiny MetaIQA built under mixed_bfloat16 (its backbone's BN is what make_score_fn folds)."""
+    import keras
+
+    import keras_iqa
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        return keras_iqa.create_model("metaiqa-tiny")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_score_fn_folds_bf16_backbone_bn_and_leaves_the_model_alone():
     """make_score_fn traces a bf16 model with its backbone's BN folded (no FusedBatchNorm op left in the graph), gives the
     unfolded scores up to bf16 rounding, keeps working after garbage collection, and leaves the model unchanged."""
@@ -420,15 +434,9 @@ def test_score_fn_folds_bf16_backbone_bn_and_leaves_the_model_alone():
     import keras
     import tensorflow as tf
 
-    import keras_iqa
     from keras_iqa.evaluation.predict import make_score_fn
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        keras.utils.set_random_seed(0)
-        model = keras_iqa.create_model("metaiqa-tiny")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model = _bf16_tiny_metaiqa()
     c = model.crop_size
     rng = np.random.default_rng(0)
     for layer in model.backbone.layers:  # non-trivial statistics, so that folding matters
@@ -456,15 +464,9 @@ def test_reused_score_fn_refreshes_folded_weights_without_a_new_trace():
     import keras
     import tensorflow as tf
 
-    import keras_iqa
     from keras_iqa.evaluation.predict import make_score_fn
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        keras.utils.set_random_seed(0)
-        model = keras_iqa.create_model("metaiqa-tiny")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model = _bf16_tiny_metaiqa()
     c, rng = model.crop_size, np.random.default_rng(1)
     x = tf.constant(rng.uniform(0, 255, (4, c, c, 3)).astype("float32"))
 
