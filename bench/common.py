@@ -45,7 +45,8 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, items: 
             name: str = "", budget_s: Optional[float] = None, **extra) -> dict:
     """Runs `fn` `warmup` times untimed, then `repeats` timed; returns median/min/max seconds and items/s.
 
-    `budget_s`: stop timing once the timed runs took this long (at least 2 runs); "repeats" then says how many ran.
+    `budget_s`: stop timing once the timed runs took this long (at least 2 runs); "repeats" then says how many ran
+    and the row records the budget.
     """
     for _ in range(warmup):
         fn()
@@ -67,6 +68,7 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, items: 
         "items": items,
         "items_per_s": items / med if med > 0 else None,
         "ms_per_item": 1000 * med / items,
+        **({"budget_s": budget_s} if budget_s is not None else {}),
         **extra,
     }
 

@@ -148,7 +148,7 @@ def main(quick: bool = False) -> dict:
         check = restoration_check(steps=20, types=(1, 11), levels=(3, 5), holdout=("coffee",), long_side=96)
     else:  # our options, the configuration that beat the identity at this scale (README, HCL > Measured)
         check = restoration_check(steps=10000, output="residual", input_skip=True, pixel_loss="psnr")
-    return write_results("hcl", entries, quick=quick, config={"quick": quick, "cpu": applied}, restoration_check=check)
+    return write_results("hcl", entries, quick=quick, config={"cpu": applied}, restoration_check=check)
 
 
 if __name__ == "__main__":
