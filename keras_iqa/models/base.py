@@ -2,8 +2,9 @@
 
 - inputs: float32 RGB crops [B, crop_size, crop_size, 3] with pixel values in [0, 255] (normalisation is inside the model);
 - `score(crops)`: the final quality score per crop, shape [B], on the model's `score_range` scale;
-- `score_range`, `higher_better`, `crop_size`, `test_crops` (crops averaged per image at test time) and `crop_policy`
-  ("random" | "grid" | "resize") describe the test-time contract; they are saved by `get_config`.
+- `score_range`, `higher_better`, `crop_size`, `test_crops` (crops averaged per image at test time), `crop_policy`
+  ("random" | "grid" | "resize") and `test_resize` (None | short side | (h, w), applied before cropping, as in training)
+  describe the test-time contract (`data_pipeline.test_time.TestTimeCrops.from_model`); they are saved by `get_config`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ class IQAModel(keras.Model):
         crop_size: square crop side the model was built for.
         test_crops: number of crops averaged per test image.
         crop_policy: how test crops are taken: "random" (official REQA), "grid" (deterministic) or "resize" (whole image).
+        test_resize: None, an int (short side) or (h, w): the image is resized so before its crops are taken, the same
+            resize training applied before its random crops (REQA's KonIQ (384, 512)); ignored by crop_policy "resize".
     """
 
     def __init__(self, score_range=(0.0, 100.0), higher_better=True, crop_size=224, test_crops=25, crop_policy="random",
-                 **kwargs):
+                 test_resize=None, **kwargs):
         super().__init__(**kwargs)
         if crop_policy not in ("random", "grid", "resize"):
             raise ValueError(f"crop_policy must be 'random', 'grid' or 'resize', got {crop_policy!r}")
@@ -33,6 +36,7 @@ class IQAModel(keras.Model):
         self.crop_size = int(crop_size)
         self.test_crops = int(test_crops)
         self.crop_policy = crop_policy
+        self.test_resize = _resize_value(test_resize)
 
     def score(self, crops):
         """Final score per crop, shape [B]. Subclasses whose `call` returns several outputs override this."""
@@ -52,5 +56,16 @@ class IQAModel(keras.Model):
             "crop_size": self.crop_size,
             "test_crops": self.test_crops,
             "crop_policy": self.crop_policy,
+            "test_resize": list(self.test_resize) if isinstance(self.test_resize, tuple) else self.test_resize,
             "name": self.name,
         }
+
+
+def _resize_value(value):
+    """None | int (short side) | (h, w): the normalised `test_resize` value."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    h, w = (int(v) for v in value)
+    return (h, w)
