@@ -42,7 +42,7 @@ def bench_model(name: str, quick: bool, workdir: Path) -> list:
     from PIL import Image
 
     import keras_iqa
-    from keras_iqa.export.crops import num_crops
+    from data_pipeline.test_time import TestTimeCrops
     from keras_iqa.export.samples import synthetic_images
     from keras_iqa.export.savedmodel import export_savedmodel
     from keras_iqa.export.tflite import QUANTIZE, TFLiteScorer, export_tflite
@@ -58,7 +58,7 @@ def bench_model(name: str, quick: bool, workdir: Path) -> list:
     x1 = rng.uniform(0, 255, (1, c, c, 3)).astype("float32")
     xb = rng.uniform(0, 255, (big, c, c, 3)).astype("float32")
     rows = []
-    common = {"model": name, "crop_size": c, "served_crops": num_crops(model.crop_policy, model.test_crops),
+    common = {"model": name, "crop_size": c, "served_crops": TestTimeCrops.from_model(model).num_crops,
               "budget_s": budget}
     # serving_default per image: a batch of `big` images is big x served_crops model inputs (800 for 25-crop models,
     # ~4 min per call for HCL on 2 cores), so multi-crop models are served 4 images per call

@@ -4,7 +4,7 @@
 `splits.csv`, and builds:
 
 - `train_dataset`: one random `crop_size` crop + horizontal flip per image (optional resize first), batched;
-- `eval_dataset`: one element per image: N random crops, a deterministic grid of N crops, or the whole image resized;
+- `eval_dataset`: one element per image: the crops of the test-time contract (`data_pipeline.test_time`);
 - `reqa_microbatches`: batches of 5*M images, each consecutive group of 5 holding one image per quality bin, low to high
   (REQA paper Sec. III-C-1: "five quality scales" = the ACR bins Bad/Poor/Fair/Good/Excellent of a 0-100 scale);
 - `metaiqa_tasks`: one task per distortion type, support/query split 80/20 (MetaIQA Sec. 3.1);
@@ -35,13 +35,16 @@ from data_pipeline import schema
 from data_pipeline.beam.writer import IMAGE_FIELDS, MANIFEST, SIDECAR, SPLITS, load_manifest
 from data_pipeline.images import DEFAULT_POLICY, DecodePolicy, try_decode_image_tensor
 from data_pipeline.splits import ids_for
+from data_pipeline.test_time import TestTimeCrops
+from data_pipeline.test_time import ensure_min_side as _ensure_min_side
+from data_pipeline.test_time import resize_image as _resize_image
 
 logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 TARGETS = ("mos", "normalized", "normalized100", "pseudo")
 JPEG_MARGIN = 4  # pixels decoded around a JPEG crop window (see RecordReader._decode_random_crop)
 ACR_LABELS = ("bad", "poor", "fair", "good", "excellent")
-Resize = Union[None, int, Sequence[int]]
+Resize = Union[None, int, Sequence[int]]  # as data_pipeline.test_time.Resize
 
 
 def _flag(*xs):
@@ -74,33 +77,6 @@ def nearest_nonempty(counts: Sequence[int]) -> list[int]:
     return [k if counts[k] > 0 else min(full, key=lambda j: (abs(j - k), j)) for k in range(len(counts))]
 
 
-def _resize_image(img, resize: Resize, method: str = "bicubic"):
-    """float32 resize: (h, w) -> exactly that size; int -> short side = int (aspect kept)."""
-    if resize is None:
-        return img
-    if isinstance(resize, (int, np.integer)):
-        shape = tf.cast(tf.shape(img)[:2], tf.float32)
-        scale = float(resize) / tf.reduce_min(shape)
-        size = tf.cast(tf.round(shape * scale), tf.int32)
-    else:
-        size = tf.constant([int(resize[0]), int(resize[1])], tf.int32)
-    out = tf.image.resize(img, size, method=method, antialias=True)
-    return tf.clip_by_value(out, 0.0, 255.0)
-
-
-def _ensure_min_side(img, crop: int):
-    """Upsamples (bicubic) so that both sides are >= crop (decode policy: small images are upsampled, never padded)."""
-    shape = tf.shape(img)[:2]
-    short = tf.reduce_min(shape)
-
-    def up():
-        scale = tf.cast(crop, tf.float32) / tf.cast(short, tf.float32)
-        size = tf.maximum(tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) * scale), tf.int32), crop)
-        return tf.clip_by_value(tf.image.resize(img, size, method="bicubic"), 0.0, 255.0)
-
-    return tf.cond(short < crop, up, lambda: img)
-
-
 def _offsets(seed, limit_h, limit_w, n=None):
     """Uniform crop offsets in [0, limit] (stateless, from a [2] int64 seed)."""
     shape = [] if n is None else [n]
@@ -108,31 +84,6 @@ def _offsets(seed, limit_h, limit_w, n=None):
     oy = tf.random.stateless_uniform(shape, seed, 0, limit_h + 1, dtype=tf.int32)
     ox = tf.random.stateless_uniform(shape, seed + tf.constant([0, 1], tf.int64), 0, limit_w + 1, dtype=tf.int32)
     return oy, ox
-
-
-def extract_crops(img, oy, ox, crop: int):
-    """[N] offsets -> [N, crop, crop, C] exact pixel crops (gathers, no interpolation, no Python loop)."""
-    r = tf.range(crop, dtype=tf.int32)
-    rows = oy[:, None] + r[None, :]
-    cols = ox[:, None] + r[None, :]
-    strips = tf.gather(img, rows)  # [N, c, W, C]
-    return tf.gather(strips, cols, axis=2, batch_dims=1)  # [N, c, c, C]
-
-
-def grid_offsets(h, w, crop: int, n: int):
-    """Deterministic grid of n crop offsets: rows = floor(sqrt(n)), cols = ceil(n / rows), evenly spaced, first n kept."""
-    rows = max(1, int(np.floor(np.sqrt(n))))
-    cols = int(np.ceil(n / rows))
-    ys = tf.cast(tf.round(tf.linspace(0.0, tf.cast(h - crop, tf.float32), rows)), tf.int32)
-    xs = tf.cast(tf.round(tf.linspace(0.0, tf.cast(w - crop, tf.float32), cols)), tf.int32)
-    gy, gx = tf.meshgrid(ys, xs, indexing="ij")
-    return tf.reshape(gy, [-1])[:n], tf.reshape(gx, [-1])[:n]
-
-
-def _id_seed(image_id, seed: int):
-    """A per-image stateless seed from the id (same crops for an image whatever the order)."""
-    h = tf.strings.to_hash_bucket_fast(image_id, 2**62)
-    return tf.stack([tf.constant(seed, tf.int64), h])
 
 
 class RecordReader:
@@ -400,32 +351,21 @@ class RecordReader:
         return ds.prefetch(AUTOTUNE).with_options(self._options(seed is not None))
 
     def eval_dataset(self, num_crops: int = 25, crop_size: int = 224, mode: str = "random", seed: int = 0,
-                     resize: Resize = None):
+                     resize: Resize = None, contract: Optional[TestTimeCrops] = None):
         """One element per image, in record order: (crops float32 [N, c, c, 3], target scalar, image_id string).
 
-        mode: `random` (N uniform crops, seeded per image id: the same crops whatever the order), `grid` (deterministic
-        floor(sqrt(N)) x ceil(N/rows) grid, first N), `resize` (the whole image resized to c x c, N = 1; MetaIQA official test).
+        The crops are the test-time contract's (`data_pipeline.test_time.TestTimeCrops`): pass `contract`, or its fields
+        `num_crops`, `crop_size`, `mode` (policy: `random` = seeded positions shared by every image, `grid`, `resize` =
+        whole image to c x c, N = 1), `resize` (applied before cropping) and `seed`.
         """
-        if mode not in ("random", "grid", "resize"):
-            raise ValueError(f"mode must be random|grid|resize, got {mode!r}")
-        n = 1 if mode == "resize" else int(num_crops)
+        if contract is None:
+            contract = TestTimeCrops(crop_size=crop_size, num_crops=num_crops, policy=mode, resize=resize, seed=seed)
+        n, c = contract.num_crops, contract.crop_size
 
         def decode(x, rnd):
             p = self._parse(x)
             img, ok = try_decode_image_tensor(p["image/encoded"], self.policy)
-            img = _resize_image(tf.cast(img, tf.float32), resize)
-            if mode == "resize":
-                crops = tf.clip_by_value(tf.image.resize(img, [crop_size, crop_size], method="bilinear", antialias=True),
-                                         0.0, 255.0)[None]
-            else:
-                img = _ensure_min_side(img, crop_size)
-                shape = tf.shape(img)
-                if mode == "grid":
-                    oy, ox = grid_offsets(shape[0], shape[1], crop_size, n)
-                else:
-                    oy, ox = _offsets(_id_seed(p["image/id"], seed), shape[0] - crop_size, shape[1] - crop_size, n)
-                crops = extract_crops(img, oy, ox, crop_size)
-            crops = tf.ensure_shape(crops, [n, crop_size, crop_size, 3])
+            crops = tf.ensure_shape(contract.crops(img), [n, c, c, 3])
             return crops, tf.cast(self._target(p), tf.float32), p["image/id"], ok
 
         ds = self._records(self.ids, shuffle=False, repeat=False, seed=0)

@@ -8,8 +8,9 @@ MODEL may be:
 - a `.tflite` file with its sidecar `.json` (batch-1 contract, one invoke per crop).
 
 Every image goes through the decode policy's Python path (`data_pipeline.images.load_image`: all formats Pillow reads, EXIF
-orientation, CMYK, alpha, 16-bit) and the SAME deterministic crops as the SavedModel signatures (`keras_iqa.export.crops`);
-the image score is the mean of its crops' scores. Unreadable files are reported with the reason and skipped.
+orientation, CMYK, alpha, 16-bit) and the model's test-time contract (`data_pipeline.test_time.TestTimeCrops`: the same
+crops and the same mean as evaluation, the SavedModel signatures and TFLite). Unreadable files are reported with the
+reason and skipped. `score_images` scores decoded arrays the same way.
 
 Example:
 >>> scorer = load_scorer("saved_models/reqa/1")
@@ -42,10 +43,16 @@ class Scorer:
     crop_policy: str
     max_crops_per_call: int = 256
     extra: dict = field(default_factory=dict)
+    test_resize: object = None
+    crop_seed: int = 0
 
     @property
-    def served_policy(self) -> str:
-        return "resize" if self.crop_policy == "resize" else "grid"
+    def test_time(self):
+        """The test-time contract (`data_pipeline.test_time.TestTimeCrops`) this scorer crops and averages with."""
+        from data_pipeline.test_time import TestTimeCrops
+
+        return TestTimeCrops(crop_size=self.crop_size, num_crops=self.test_crops, policy=self.crop_policy,
+                             resize=self.test_resize, seed=self.crop_seed)
 
     def normalized(self, scores: np.ndarray) -> np.ndarray:
         lo, hi = self.score_range
@@ -54,7 +61,14 @@ class Scorer:
 
 
 def _contract_fields(d: dict) -> dict:
-    return {k: d[k] for k in ("score_range", "higher_better", "crop_size", "test_crops", "crop_policy")}
+    """Scorer fields from an export's contract JSON (version 1 exports served "random" as a grid: kept so)."""
+    out = {k: d[k] for k in ("score_range", "higher_better", "crop_size", "test_crops", "crop_policy")}
+    tt = d.get("test_time")
+    if tt is None:  # contract version 1
+        out["crop_policy"] = d.get("served_crop_policy", "resize" if d["crop_policy"] == "resize" else "grid")
+        return out
+    out.update(crop_policy=tt["policy"], test_crops=tt["num_crops"], test_resize=tt.get("resize"), crop_seed=tt.get("seed", 0))
+    return out
 
 
 def _from_keras_model(model, kind: str, source: str) -> Scorer:
@@ -63,7 +77,8 @@ def _from_keras_model(model, kind: str, source: str) -> Scorer:
     c = int(model.crop_size)
     fn = make_score_fn(model, c)
     return Scorer(lambda crops: np.asarray(fn(crops)), kind, source, tuple(model.score_range), bool(model.higher_better),
-                  c, int(model.test_crops), model.crop_policy, extra={"model": model})
+                  c, int(model.test_crops), model.crop_policy, extra={"model": model},
+                  test_resize=getattr(model, "test_resize", None))
 
 
 def load_keras_model(path: os.PathLike):
@@ -165,12 +180,10 @@ def score_paths(scorer: Scorer, paths: Iterable[os.PathLike], recursive: bool = 
     import tensorflow as tf
 
     from data_pipeline.images import ImageDecodeError, load_image
-    from keras_iqa.export.crops import crop_function
-
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     files, bad = iter_image_files(paths, recursive)
-    crop = crop_function(scorer.crop_size, scorer.test_crops, scorer.served_policy)
+    crop = scorer.test_time.crop_function()
     bar = _progress(len(files)) if progress and files else None
 
     def decode(path):
@@ -198,11 +211,7 @@ def score_paths(scorer: Scorer, paths: Iterable[os.PathLike], recursive: bool = 
                     bad.append((path, f"cropping failed: {e}"))
             batch_rows = []
             if good:
-                allc = np.concatenate(crops)
-                step = scorer.max_crops_per_call
-                per_crop = np.concatenate([scorer.crop_scores(allc[i:i + step]) for i in range(0, len(allc), step)])
-                n = len(per_crop) // len(good)
-                scores = per_crop.reshape(len(good), n).mean(axis=1)
+                scores, n = _image_scores(scorer, crops)
                 norm = scorer.normalized(scores)
                 batch_rows = [{"path": pth, "score": float(s), "score_normalized": float(z), "crops": n}
                               for pth, s, z in zip(good, scores, norm)]
@@ -213,6 +222,36 @@ def score_paths(scorer: Scorer, paths: Iterable[os.PathLike], recursive: bool = 
             if bar is not None:
                 bar(done, len(bad))
     return rows, bad
+
+
+def _image_scores(scorer: Scorer, crops: list) -> tuple[np.ndarray, int]:
+    """Image scores from each image's crops [n, c, c, 3] (the contract's mean), in calls of <= max_crops_per_call crops."""
+    allc = np.concatenate(crops)
+    step = scorer.max_crops_per_call
+    per_crop = np.concatenate([np.asarray(scorer.crop_scores(allc[i:i + step])).reshape(-1)
+                               for i in range(0, len(allc), step)])
+    n = len(per_crop) // len(crops)
+    return scorer.test_time.image_score(per_crop.reshape(len(crops), n)), n
+
+
+def score_images(scorer: Scorer, images) -> np.ndarray:
+    """Scores decoded images (uint8 [H, W, 3] arrays, any sizes) through the test-time contract: float64 [len(images)].
+
+    Raises:
+        ValueError: naming the index of an item that is not an RGB uint8 [H, W, 3] image.
+    """
+    import tensorflow as tf
+
+    crop = scorer.test_time.crop_function()
+    crops = []
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
+            raise ValueError(f"image {i}: expected an RGB uint8 array [H, W, 3], got dtype {arr.dtype} shape {arr.shape}")
+        crops.append(np.asarray(crop(tf.constant(arr))))
+    if not crops:
+        return np.zeros(0)
+    return _image_scores(scorer, crops)[0]
 
 
 def _progress(total: int):

@@ -65,35 +65,21 @@ def gmad_pairs(scores_a, scores_b, levels: int = 5, tol: float = 0.02, names: Se
     return out
 
 
-def _grid_crops(img: np.ndarray, c: int, n: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if h < c or w < c:
-        from PIL import Image
-
-        s = c / min(h, w)
-        img = np.asarray(Image.fromarray(img).resize((max(c, round(w * s)), max(c, round(h * s))), Image.Resampling.BICUBIC))
-        h, w = img.shape[:2]
-    g = int(np.ceil(np.sqrt(n)))
-    ys = np.linspace(0, h - c, g).astype(int)
-    xs = np.linspace(0, w - c, g).astype(int)
-    pos = [(y, x) for y in ys for x in xs][:n]
-    return np.stack([img[y:y + c, x:x + c] for y, x in pos]).astype(np.float32)
-
-
 def score_images(model, paths: Sequence, num_crops: Optional[int] = None, batch_size: int = 32) -> np.ndarray:
-    """Mean score of `num_crops` grid crops per image (default `model.test_crops`), in `model`'s own scale."""
+    """Image scores of `paths` in `model`'s own scale, through its test-time contract (`data_pipeline.test_time`;
+    `num_crops` overrides its number of crops)."""
     from data_pipeline.images import load_image
-
+    from data_pipeline.test_time import TestTimeCrops
     from keras_iqa.evaluation.predict import make_score_fn
 
-    c = int(getattr(model, "crop_size", 224))
-    n = int(num_crops or getattr(model, "test_crops", 1))
-    fn = make_score_fn(model, c)
+    contract = TestTimeCrops.from_model(model, num_crops=num_crops)
+    crop, n = contract.crop_function(), contract.num_crops
+    fn = make_score_fn(model, contract.crop_size)
     per = max(1, batch_size // n)
     out = []
     for s in range(0, len(paths), per):
-        crops = np.concatenate([_grid_crops(load_image(p), c, n) for p in paths[s:s + per]])
-        out.append(fn(crops).numpy().reshape(-1, n).mean(1))
+        crops = np.concatenate([np.asarray(crop(load_image(p))) for p in paths[s:s + per]])
+        out.append(contract.image_score(np.asarray(fn(crops)).reshape(-1, n)))
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -1,7 +1,8 @@
 """Per-image predictions of an `IQAModel` over a prepared dataset: the test-time protocol of the papers.
 
-Each image gives `num_crops` crops (`RecordReader.eval_dataset`); the model's `score()` is applied to every crop and the crop
-scores are averaged per image (REQA: 25 random 224 crops, spec/reqa.md 1.10). Crops of several images share one forward pass.
+Each image gives the crops of the model's test-time contract (`data_pipeline.test_time`, via `RecordReader.eval_dataset`);
+the model's `score()` is applied to every crop and the crop scores are averaged per image (`TestTimeCrops.image_score`).
+Crops of several images share one forward pass.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[in
     import pandas as pd
     import tensorflow as tf
 
+    from data_pipeline.test_time import TestTimeCrops
+
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 3):
         raise ValueError(f"expected elements (crops, target, image_id) as RecordReader.eval_dataset yields, got {spec}")
@@ -74,7 +77,7 @@ def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[in
     for crops, target, image_id in dataset.batch(per_pass).prefetch(2):
         b, n = tf.shape(crops)[0], tf.shape(crops)[1]
         flat = tf.reshape(tf.cast(crops, tf.float32), tf.concat([[b * n], tf.shape(crops)[2:]], 0))
-        s = tf.reduce_mean(tf.reshape(score(flat), [b, n]), axis=1)
+        s = TestTimeCrops.image_score(tf.reshape(score(flat), [b, n]))
         preds.append(s.numpy())
         targets.append(np.asarray(target.numpy(), dtype=np.float64).reshape(-1))
         ids.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in image_id.numpy().reshape(-1))
@@ -84,27 +87,29 @@ def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[in
 
 
 def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optional[str] = None, batch_size: int = 32,
-                   seed: int = 0):
+                   seed: int = 0, contract=None):
     """Predictions of `model` on every image `reader` yields: DataFrame(image_id, target, pred).
 
+    The crops and the averaging are the model's test-time contract (`data_pipeline.test_time.TestTimeCrops.from_model`),
+    the same as `keras-iqa score`, the SavedModel and TFLite; `num_crops`, `mode` and `seed` override its fields, or
+    `contract` replaces it.
+
     Args:
-        model: an `IQAModel` (uses its `score()`, `crop_size`, `test_crops`, `crop_policy`).
+        model: an `IQAModel` (uses its `score()` and its contract fields `crop_size`, `test_crops`, `crop_policy`,
+            `test_resize`).
         reader: a `data_pipeline.input.RecordReader` (its `split` / `subset` choose the images).
-        num_crops: crops per image (default: `model.test_crops`; forced to 1 for mode "resize").
-        mode: "random" (paper REQA), "grid" (deterministic) or "resize" (default: `model.crop_policy`).
+        num_crops: crops per image (default: `model.test_crops`; 1 for mode "resize").
+        mode: "random", "grid" or "resize" (default: `model.crop_policy`).
         batch_size: crops per forward pass.
-        seed: seed of the random crops (fixed: repeated evaluations see the same crops).
+        seed: seed of the "random" crop positions (default 0, as every export).
 
     Example:
         df = predict_reader(model, RecordReader("prepared/koniq", split="split_00", subset="test"))
         evaluate_predictions(df.pred, df.target)
     """
-    mode = mode or getattr(model, "crop_policy", "random")
-    if mode not in ("random", "grid", "resize"):
-        raise ValueError(f"mode must be 'random', 'grid' or 'resize', got {mode!r}")
-    num_crops = int(num_crops or getattr(model, "test_crops", 25))
-    if mode == "resize":
-        num_crops = 1
-    crop = int(getattr(model, "crop_size", 224))
-    ds = reader.eval_dataset(num_crops=num_crops, crop_size=crop, mode=mode, seed=seed)
-    return predict_dataset(model, ds, batch_size=batch_size, crop_size=crop)
+    from data_pipeline.test_time import TestTimeCrops
+
+    if contract is None:
+        contract = TestTimeCrops.from_model(model, num_crops=num_crops, policy=mode, seed=seed)
+    ds = reader.eval_dataset(contract=contract)
+    return predict_dataset(model, ds, batch_size=batch_size, crop_size=contract.crop_size)

@@ -8,21 +8,19 @@ import json
 import os
 from pathlib import Path
 
-from keras_iqa.export.crops import grid_layout, num_crops
+from data_pipeline.test_time import TestTimeCrops
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: "test_time" (the crop contract with its positions) replaces "served_crop_policy" / "grid"
 
 
 def model_contract(model, **extra) -> dict:
     """Describes how to feed `model` (an `IQAModel`) and read its output."""
-    for attr in ("score_range", "higher_better", "crop_size", "test_crops", "crop_policy"):
+    for attr in ("score_range", "higher_better", "crop_size", "test_crops", "crop_policy"):  # test_resize: optional
         if not hasattr(model, attr):
             raise ValueError(f"{type(model).__name__} has no attribute {attr!r}: export needs a keras_iqa IQAModel "
                              "(keras_iqa.models.base.IQAModel subclass)")
-    policy = model.crop_policy
-    n = num_crops(policy, model.test_crops)
-    served = "resize" if policy == "resize" else "grid"
-    rows, cols, _ = grid_layout(n) if served == "grid" else (1, 1, None)
+    test_time = TestTimeCrops.from_model(model)
+    n = test_time.num_crops
     try:
         import keras
         import tensorflow as tf
@@ -39,15 +37,14 @@ def model_contract(model, **extra) -> dict:
         "score_normalized": "(score - low) / (high - low) clipped to [0, 1], flipped when lower is better: 1 = best quality",
         "crop_size": int(model.crop_size),
         "test_crops": int(model.test_crops),
-        "crop_policy": policy,
-        "served_crop_policy": served,
-        "served_crops": n,
-        "grid": {"rows": rows, "cols": cols} if served == "grid" else None,
+        "crop_policy": model.crop_policy,
+        "test_resize": test_time.resize if not isinstance(test_time.resize, tuple) else list(test_time.resize),
+        "test_time": test_time.to_dict(),
         "input": {
             "pixels": "RGB, float32 values in [0, 255] (no normalisation: ImageNet mean/std is applied inside the model)",
             "crop_shape": [int(model.crop_size), int(model.crop_size), 3],
         },
-        "image_score": f"mean of the per-crop scores over the {n} {served} crop(s) of the image",
+        "image_score": f"mean of the per-crop scores over the {n} {test_time.policy} crop(s) of the image (test_time)",
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions,
         **extra,

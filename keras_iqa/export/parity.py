@@ -1,6 +1,6 @@
 """Parity of exported .tflite files with the Keras model, run with the `ai-edge-litert` interpreter.
 
-For a set of images, every image's served crops (`keras_iqa.export.crops`) are scored by the Keras model and by each .tflite:
+For a set of images, every image's test-time crops (`data_pipeline.test_time`) are scored by the Keras model and by each .tflite:
 - `max_abs_diff`: largest |tflite - keras| over all crops, also as a fraction of the score range (`max_abs_diff_rel`);
 - `srocc_vs_keras`: Spearman correlation of the per-image scores (mean over crops) with the Keras model's.
 Targets (issue #9): fp32 `max_abs_diff_rel` <= 1e-4, fp16 <= 1e-2; int8 (and dynamic) SROCC vs the fp32 Keras model >= 0.98.
@@ -41,15 +41,14 @@ def keras_crop_scores(model, crops: np.ndarray, batch_size: int = 64) -> np.ndar
 def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_images: int = 24,
                   num_threads: int = 2) -> dict:
     """Scores `images` (uint8 HxWx3 list; default `samples.synthetic_images`) with Keras and each .tflite; see the module doc."""
-    from keras_iqa.export.crops import crop_function, num_crops
+    from data_pipeline.test_time import TestTimeCrops
     from keras_iqa.export.samples import synthetic_images
     from keras_iqa.export.tflite import TFLiteScorer
 
     if images is None:
         images = synthetic_images(num_images, seed=1234)
-    n = num_crops(model.crop_policy, model.test_crops)
-    served = "resize" if model.crop_policy == "resize" else "grid"
-    fn = crop_function(model.crop_size, model.test_crops, served)
+    contract = TestTimeCrops.from_model(model)
+    n, fn = contract.num_crops, contract.crop_function()
     crops = np.concatenate([np.asarray(fn(np.asarray(im, np.uint8))) for im in images])
     lo, hi = model.score_range
     ref = keras_crop_scores(model, crops)

@@ -57,7 +57,7 @@ def _embedded_images(limit: int) -> list:
 
 def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: int = 0) -> tuple[np.ndarray, str]:
     """float32 [<=n, c, c, 3] crops for int8 calibration and the name of their source ("records:...", "pristine", "synthetic")."""
-    from keras_iqa.export.crops import crop_function
+    from data_pipeline.test_time import TestTimeCrops
 
     c = int(model.crop_size)
     if data_dir:
@@ -83,7 +83,7 @@ def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: 
         source = f"pristine ({len(images)} photos) + synthetic"
     images = images + synthetic_images(max(8, n // 2), seed=seed)
     per_image = max(4, int(np.ceil(n / len(images))))
-    fn = crop_function(c, per_image, "grid")
+    fn = TestTimeCrops(crop_size=c, num_crops=per_image, policy="grid").crop_function()
     crops = np.concatenate([np.asarray(fn(im)) for im in images])
     rng = np.random.default_rng(seed)
     return crops[rng.permutation(len(crops))[:n]].astype(np.float32), source

@@ -2,7 +2,7 @@
 
 Signatures (all return `score` on the model's `score_range` and `score_normalized` in [0, 1], higher = better):
 - `serving_default`: `images` tf.string [B] (JPEG, PNG, BMP or GIF bytes) -> per-image scores. Decoding (the decode policy of
-  `data_pipeline.images.decode_image_tensor`) and the deterministic test-time crops (`keras_iqa.export.crops`) run on CPU
+  `data_pipeline.images.decode_image_tensor`) and the test-time crops (`data_pipeline.test_time`, the same as every other path) run on CPU
   inside the graph; the model runs wherever TF Serving places it (no other device pins: CPU and GPU servers alike).
   Bytes that are not one of those formats, empty, or a truncated PNG/GIF/BMP fail a graph assertion naming the input index.
 - `image_tensor`: `images` uint8 [B, H, W, 3] (any H, W; one size per request) -> per-image scores.
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from keras_iqa.export.contract import model_contract, write_json
-from keras_iqa.export.crops import image_crops, num_crops
+from data_pipeline.test_time import TestTimeCrops
 from keras_iqa.export.serving import write_serving_configs
 
 SIGNATURES = ("serving_default", "image_tensor", "predict_crops")
@@ -108,13 +108,12 @@ def build_archive(model, decode_policy=None, max_crops_per_call: int = MAX_CROPS
     from data_pipeline.images import DEFAULT_POLICY, decode_image_tensor
 
     policy = decode_policy or DEFAULT_POLICY
-    c, n_test, crop_policy = int(model.crop_size), int(model.test_crops), model.crop_policy
-    n = num_crops(crop_policy, n_test)
+    contract = TestTimeCrops.from_model(model)
+    c, n = contract.crop_size, contract.num_crops
     crops_spec = tf.TensorSpec([n, c, c, 3], tf.float32)
 
     def outputs(per_crop, per_image):
-        scores = tf.reduce_mean(tf.reshape(per_crop, [-1, per_image]), axis=1) if per_image > 1 else tf.reshape(per_crop, [-1])
-        scores = tf.cast(scores, tf.float32)
+        scores = contract.image_score(tf.reshape(per_crop, [-1, per_image]))
         return {"score": scores, "score_normalized": tf.cast(model.normalized_score(scores), tf.float32)}
 
     def score_crops(crops):  # [B, n, c, c, 3] -> per-crop [B*n]
@@ -125,13 +124,13 @@ def build_archive(model, decode_policy=None, max_crops_per_call: int = MAX_CROPS
         with tf.device("/cpu:0"):
             check = validate_encoded(images)
             with tf.control_dependencies([check]):
-                crops = tf.map_fn(lambda s: image_crops(decode_image_tensor(s, policy), c, n_test, crop_policy),
+                crops = tf.map_fn(lambda s: contract.crops(decode_image_tensor(s, policy)),
                                   tf.identity(images), fn_output_signature=crops_spec)
         return outputs(score_crops(crops), n)
 
     def image_tensor(images):
         with tf.device("/cpu:0"):
-            crops = tf.map_fn(lambda im: image_crops(im, c, n_test, crop_policy), images, fn_output_signature=crops_spec)
+            crops = tf.map_fn(contract.crops, images, fn_output_signature=crops_spec)
         return outputs(score_crops(crops), n)
 
     def predict_crops(crops):

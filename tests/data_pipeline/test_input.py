@@ -7,7 +7,7 @@ import tensorflow as tf
 from data_pipeline import fixtures, schema
 from data_pipeline.beam.writer import write_records
 from data_pipeline.images import decode_image_tensor
-from data_pipeline.input import (RecordReader, _offsets, acr_bins, extract_crops, grid_offsets, multi_dataset,
+from data_pipeline.input import (RecordReader, _offsets, acr_bins, multi_dataset,
                                  nearest_nonempty, quantile_bins)
 
 C = 24  # crop size for tests
@@ -129,16 +129,18 @@ def test_eval_modes(auth):
     assert all(np.array_equal(p, q) for p, q in zip(a, b)) and not all(np.array_equal(p, q) for p, q in zip(a, c))
     res = next(iter(r.eval_dataset(crop_size=C, mode="resize")))[0]
     assert res.shape == (1, C, C, 3)
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="crop policy"):
         r.eval_dataset(mode="center")
 
 
 def test_crop_helpers():
+    from data_pipeline.test_time import TestTimeCrops, extract_crops
+
     img = tf.reshape(tf.range(10 * 12 * 1), [10, 12, 1])
-    oy, ox = grid_offsets(10, 12, 4, 4)
-    np.testing.assert_array_equal(oy.numpy(), [0, 0, 6, 6])
-    np.testing.assert_array_equal(ox.numpy(), [0, 8, 0, 8])
-    crops = extract_crops(img, oy, ox, 4).numpy()
+    offs = TestTimeCrops(crop_size=4, num_crops=4, policy="grid").offsets(10, 12)
+    np.testing.assert_array_equal(offs[:, 0], [0, 0, 6, 6])
+    np.testing.assert_array_equal(offs[:, 1], [0, 8, 0, 8])
+    crops = extract_crops(img, tf.constant(offs[:, 0], tf.int32), tf.constant(offs[:, 1], tf.int32), 4).numpy()
     np.testing.assert_array_equal(crops[3], img.numpy()[6:10, 8:12])
 
 

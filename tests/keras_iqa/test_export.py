@@ -57,11 +57,10 @@ def sample_images():
 
 
 def expected_scores(model, images):
-    """What the Keras model says per image: mean over the served crops of the Pillow-decoded pixels."""
-    from keras_iqa.export.crops import crop_function
+    """What the Keras model says per image: mean over the contract's crops of the Pillow-decoded pixels."""
+    from data_pipeline.test_time import TestTimeCrops
 
-    served = "resize" if model.crop_policy == "resize" else "grid"
-    fn = crop_function(model.crop_size, model.test_crops, served)
+    fn = TestTimeCrops.from_model(model).crop_function()
     return np.array([float(np.mean(np.asarray(model.score(fn(im))))) for im in images])
 
 
@@ -75,7 +74,10 @@ def decoded(data):
 def test_grid_layout_and_crops_are_deterministic_and_exact():
     import tensorflow as tf
 
-    from keras_iqa.export.crops import crop_function, grid_layout
+    from data_pipeline.test_time import TestTimeCrops, grid_layout
+
+    def crop_function(c, n, policy):
+        return TestTimeCrops(crop_size=c, num_crops=n, policy=policy).crop_function()
 
     assert grid_layout(25)[:2] == (5, 5)
     rows, cols, cells = grid_layout(10)
@@ -86,7 +88,9 @@ def test_grid_layout_and_crops_are_deterministic_and_exact():
     assert crops.shape == (4, 16, 16, 3)
     np.testing.assert_array_equal(crops[0], img[:16, :16])  # top-left
     np.testing.assert_array_equal(crops[-1], img[-16:, -16:])  # bottom-right
-    np.testing.assert_array_equal(crops, np.asarray(crop_function(16, 4, "random")(tf.constant(img))))  # random -> grid
+    rnd = np.asarray(crop_function(16, 4, "random")(tf.constant(img)))  # seeded positions: the same on every call
+    np.testing.assert_array_equal(rnd, np.asarray(crop_function(16, 4, "random")(tf.constant(img))))
+    assert not np.array_equal(rnd, crops)
     small = np.asarray(crop_function(32, 4, "grid")(tf.constant(img[:20, :30])))
     assert small.shape == (4, 32, 32, 3)  # short side upsampled to the crop
     assert np.asarray(crop_function(16, 9, "resize")(tf.constant(img))).shape == (1, 16, 16, 3)
@@ -311,13 +315,13 @@ def fit_briefly(model, steps=25, batch=16, seed=0, lr=3e-3):
     placed around the model's current mean output with a spread of 10% of the score range."""
     import tensorflow as tf
 
-    from keras_iqa.export.crops import crop_function
+    from data_pipeline.test_time import TestTimeCrops
     from keras_iqa.export.samples import synthetic_images
 
     rng = np.random.default_rng(seed)
     c = model.crop_size
     images = synthetic_images(48, size=(c + 16, c + 32), seed=seed + 100)
-    crops = np.stack([np.asarray(crop_function(c, 1, "grid")(im))[0] for im in images])
+    crops = np.stack([np.asarray(TestTimeCrops(crop_size=c, num_crops=1, policy="grid").crops(im))[0] for im in images])
     hp = np.abs(np.diff(crops.mean(-1), axis=1)).mean(axis=(1, 2))
     lo, hi = model.score_range
     start = float(np.mean(np.asarray(model.score(crops[:16]))))

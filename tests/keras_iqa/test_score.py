@@ -56,9 +56,9 @@ def setup(tmp_path_factory):
 
 def expected(model, path):
     from data_pipeline.images import load_image
-    from keras_iqa.export.crops import crop_function
+    from data_pipeline.test_time import TestTimeCrops
 
-    crops = crop_function(model.crop_size, model.test_crops, "grid")(load_image(path))
+    crops = TestTimeCrops.from_model(model).crops(load_image(path))
     return float(np.mean(np.asarray(model.score(crops))))
 
 
