@@ -374,16 +374,33 @@ class RecordReader:
         return ds.prefetch(AUTOTUNE).with_options(self._options(True))
 
     def reqa_microbatches(self, micro_batches: int = 3, crop_size: int = 224, bins: str = "acr", seed: Optional[int] = None,
-                          resize: Resize = None, flip: bool = True):
-        """Infinite batches of (images [5M, c, c, 3], targets [5M]); images 5m..5m+4 come from bins 0..4 (low to high quality).
+                          resize: Resize = None, flip: bool = True, epoch: str = "balanced"):
+        """Infinite batches of (images [5M, c, c, 3], targets [5M]) for REQA's coarse loss: each consecutive group of 5
+        images (a micro-batch) spans five quality levels, low to high (REQA Sec. III-C-1: "a predicted image and four anchors
+        are sampled from five different quality scales").
 
-        Bins: `acr` = ACR bins of the score mapped to 0-100, higher = better (`score/normalized` * 100, i.e. from the dataset's
-        declared range and direction); `quantile` = five equal-count bins of that score. An empty bin is replaced by the
-        nearest non-empty bin (ties: the lower one); `self.bin_counts` and `self.bin_sources` say what happened.
-        Each bin is its own shuffled, repeated stream, zipped (no Python loop per element).
+        Two samplers (`epoch`):
+
+        - "balanced" (default; the paper's five quality scales): images 5m..5m+4 come from bins 0..4. Bins: `acr` = ACR bins
+          of the score mapped to 0-100, higher = better (`score/normalized` * 100, i.e. from the dataset's declared range
+          and direction); `quantile` = five equal-count bins of that score. Each bin is its own shuffled, repeated stream,
+          zipped (no Python loop per element), so **every bin is exactly 1/5 of every batch whatever its size**: a bin
+          holding n_k of the n training images is drawn at n/(5 n_k) times its share. Over an epoch of n // (5M) steps a
+          bin with n_k images is visited about n / (5 n_k) times per image (a bin with 1 % of the images: 20 times per epoch;
+          one with 50 %: 0.4 times, so most of its images are not seen in that epoch), i.e. an "epoch" is a number of steps,
+          not one pass over the data, and the training distribution is flattened over the five bins. An empty bin is replaced by the nearest
+          non-empty bin (ties: the lower one); `self.bin_counts` and `self.bin_sources` say what happened.
+        - "pass": an epoch is ONE pass over the training images, each image once (shuffled; the last n % 5M images of a pass
+          are dropped, different ones each pass). Each batch of 5M consecutive images is sorted by target and cut into five
+          strata of M (its quintiles); micro-batch m takes one image of each stratum (randomly paired), low to high. Bins are
+          then as frequent as in the data (`bins` only fills `bin_counts`), and the five images of a micro-batch are spread
+          over the batch's quality range rather than over fixed ACR bins. Use `steps_per_epoch = n // (5M)`.
         """
         if bins not in ("acr", "quantile"):
             raise ValueError(f"bins must be 'acr' or 'quantile', got {bins!r}")
+        if epoch not in ("balanced", "pass"):
+            raise ValueError(f"epoch must be 'balanced' (each bin 1/5 of every batch) or 'pass' (each image once per "
+                             f"epoch), got {epoch!r}")
         idx = self.index()
         valid = ~np.isnan(idx["normalized"])
         ids, q = idx["id"][valid], idx["normalized"][valid] * 100.0
@@ -391,6 +408,8 @@ class RecordReader:
             raise ValueError(f"{self.data_dir}: no image with a score in this subset; REQA micro-batches need scores")
         b = acr_bins(q) if bins == "acr" else quantile_bins(q)
         counts = [int((b == k).sum()) for k in range(5)]
+        if epoch == "pass":
+            return self._reqa_pass(ids.tolist(), counts, micro_batches, crop_size, seed, resize, flip)
         sources = nearest_nonempty(counts)
         self.bin_counts, self.bin_sources = counts, sources
         for k in range(5):
@@ -409,6 +428,27 @@ class RecordReader:
 
         ds = tf.data.Dataset.zip(tuple(streams)).batch(micro_batches, drop_remainder=True)
         ds = ds.map(lambda *xs: merge(*xs), num_parallel_calls=AUTOTUNE)
+        return ds.prefetch(AUTOTUNE).with_options(self._options(seed is not None))
+
+    def _reqa_pass(self, ids, counts, micro_batches, crop_size, seed, resize, flip):
+        """`reqa_microbatches(epoch="pass")`: one shuffled pass per epoch, batches regrouped by within-batch quintiles."""
+        self.bin_counts, self.bin_sources = counts, list(range(5))
+        n = 5 * micro_batches
+        if len(ids) < n:
+            raise ValueError(f"{self.data_dir}: {len(ids)} scored images, fewer than one batch of {n} (5 x {micro_batches})")
+        base = tf.constant([0 if seed is None else int(seed), 104729], tf.int64)
+
+        def regroup(i, imgs, ys):
+            order = tf.argsort(ys, stable=True)  # low to high
+            grid = tf.reshape(order, [5, micro_batches])  # row j = stratum j (the batch's j-th fifth)
+            noise = tf.random.stateless_uniform([5, micro_batches], base + tf.stack([tf.constant(0, tf.int64), i]))
+            grid = tf.gather(grid, tf.argsort(noise, axis=1), batch_dims=1)  # random pairing across strata
+            pick = tf.reshape(tf.transpose(grid), [-1])  # micro-batch m = (stratum 0..4)[m]
+            return tf.gather(imgs, pick), tf.gather(ys, pick)
+
+        ds = self._train_images(ids, crop_size, resize, flip, True, seed, False)
+        ds = ds.batch(n, drop_remainder=True).repeat().enumerate()
+        ds = ds.map(lambda i, xy: regroup(i, *xy), num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE).with_options(self._options(seed is not None))
 
     def metaiqa_tasks(self, support_fraction: float = 0.8, batch_size: int = 32, crop_size: int = 224, seed: int = 0,

@@ -3,14 +3,15 @@
 Python equivalent:
     model = keras_iqa.create_model("reqa", backbone_weights="imagenet")
     model.compile(coarse="paper", weight_decay=5e-4, lr=2e-4, backbone_lr=2e-5)
-    train = reader.reqa_microbatches(3).map(lambda x, y: (x, y))     # targets on 0-100 (see `_to_100`)
+    model.test_crops, model.crop_policy, model.test_resize = 25, "random", None  # the test-time contract, before training
+    train = reader.reqa_microbatches(3)                              # reader target "normalized100": scores on 0-100
     model.fit(train, steps_per_epoch=..., epochs=40, callbacks=[CurriculumSchedule.preset("paper")])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from keras_iqa.commands import add_config_args, formatter
 
@@ -24,6 +25,8 @@ class REQATrainConfig:
     backbone_weights: Optional[str] = "auto"  # auto: "imagenet" for full-size cards, None for tiny ones
     sampler: str = "microbatch"             # microbatch (paper: 5 images from 5 quality bins) | batch (official: plain batches)
     micro_batches: int = 3                  # M (batch = 5M) for the micro-batch sampler
+    sampler_epoch: str = "balanced"         # microbatch epochs: balanced (each bin 1/5 of every batch, rare bins resampled)
+                                            # | pass (one pass over the training images per epoch, each image once)
     batch_size: int = 16                    # plain-batch sampler (official code: 16)
     bins: str = "acr"                       # acr | quantile (micro-batch quality bins)
     coarse: str = "paper"                   # paper (Eq. 9-12) | official (RankLoss1 over the whole batch)
@@ -31,19 +34,21 @@ class REQATrainConfig:
     stage_epochs: int = 10
     epochs: int = 40
     steps_per_epoch: Optional[int] = None   # default: training images // batch
-    lr: float = 2e-4                        # FN / TE / MLP-III
-    backbone_lr: float = 2e-5
+    lr: Union[str, float] = "auto"          # FN / TE / MLP-III; auto: 2e-4 (paper) with ImageNet weights, 1e-3 from random init
+    backbone_lr: Union[str, float] = "auto"  # auto: 2e-5 (paper) with ImageNet weights, 1e-3 from random init (docs/heads.md)
     lr_schedule: str = "paper"              # paper (x0.1 at milestones) | official | constant
     milestones: tuple = (10, 20, 30)
     lr_factor: float = 0.1
     weight_decay: float = 5e-4              # coupled L2 (added to gradients)
     crop_size: Optional[int] = None         # default: the card's (224; reqa-tiny 64)
-    resize: Optional[list] = None           # [h, w] resize before the crop (official: KonIQ [512, 384], BID [512, 512])
+    resize: Optional[list] = None           # [h, w] or short side: resize before the crop, in training AND at test
+                                            # (official: KonIQ [512, 384], BID [512, 512]); saved as model.test_resize
     flip: bool = True
-    eval_crops: int = 25
-    eval_mode: str = "random"               # random (official) | grid | resize
+    eval_crops: Optional[int] = None        # test crops per image (default: the card's, 25); saved as model.test_crops
+    eval_mode: Optional[str] = None         # random (official) | grid | resize (default: the card's, random)
     eval_every: int = 0                     # evaluate the test split every N epochs (0: only at the end)
     split: str = "split_00"
+    repetitions: int = 20                   # paper: "20 train-test iterations" (split_00 .. split_19; --split all runs them)
     precision: str = "auto"                 # auto (bf16 on CPUs with AVX512-BF16/AMX, measured 1.67x faster) | fp32 | bf16
     seed: int = 0
 
@@ -76,13 +81,16 @@ def register(sub):
         "  keras-iqa train reqa --data records/koniq10k --out runs/noTE --set 'model_overrides={transformer: false}'\n"
         "  # faster on CPUs with AVX512-BF16 / on GPUs\n"
         "  keras-iqa train reqa --data records/clive --precision bf16 --out runs/bf16\n"
+        "  # the paper's protocol: 20 train-test iterations (one run per split, median over them)\n"
+        "  keras-iqa train reqa --data records/koniq10k --split all --out runs/reqa_koniq20\n"
         "  # smoke run\n"
         "  keras-iqa train reqa --model reqa-tiny --data tiny/auth --out /tmp/r --set epochs=1 --set steps_per_epoch=2\n",
         formatter_class=formatter(),
     )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (keras-iqa prepare ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (re-run to resume)")
-    p.add_argument("--split", help="split column of splits.csv (default split_00)")
+    p.add_argument("--split", help="split column of splits.csv (default split_00), or 'all': the paper's 20 train-test "
+                   "iterations (split_00 .. split_19, `--set repetitions=N`), one run directory each, median in results.json")
     p.add_argument("--model", help="registry card (reqa | reqa-official | reqa-tiny)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper protocol (default) or the released code's")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
@@ -103,7 +111,8 @@ def _config(args) -> REQATrainConfig:
     overrides = {**PRESETS[args.preset], **{k: v for k, v in flags.items() if v is not None}}
     cfg = load_config(REQATrainConfig, files=args.config, sets=args.set, overrides=overrides)
     checks = {"sampler": ("microbatch", "batch"), "coarse": ("paper", "official"), "curriculum": ("paper", "official"),
-              "lr_schedule": ("paper", "official", "constant"), "eval_mode": ("random", "grid", "resize"),
+              "lr_schedule": ("paper", "official", "constant"), "eval_mode": (None, "random", "grid", "resize"),
+              "sampler_epoch": ("balanced", "pass"),
               "precision": ("auto", "fp32", "bf16"), "bins": ("acr", "quantile")}
     for key, allowed in checks.items():
         if getattr(cfg, key) not in allowed:
@@ -128,37 +137,53 @@ def build_model(cfg: REQATrainConfig):
         over["crop_size"] = cfg.crop_size
         if "pool_size" not in cfg.model_overrides:  # keep the pooled grid (8x8 / 4x4 / 2x2 at 224)
             over["pool_size"] = max(1, base.pool_size * cfg.crop_size // base.crop_size)
-    return keras_iqa.create_model(cfg.model, **over)
+    return set_test_contract(keras_iqa.create_model(cfg.model, **over), cfg)
 
 
-def _to_100(ds):
-    """Reader targets (`normalized`, 0-1, higher = better) -> REQA's 0-100 scale."""
-    return ds.map(lambda x, y: (x, y * 100.0))
+def set_test_contract(model, cfg: REQATrainConfig):
+    """The model's test-time contract from the training config, set BEFORE training so validation, `model.keras`, `score`,
+    the SavedModel and TFLite all use it: `test_resize` = the training `resize` (the test image is resized exactly as the
+    training images were before their crops), `test_crops` = `eval_crops`, `crop_policy` = `eval_mode` (None: the card's)."""
+    from keras_iqa.models.base import _resize_value
+
+    model.test_resize = _resize_value(cfg.resize)
+    if cfg.eval_crops is not None:
+        model.test_crops = int(cfg.eval_crops)
+    if cfg.eval_mode is not None:
+        model.crop_policy = cfg.eval_mode
+    return model
+
+
+TARGET = "normalized100"  # the reader's score mapped to 0-100, higher = better: REQA's output scale (targets and predictions
+                          # of predictions.csv / results.json are on the same scale)
 
 
 def train_data(cfg: REQATrainConfig, reader, crop_size: int = 224):
     """(dataset, steps_per_epoch) for the configured sampler."""
-    resize = tuple(cfg.resize) if cfg.resize else None
+    resize = (int(cfg.resize) if isinstance(cfg.resize, (int, float)) else tuple(cfg.resize)) if cfg.resize else None
+    if reader.target != TARGET:
+        raise ValueError(f"REQA trains on 0-100 targets: open the reader with target={TARGET!r} (got {reader.target!r})")
     if cfg.sampler == "microbatch":
         ds = reader.reqa_microbatches(cfg.micro_batches, crop_size=crop_size, bins=cfg.bins, seed=cfg.seed,
-                                      resize=resize, flip=cfg.flip)
+                                      resize=resize, flip=cfg.flip, epoch=cfg.sampler_epoch)
         batch = 5 * cfg.micro_batches
     else:
         ds = reader.train_dataset(cfg.batch_size, crop_size=crop_size, resize=resize, flip=cfg.flip, seed=cfg.seed,
                                   repeat=True)
         batch = cfg.batch_size
     steps = cfg.steps_per_epoch or max(1, reader.steps_per_epoch(batch))
-    return _to_100(ds), steps
+    return ds, steps
 
 
 def evaluate(model, reader, cfg: Optional[REQATrainConfig] = None, fine: bool = True) -> dict:
-    """Test metrics with the official protocol (`eval_crops` random crops averaged per image, last-step score)."""
+    """Test metrics under the model's test-time contract (set from the config by `set_test_contract`: `eval_crops` crops
+    averaged per image, after the training `resize`; last-step score). Targets and predictions are both on 0-100."""
     from keras_iqa.evaluation.predict import predict_reader
     from keras_iqa.metrics import evaluate_predictions
 
-    crops = cfg.eval_crops if cfg else None
-    mode = cfg.eval_mode if cfg else None
-    df = predict_reader(model, reader, num_crops=crops, mode=mode, seed=cfg.seed if cfg else 0)
+    if cfg is not None:
+        set_test_contract(model, cfg)
+    df = predict_reader(model, reader)
     out = {"predictions": df}
     try:
         out["metrics"] = evaluate_predictions(df["pred"].to_numpy(), df["target"].to_numpy())
@@ -168,7 +193,8 @@ def evaluate(model, reader, cfg: Optional[REQATrainConfig] = None, fine: bool = 
         try:
             from keras_iqa.evaluation.fine_grained import fine_grained_report
 
-            out["fine_grained"] = fine_grained_report(df["pred"].to_numpy(), df["target"].to_numpy(), mos_range=(0.0, 1.0),
+            lo_hi = (0.0, 100.0) if getattr(reader, "target", TARGET) == TARGET else (0.0, 1.0)
+            out["fine_grained"] = fine_grained_report(df["pred"].to_numpy(), df["target"].to_numpy(), mos_range=lo_hi,
                                                       pred_range=model.score_range, pred_higher_better=True)
         except ValueError as e:
             out["fine_grained"] = {"error": str(e)}
@@ -191,28 +217,56 @@ def _eval_callback(reader, cfg, every):
 
 
 def run(args) -> int:
+    """One split (`--split split_03`), or `--split all`: the paper's protocol, `repetitions` (20) train-test iterations on
+    split_00 .. split_{repetitions-1}, one run directory each under --out, and the median over them in --out/results.json."""
+    import dataclasses
     import json
+    from pathlib import Path
 
-    import keras
+    cfg = _config(args)
+    if cfg.split != "all":
+        return _run_one(args, cfg, args.out)
+    from keras_iqa.evaluation.protocols import summarize
+    from keras_iqa.training.runner import save_json
+
+    rows = []
+    for k in range(int(cfg.repetitions)):
+        col = f"split_{k:02d}"
+        out = Path(args.out) / col
+        _run_one(args, dataclasses.replace(cfg, split=col), out)
+        with open(out / "results.json", encoding="utf-8") as f:
+            rows.append({"row": col, **json.load(f)["test"]})
+    summary = summarize(rows, keys=("srocc", "plcc"))
+    save_json({"protocol": f"{cfg.repetitions} train-test iterations (REQA Sec. IV-A), median reported", "rows": rows,
+               "summary": summary}, Path(args.out) / "results.json")
+    print("median over splits:", json.dumps({k: summary.get(k, {}).get("median") for k in ("srocc", "plcc")}))
+    return 0
+
+
+def _run_one(args, cfg: REQATrainConfig, out) -> int:
+    import json
 
     from data_pipeline.input import RecordReader
     from keras_iqa.config import to_dict
     from keras_iqa.training import runner
     from keras_iqa.training.curriculum import CurriculumSchedule
-
-    cfg = _config(args)
     from keras_iqa.training.cpu import configure_cpu
 
     cpu = configure_cpu(cfg.precision)  # the benchmarked CPU defaults (README, Benchmarks)
-    run_dir = runner.RunDir.create(args.out, config={**to_dict(cfg), "data": args.data}, seed=cfg.seed)
-    train_reader = RecordReader(args.data, split=cfg.split, subset="train", target="normalized")
-    test_reader = RecordReader(args.data, split=cfg.split, subset="test", target="normalized")
-    model = build_model(cfg)
-    model.compile(coarse=cfg.coarse, weight_decay=cfg.weight_decay, lr=cfg.lr, backbone_lr=cfg.backbone_lr)
+    run_dir = runner.RunDir.create(out, config={**to_dict(cfg), "data": args.data}, seed=cfg.seed)
+    train_reader = RecordReader(args.data, split=cfg.split, subset="train", target=TARGET)
+    test_reader = RecordReader(args.data, split=cfg.split, subset="test", target=TARGET)
+    model = build_model(cfg)  # its test-time contract (test_resize, test_crops, crop_policy) is set from cfg here
+    from keras_iqa.training.lr import RANDOM_INIT, is_pretrained, resolve_lr
+
+    pre = is_pretrained(model.backbone_weights)  # lr=auto: paper rates need ImageNet weights (docs/heads.md)
+    lr = resolve_lr(cfg.lr, 2e-4, RANDOM_INIT["reqa"]["lr"], pre, "reqa")
+    backbone_lr = resolve_lr(cfg.backbone_lr, 2e-5, RANDOM_INIT["reqa"]["backbone_lr"], pre, "reqa")
+    model.compile(coarse=cfg.coarse, weight_decay=cfg.weight_decay, lr=lr, backbone_lr=backbone_lr)
     ds, steps = train_data(cfg, train_reader, model.crop_size)
     steps_model = model.steps
-    schedule = CurriculumSchedule.preset(cfg.curriculum, steps=steps_model, stage_epochs=cfg.stage_epochs, lr=cfg.lr,
-                                         backbone_lr=cfg.backbone_lr, lr_schedule=cfg.lr_schedule,
+    schedule = CurriculumSchedule.preset(cfg.curriculum, steps=steps_model, stage_epochs=cfg.stage_epochs, lr=lr,
+                                         backbone_lr=backbone_lr, lr_schedule=cfg.lr_schedule,
                                          milestones=cfg.milestones, lr_factor=cfg.lr_factor, verbose=0 if args.quiet else 1)
     cbs = [schedule]
     if cfg.eval_every:
@@ -225,10 +279,11 @@ def run(args) -> int:
     ev["predictions"].to_csv(run_dir.path / "predictions.csv", index=False)
     results = {"model": cfg.model, "data": args.data, "split": cfg.split, "protocol": args.preset,
                "test": ev["metrics"], "fine_grained": ev.get("fine_grained"),
-               "eval": {"crops": cfg.eval_crops, "mode": cfg.eval_mode, "score": "last step"},
+               "eval": {"crops": model.test_crops, "mode": model.crop_policy, "resize": model.test_resize,
+                        "score": "last step", "target_scale": "0-100 (normalized100)"},
                "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()},
                "curriculum": schedule.history, "precision": cfg.precision, "cpu": cpu,
-               "sampler": {"kind": cfg.sampler, "bin_counts": getattr(train_reader, "bin_counts", None),
+               "sampler": {"kind": cfg.sampler, "epoch": cfg.sampler_epoch, "bin_counts": getattr(train_reader, "bin_counts", None),
                            "bin_sources": getattr(train_reader, "bin_sources", None)}}
     if "test_srocc" in hist.history:  # the official code reports the best epoch (test-set model selection)
         results["best_epoch_test"] = {"srocc": max(hist.history["test_srocc"]), "plcc": max(hist.history["test_plcc"])}

@@ -10,9 +10,11 @@ For T != 4 (Table V ablations) the presets are not defined by the paper: w1 is k
 stage 4 / official: 0.75) is split equally over steps 2..T in every stage (documented deviation).
 
 Learning rates: "paper" = backbone 2e-5, rest 2e-4, both x0.1 at epochs 10, 20, 30 (0-based epoch index >= milestone);
-"official" = the released code's intended schedule (backbone constant 2e-5; rest 2e-4 for epochs 0-9, 2e-5 at epoch 10, then
-2e-5 / 10^(epoch // 10)). The code's optimiser re-creation each epoch (Adam moments reset) and its emptied head group (a bug
-that freezes FN/TE/MLP after epoch 1) are not replicated.
+"official" = the released code's intended schedule. Its optimiser is re-created AFTER training epoch t (0-based) with the
+non-backbone LR 2e-5 / 10^(t // 10) x (10 if t <= 10 else 1), so that LR applies from epoch t + 1 on: backbone constant 2e-5;
+rest 2e-4 for epochs 0-10, 2e-5 at epoch 11, 2e-6 for epochs 12-20, 2e-7 for epochs 21-30 (`official_head_lr`). The code's
+optimiser re-creation each epoch (Adam moments reset) and its emptied head group (a bug that freezes FN/TE/MLP after
+epoch 1) are not replicated.
 """
 
 from __future__ import annotations
@@ -60,8 +62,16 @@ def lr_at(epoch: int, base_lr: float, milestones: Sequence[int] = (10, 20, 30), 
 
 
 def official_head_lr(epoch: int, lr: float = 2e-5, ratio: float = 10.0) -> float:
-    """The released code's non-backbone LR: lr / 10^(epoch // 10) · (ratio if epoch <= 10 else 1)."""
-    return lr / 10 ** (epoch // 10) * (ratio if epoch <= 10 else 1.0)
+    """The released code's non-backbone LR during (0-based) `epoch`.
+
+    The code trains epoch t, then re-creates its optimiser with lr / 10^(t // 10) · (ratio if t <= 10 else 1): the value
+    computed after epoch t is used by epoch t + 1. Epoch 0 uses the initial lr · ratio (2e-4). So: 2e-4 for epochs 0-10,
+    2e-5 for epoch 11, 2e-6 for epochs 12-20, 2e-7 for epochs 21-30.
+    """
+    if epoch <= 0:
+        return lr * ratio
+    t = epoch - 1  # the epoch after which this LR was set
+    return lr / 10 ** (t // 10) * (ratio if t <= 10 else 1.0)
 
 
 class CurriculumSchedule(keras.callbacks.Callback):

@@ -59,7 +59,9 @@ def test_curriculum_presets_and_lrs():
     assert np.allclose(stage_weights("official")[0], [0.25, 0.125, 0.25, 0.375])
     assert np.allclose(stage_weights("paper", steps=3)[0], [0.25, 0.375, 0.375])
     assert [lr_at(e, 2e-4) for e in (0, 9, 10, 19, 20, 30, 39)] == pytest.approx([2e-4, 2e-4, 2e-5, 2e-5, 2e-6, 2e-7, 2e-7])
-    assert [official_head_lr(e) for e in (0, 9, 10, 11, 20)] == pytest.approx([2e-4, 2e-4, 2e-5, 2e-6, 2e-7])
+    # the code re-creates its optimiser AFTER epoch t with the LR of t: epoch 10 still runs at 2e-4, 11 at 2e-5
+    assert [official_head_lr(e) for e in (0, 9, 10, 11, 12, 20, 21, 29)] == pytest.approx(
+        [2e-4, 2e-4, 2e-4, 2e-5, 2e-6, 2e-6, 2e-7, 2e-7])
     cb = CurriculumSchedule.preset("paper")
     assert [cb.weights_at(e).tolist() for e in (0, 9, 10, 29, 30, 45)] == [list(np.float32(PAPER_STAGES[k])) for k in
                                                                         (0, 0, 1, 2, 3, 3)]
@@ -142,3 +144,47 @@ def test_full_size_forward_shape():
     assert [b.hidden for b in fb] == [16, 32, 64] and [b._pooled for b in fb] == [(8, 8), (4, 4), (2, 2)]
     assert [b.proj.kernel.shape[0] for b in fb] == [1024, 512, 256]
     assert m.quality_transformer.positions.shape == (1, 50, 224)
+
+
+def _official_code_head_lrs(epochs, lr=2e-5, ratio=10.0):
+    """The released training loop, transcribed: train epoch t with the current optimiser, then re-create it."""
+    cur, out = lr * ratio, []
+    for t in range(epochs):
+        out.append(cur)  # LR used while training epoch t
+        cur = lr / 10 ** (t // 10) * (ratio if t <= 10 else 1)
+    return out
+
+
+def test_official_lr_schedule_matches_the_code_loop():
+    cb = CurriculumSchedule.preset("official")
+    assert [cb.lrs_at(e)[0] for e in range(30)] == pytest.approx(_official_code_head_lrs(30))
+    assert all(cb.lrs_at(e)[1] == pytest.approx(2e-5) for e in range(30))  # backbone never decayed
+
+
+def test_cli_sets_test_contract_and_one_target_scale(tmp_path):
+    """The training config sets the test-time contract before training; predictions.csv targets and predictions share
+    REQA's 0-100 scale; --split all runs the repetitions."""
+    import pandas as pd
+
+    from data_pipeline.fixtures import write_tiny_records
+    from keras_iqa.cli import main
+    from keras_iqa.commands.train_reqa import REQATrainConfig
+
+    assert REQATrainConfig().repetitions == 20  # the paper's 20 train-test iterations
+    write_tiny_records(str(tmp_path / "data"), kind="authentic", n=30, size=(72, 80), num_splits=2)
+    out = tmp_path / "run"
+    rc = main(["train", "reqa", "--model", "reqa-tiny", "--data", str(tmp_path / "data"), "--out", str(out), "--quiet",
+               "--split", "all", "--set", "repetitions=2", "--set", "epochs=1", "--set", "steps_per_epoch=1",
+               "--set", "eval_crops=3", "--set", "eval_mode=grid", "--set", "resize=[70,70]",
+               "--set", "sampler_epoch=pass"])
+    assert rc in (0, None)
+    summary = json.loads((out / "results.json").read_text())
+    assert [r["row"] for r in summary["rows"]] == ["split_00", "split_01"] and "srocc" in summary["summary"]
+    one = out / "split_01"
+    res = json.loads((one / "results.json").read_text())
+    assert res["split"] == "split_01" and res["sampler"]["epoch"] == "pass"
+    assert res["eval"]["crops"] == 3 and res["eval"]["mode"] == "grid" and res["eval"]["resize"] == [70, 70]
+    m = keras.models.load_model(one / "model.keras")
+    assert (m.test_crops, m.crop_policy, tuple(m.test_resize)) == (3, "grid", (70, 70))
+    df = pd.read_csv(one / "predictions.csv")
+    assert df["target"].max() > 1.5  # 0-100 targets (the fixture's MOS spans most of its range), not 0-1
