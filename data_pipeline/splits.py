@@ -7,13 +7,20 @@
   (REQA / MetaIQA protocol: random 80/20, repeated).
 - Synthetic sets: the permutation is over REFERENCE ids (content), so no reference (nor any of its distorted versions) is in both
   train and test; `round(ratio * n_refs)` references train.
-- Column `k` uses the seed `seed + k`, so adding repetitions keeps the earlier columns unchanged.
+- Column `k` uses the seed `seed + k`, so adding repetitions keeps the earlier columns unchanged. 20 columns by default: REQA
+  reports the median of "20 train-test iterations" (split_00 .. split_19); MetaIQA and HCL use the first 10.
+- CID2013 (`DATASET_GROUPS`): MetaIQA's protocol (Zhu et al. 2020, Sec. 4.4): "In CID2013 database, four out of six
+  subsets are used for model training, and the remaining two subsets are used for testing." Each column puts four of the
+  six image sets IS1..IS6 in train and two in test; the 15 possible choices are taken in a seeded order, so the first 15
+  columns are all different.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -27,13 +34,13 @@ class SplitConfig:
     """How `splits.csv` is made.
 
     Args:
-        num_splits: number of random columns `split_00 ..` (10 by default).
+        num_splits: number of random columns `split_00 ..` (20 by default: REQA's 20 train-test iterations).
         train_ratio: fraction of images (authentic) or references (synthetic) in train.
         seed: column k uses `seed + k`.
         group_by_reference: None = automatic (True for synthetic/pair records, False for authentic).
     """
 
-    num_splits: int = 10
+    num_splits: int = 20
     train_ratio: float = 0.8
     seed: int = 0
     group_by_reference: Optional[bool] = None
@@ -52,14 +59,54 @@ def split_column(k: int) -> str:
     return f"split_{k:02d}"
 
 
-def make_splits(image_ids: Sequence[str], groups: Optional[Sequence[str]] = None, num_splits: int = 10,
-                train_ratio: float = 0.8, seed: int = 0, official: Optional[Mapping[str, str]] = None) -> dict:
+_ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6}
+
+
+def cid2013_subset(image_id: str) -> str:
+    """The image set (`IS1` .. `IS6`) of a CID2013 image id, from its folder (`IS3/co2/...`) or its file name
+    (`IS_III_C01_D05.jpg`)."""
+    s = str(image_id).replace("\\", "/")
+    m = re.search(r"(?:^|/)IS([1-6])(?:/|$)", s)
+    if m:
+        return f"IS{m.group(1)}"
+    m = re.search(r"IS_(VI|IV|V|I{1,3})_", os.path.basename(s))
+    if m:
+        return f"IS{_ROMAN[m.group(1)]}"
+    raise ValueError(f"CID2013 image id {image_id!r}: no image set IS1..IS6 in its folder or name (IS<k>/... or IS_<roman>_...)")
+
+
+# dataset name -> (image id -> split group, groups in train, groups in the full dataset): protocols that split by subsets
+DATASET_GROUPS = {"cid2013": (cid2013_subset, 4, 6)}
+
+
+def dataset_groups(dataset: str, image_ids: Sequence[str]):
+    """(groups, train_groups) of a dataset whose protocol splits by subsets (`DATASET_GROUPS`), else None.
+
+    A partial copy (fewer groups than the full dataset, e.g. 3 of CID2013's 6 sets) keeps the protocol's proportion:
+    round(present x 4/6) groups train, at least one on each side."""
+    if dataset not in DATASET_GROUPS:
+        return None
+    fn, n_train, n_all = DATASET_GROUPS[dataset]
+    groups = [fn(i) for i in image_ids]
+    present = len(set(groups))
+    if present < 2:
+        return None
+    if present != n_all:
+        n_train = min(max(int(round(present * n_train / n_all)), 1), present - 1)
+    return groups, n_train
+
+
+def make_splits(image_ids: Sequence[str], groups: Optional[Sequence[str]] = None, num_splits: int = 20,
+                train_ratio: float = 0.8, seed: int = 0, official: Optional[Mapping[str, str]] = None,
+                train_groups: Optional[int] = None) -> dict:
     """Returns `{column: [train|test per image]}` plus `"image_id"` (and `"official"` if given).
 
     Args:
         image_ids: unique ids (order kept in the output).
         groups: one group (reference id) per image, or None to split images independently.
         official: `{image_id: train|validation|test}` for datasets with an official split (e.g. KonIQ-10k).
+        train_groups: exactly this many groups in train (instead of `train_ratio`); the columns then walk through every
+            choice of `train_groups` of the groups in one seeded order (no repeated choice before all have been used).
 
     Raises:
         ValueError: duplicate ids, groups of the wrong length, an official value outside train/validation/test.
@@ -76,9 +123,17 @@ def make_splits(image_ids: Sequence[str], groups: Optional[Sequence[str]] = None
     n_train = int(round(train_ratio * len(uniq)))
     if len(uniq) >= 2:
         n_train = min(max(n_train, 1), len(uniq) - 1)  # both sides non-empty whenever possible
+    if train_groups is not None:
+        if not 0 < int(train_groups) < len(uniq):
+            raise ValueError(f"train_groups={train_groups} must be between 1 and {len(uniq) - 1} ({len(uniq)} groups)")
+        combos = list(itertools.combinations(range(len(uniq)), int(train_groups)))
+        order = np.random.default_rng(seed).permutation(len(combos))
     for k in range(num_splits):
-        perm = np.random.default_rng(seed + k).permutation(len(uniq))
-        train_keys = set(uniq[perm[:n_train]].tolist())
+        if train_groups is not None:
+            chosen = combos[order[k % len(combos)]]
+        else:
+            chosen = np.random.default_rng(seed + k).permutation(len(uniq))[:n_train]
+        train_keys = set(uniq[list(chosen)].tolist())
         out[split_column(k)] = ["train" if key in train_keys else "test" for key in keys.tolist()]
     if official is not None:
         vals = []

@@ -55,7 +55,7 @@ def row_to_examples(row: dict, kind: str, dataset: str, score_range, higher_bett
     return [(row["id"], schema.make_example(kind, fields).SerializeToString())]
 
 
-def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, num_splits: int = 10, train_ratio: float = 0.8,
+def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, num_splits: int = 20, train_ratio: float = 0.8,
             seed: int = 0, runner: Optional[str] = "DirectRunner", pipeline_args: Sequence[str] = (),
             num_shards: Optional[int] = None, limit: Optional[int] = None) -> dict:
     """Prepares one dataset from its official layout into `<out>/<name>/`; returns the manifest.
@@ -64,7 +64,8 @@ def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, n
         dataset: adapter name (`data_pipeline.sources.SOURCES`, aliases accepted).
         root: the dataset's root folder in its official layout.
         options: adapter options (e.g. `{"resolution": "512x384"}` for KonIQ, `{"short_side": 512}` for SPAQ).
-        num_splits, train_ratio, seed: `splits.csv` (reference-grouped for synthetic sets; KonIQ adds `official`).
+        num_splits, train_ratio, seed: `splits.csv` (reference-grouped for synthetic sets; KonIQ adds `official`; CID2013:
+            4 of its 6 image sets train, `train_ratio` unused). 20 columns: REQA's 20 train-test iterations.
         runner, pipeline_args: Beam runner and extra pipeline arguments (None = inline, no Beam).
         limit: only the first `limit` rows (smoke runs).
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from data_pipeline import schema
 from data_pipeline.images import ImageDecodeError
-from data_pipeline.splits import SplitConfig, make_splits, write_splits_csv
+from data_pipeline.splits import SplitConfig, dataset_groups, make_splits, write_splits_csv
 
 logger = logging.getLogger(__name__)
 
@@ -282,10 +282,18 @@ def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapp
         cfg = splits if isinstance(splits, SplitConfig) else SplitConfig(**dict(splits))
         group = cfg.group_by_reference if cfg.group_by_reference is not None else kind != "authentic"
         official = {im[0]: im[8] for im in images} if any(im[8] for im in images) else None
-        table = make_splits(ids, groups=[im[6] or im[0] for im in images] if group else None, num_splits=cfg.num_splits,
-                            train_ratio=cfg.train_ratio, seed=cfg.seed, official=official)
+        by_subset = dataset_groups(dataset_name, ids)  # e.g. CID2013: 4 of its 6 image sets train (MetaIQA Sec. 4.4)
+        if by_subset is not None:
+            table = make_splits(ids, groups=by_subset[0], num_splits=cfg.num_splits, seed=cfg.seed, official=official,
+                                train_groups=by_subset[1])
+        else:
+            table = make_splits(ids, groups=[im[6] or im[0] for im in images] if group else None,
+                                num_splits=cfg.num_splits, train_ratio=cfg.train_ratio, seed=cfg.seed, official=official)
         _write_local_or_gfile(os.path.join(out_dir, SPLITS), table)
         manifest["splits"] = dict(cfg.to_dict(), group_by_reference=group, official=official is not None)
+        if by_subset is not None:
+            manifest["splits"].update(by_subset=True, train_groups=by_subset[1], groups=sorted(set(by_subset[0])),
+                                      train_ratio=None)
     manifest.update(extra)
     _atomic_write_text(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1, default=str))
     return manifest

@@ -55,7 +55,8 @@ def register(sub):
                                    "kadis700k or csv (aliases: koniq, livechallenge, kadid, tid, ...)")
     p.add_argument("--root", required=True, help="the dataset's root folder in its official layout")
     p.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/<name>/")
-    p.add_argument("--splits", type=int, default=10, metavar="N", help="random split columns split_00.. (default 10)")
+    p.add_argument("--splits", type=int, default=20, metavar="N",
+                   help="random split columns split_00.. (default 20: REQA's 20 train-test iterations; MetaIQA uses 10)")
     p.add_argument("--train-ratio", type=float, default=0.8, help="train fraction of images, or of references for synthetic "
                                                                    "sets (default 0.8)")
     p.add_argument("--seed", type=int, default=0, help="split seed; column k uses seed+k (default 0)")
