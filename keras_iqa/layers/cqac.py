@@ -123,8 +123,10 @@ class CQAC(keras.layers.Layer):
     ((2, 3, 64), (2, 3))
     """
 
-    def __init__(self, num_datasets, num_heads=4, key_dim=16, attention=True, **kwargs):
+    def __init__(self, num_datasets, num_heads=4, key_dim=16, attention=True, head_bias=0.0, head_stddev=None, **kwargs):
         super().__init__(**kwargs)
+        self.head_bias = float(head_bias)  # initial bias of every per-dataset head (HCLSynthetic: 0.5, mid of [0, 1] targets)
+        self.head_stddev = None if head_stddev is None else float(head_stddev)  # None: Glorot-uniform head kernel
         self.num_datasets = int(num_datasets)
         self.num_heads, self.key_dim = int(num_heads), int(key_dim)
         self.attention = bool(attention)
@@ -139,13 +141,17 @@ class CQAC(keras.layers.Layer):
         if self.attention:
             self.mha.build(input_shape, input_shape)
             self.norm.build(input_shape)
-        self.head_w = self.add_weight(name="head_w", shape=(k, d), initializer="glorot_uniform")
-        self.head_b = self.add_weight(name="head_b", shape=(k,), initializer="zeros")
+        # the per-dataset heads stay float32 under mixed precision (autocast=False: never read as bf16)
+        w_init = ("glorot_uniform" if self.head_stddev is None
+                  else keras.initializers.RandomNormal(stddev=self.head_stddev))
+        self.head_w = self.add_weight(name="head_w", shape=(k, d), initializer=w_init, dtype="float32", autocast=False)
+        self.head_b = self.add_weight(name="head_b", shape=(k,), initializer=keras.initializers.Constant(self.head_bias),
+                                      dtype="float32", autocast=False)
 
     def call(self, z, training=None):
         if self.attention:
             z = self.norm(z + self.mha(z, z, training=training))
-        scores = ops.einsum("bkd,kd->bk", z, self.head_w) + self.head_b
+        scores = ops.einsum("bkd,kd->bk", ops.cast(z, "float32"), self.head_w) + self.head_b  # float32 scores
         return z, scores
 
     def compute_output_shape(self, input_shape):
@@ -153,4 +159,5 @@ class CQAC(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_datasets": self.num_datasets, "num_heads": self.num_heads,
-                "key_dim": self.key_dim, "attention": self.attention}
+                "key_dim": self.key_dim, "attention": self.attention, "head_bias": self.head_bias,
+                "head_stddev": self.head_stddev}

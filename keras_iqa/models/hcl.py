@@ -450,7 +450,9 @@ class HCLSynthetic(_TwoLRMixin, keras.Model):
         self.lambda_corr = float(lambda_corr) if self.use_cqac else 0.0
         self.restoration = RestorationNet(**self.restoration_config)
         self.subnets = DatasetSubnetworks(self.num_datasets, self.subnet_units, self.subnet_dropout, name="subnets")
-        self.cqac = CQAC(self.num_datasets, self.cqac_heads, self.cqac_key_dim, attention=self.use_cqac, name="cqac")
+        # per-dataset heads start at 0.5, the middle of the normalised [0, 1] targets (ours, docs/heads.md)
+        self.cqac = CQAC(self.num_datasets, self.cqac_heads, self.cqac_key_dim, attention=self.use_cqac, head_bias=0.5, head_stddev=0.01,
+                         name="cqac")
         self.mse_tracker = keras.metrics.Mean(name="mse")
         self.corr_tracker = keras.metrics.Mean(name="corr")
         self.head_corr = HeadCorrelation(self.num_datasets)
@@ -530,7 +532,12 @@ class HCL(_TwoLRMixin, IQAModel):
         self.cqac = CQAC(self.num_datasets, self.cqac_heads, self.cqac_key_dim, attention=self.use_cqac, name="cqac")
         self.flatten = keras.layers.Flatten(name="concat_embeddings")
         self.fuse = keras.layers.Dense(self.head_units, activation="relu", name="fuse")
-        self.out = keras.layers.Dense(1, name="score", dtype="float32")  # MOS resolution under mixed precision
+        # the score layer (ours, docs/heads.md): float32 (MOS resolution under mixed precision); bias at the midpoint of
+        # `score_range` and a small kernel, so a fresh head starts mid-range instead of at 0 (far below a MOS scale)
+        lo, hi = self.score_range
+        self.out = keras.layers.Dense(1, name="score", dtype="float32",
+                                      kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                      bias_initializer=keras.initializers.Constant((lo + hi) / 2.0))
 
     def build(self, input_shape=None):
         if not self.built:
@@ -541,7 +548,7 @@ class HCL(_TwoLRMixin, IQAModel):
     def call(self, images, training=None):
         q = self.restoration.quality_features(images, training=training)
         z, _ = self.cqac(self.subnets(q, training=training), training=training)
-        return self.out(self.fuse(self.flatten(z)))
+        return self.out(ops.cast(self.fuse(self.flatten(z)), "float32"))
 
     def get_config(self):
         cfg = super().get_config()

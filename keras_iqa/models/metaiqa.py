@@ -27,6 +27,7 @@ from typing import Optional
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_iqa.backbones import resnet_features
 from keras_iqa.layers.preprocessing import ImageNetNormalization
@@ -97,9 +98,13 @@ class MetaIQA(IQAModel):
                                         name="backbone")
         self.pool = keras.layers.GlobalAveragePooling2D(name="gap")
         if head == "paper":
+            # fc2 (ours, docs/heads.md): float32 under mixed precision; bias at the score-range midpoint and a small kernel, so
+            # a fresh model predicts ~mid-range (the paper is silent; Keras' default bias 0 starts at the bottom of the scale)
+            lo, hi = self.score_range
             self.head_layers = [
                 keras.layers.Dense(self.head_units, activation="relu", name="fc1"),
-                keras.layers.Dense(1, name="fc2"),
+                keras.layers.Dense(1, name="fc2", dtype="float32", kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                   bias_initializer=keras.initializers.Constant((lo + hi) / 2.0)),
             ]
         else:
             drop = self.dropout
@@ -115,7 +120,7 @@ class MetaIQA(IQAModel):
                 keras.layers.BatchNormalization(name="bn2", **bn),
                 keras.layers.PReLU(name="prelu2", **prelu),
                 keras.layers.Dropout(drop, name="drop2"),
-                keras.layers.Dense(1, activation="sigmoid", name="fc3"),
+                keras.layers.Dense(1, activation="sigmoid", name="fc3", dtype="float32"),  # sigmoid(0) = 0.5: mid already
             ]
 
     def features(self, images, training=None):
@@ -125,9 +130,9 @@ class MetaIQA(IQAModel):
 
     def call(self, images, training=None):
         x = self.features(images, training=training)
-        for layer in self.head_layers:
+        for layer in self.head_layers[:-1]:
             x = layer(x, training=training)
-        return x
+        return self.head_layers[-1](ops.cast(x, "float32"))  # the score layer in float32 (also under mixed precision)
 
     def get_config(self):
         cfg = super().get_config()

@@ -126,8 +126,14 @@ class REQA(IQAModel):
         he = keras.initializers.HeNormal()
         self.head_layers = [keras.layers.Dense(u, activation="relu", kernel_initializer=he, name=f"mlp3_fc{k + 1}")
                             for k, u in enumerate(self.head_units)]
-        self.head_layers.append(keras.layers.Dense(1, activation="relu" if self.final_relu else None, kernel_initializer=he,
-                                                   name=f"mlp3_fc{len(self.head_units) + 1}"))
+        # the score layer (ours, docs/heads.md): float32 under mixed precision (bf16 would quantise scores to 0.25-0.5 MOS);
+        # bias at the score-range midpoint / score_scale (5 on 0-100) and a small kernel, so a fresh model starts mid-range
+        # with a small spread and the official final ReLU is alive from the first step (bias 0 kills it at random init)
+        lo, hi = self.score_range
+        self.head_layers.append(keras.layers.Dense(
+            1, activation="relu" if self.final_relu else None, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            bias_initializer=keras.initializers.Constant((lo + hi) / 2.0 / self.score_scale),
+            name=f"mlp3_fc{len(self.head_units) + 1}", dtype="float32"))
         self.curriculum_weights = self.add_weight(shape=(self.steps,), initializer="zeros", trainable=False,
                                                   name="curriculum_weights", dtype="float32")
         from keras_iqa.training.curriculum import constant_weights
@@ -139,9 +145,10 @@ class REQA(IQAModel):
 
     # ------------------------------------------------------------------------------------------------------------ forward
     def _head(self, v):
-        for layer in self.head_layers:
+        for layer in self.head_layers[:-1]:
             v = layer(v)
-        return v[..., 0] * ops.cast(self.score_scale, v.dtype)
+        v = self.head_layers[-1](ops.cast(v, "float32"))  # the score layer and its x score_scale in float32
+        return v[..., 0] * self.score_scale
 
     def call(self, images, training=None):
         feats = self.backbone(self.normalize(images), training=training)

@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -75,12 +75,13 @@ class SyntheticStageConfig:
 @dataclass
 class FinetuneStageConfig:
     """Curriculum 3: L1 loss; backbone (restoration network) at `backbone_lr`, the rest at `lr`; both x`decay_factor` from
-    `decay_epoch`. `target`: "mos" (native scale) or "normalized" ([0, 1])."""
+    `decay_epoch`. `target`: "mos" (native scale) or "normalized" ([0, 1]). `lr` / `backbone_lr` "auto": 1e-4 / 1e-5 when
+    the backbone was trained (earlier curricula or ImageNet), 1e-3 / 1e-3 from random init (`keras_iqa.training.lr`)."""
 
     epochs: int = 20
     batch_size: int = 16
-    lr: float = 1e-4
-    backbone_lr: float = 1e-5
+    lr: Union[str, float] = "auto"
+    backbone_lr: Union[str, float] = "auto"
     decay_epoch: int = 10
     decay_factor: float = 0.1
     target: str = "mos"
@@ -446,17 +447,31 @@ def init_finetune(cfg: HCLTrainConfig, init=None, score_range=None, higher_bette
     return model, parts
 
 
-def compile_finetune(model, fcfg: FinetuneStageConfig):
+def finetune_lrs(fcfg: FinetuneStageConfig, pretrained: bool) -> tuple:
+    """(lr, backbone_lr) of curriculum 3: "auto" = 1e-4 / 1e-5 with a trained backbone, the random-init defaults otherwise."""
+    from keras_iqa.training.lr import RANDOM_INIT, resolve_lr
+
+    return (resolve_lr(fcfg.lr, 1e-4, RANDOM_INIT["hcl"]["lr"], pretrained, "hcl"),
+            resolve_lr(fcfg.backbone_lr, 1e-5, RANDOM_INIT["hcl"]["backbone_lr"], pretrained, "hcl"))
+
+
+def compile_finetune(model, fcfg: FinetuneStageConfig, pretrained: Optional[bool] = None):
+    """Compiles curriculum 3 (L1, two Adams). `pretrained`: whether the restoration network was trained (previous stages or
+    ImageNet); None = judged from `model.restoration.backbone_weights`."""
+    from keras_iqa.training.lr import is_pretrained
     from keras_iqa.training.optimizers import FusedAdam
 
-    model.compile(optimizer=FusedAdam(fcfg.lr), backbone_optimizer=FusedAdam(fcfg.backbone_lr),
-                  loss="mean_absolute_error")
-    return step_decay(fcfg.lr, fcfg.backbone_lr, fcfg.decay_epoch, fcfg.decay_factor)
+    if pretrained is None:
+        pretrained = is_pretrained(getattr(model.restoration, "backbone_weights", None))
+    lr, backbone_lr = finetune_lrs(fcfg, pretrained)
+    model.compile(optimizer=FusedAdam(lr), backbone_optimizer=FusedAdam(backbone_lr), loss="mean_absolute_error")
+    return step_decay(lr, backbone_lr, fcfg.decay_epoch, fcfg.decay_factor)
 
 
-def fit_finetune(model, train_ds, run: RunDir, fcfg: FinetuneStageConfig, steps_per_epoch: int, verbose=2):
+def fit_finetune(model, train_ds, run: RunDir, fcfg: FinetuneStageConfig, steps_per_epoch: int, verbose=2,
+                 pretrained: Optional[bool] = None):
     """Curriculum 3 on (images, targets) batches; saves model.keras. Returns the history dict."""
-    head_lr, back_lr = compile_finetune(model, fcfg)
+    head_lr, back_lr = compile_finetune(model, fcfg, pretrained)
     hist = fit(model, train_ds, epochs=fcfg.epochs, run=run, steps_per_epoch=steps_per_epoch,
                callbacks=[GroupLRSchedule(head_lr, back_lr)], verbose=verbose, tensorboard=False)
     run.save_final(model)
@@ -493,7 +508,10 @@ def train_finetune(cfg: HCLTrainConfig, data: str, out: str, init=None) -> dict:
     steps = f.steps_per_epoch or train.steps_per_epoch(f.batch_size)
     with get_strategy(cfg.distribute).scope():
         model, parts = init_finetune(cfg, init, score_range=rng, higher_better=hb)
-        history = fit_finetune(model, ds, run, f, steps, verbose=cfg.verbose)
+        from keras_iqa.training.lr import is_pretrained
+
+        trained = bool(parts) or is_pretrained(cfg.model.backbone_weights)  # a handed-over or ImageNet backbone
+        history = fit_finetune(model, ds, run, f, steps, verbose=cfg.verbose, pretrained=trained)
     res = {"stage": "finetune", "model": "HCL (reconstruction)", "dataset": train.manifest.get("dataset"),
            "split": f.split, "init": str(init), "transferred": parts, "num_datasets": model.num_datasets,
            "cqac": model.use_cqac, "history": history, "test": evaluate_hcl(model, test, f.test_crops, run)}
