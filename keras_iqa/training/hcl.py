@@ -76,7 +76,7 @@ class SyntheticStageConfig:
 class FinetuneStageConfig:
     """Curriculum 3: L1 loss; backbone (restoration network) at `backbone_lr`, the rest at `lr`; both x`decay_factor` from
     `decay_epoch`. `target`: "mos" (native scale) or "normalized" ([0, 1]). `lr` / `backbone_lr` "auto": 1e-4 / 1e-5 when
-    the backbone was trained (earlier curricula or ImageNet), 1e-3 / 1e-3 from random init (`keras_iqa.training.lr`)."""
+    the backbone was trained (earlier curricula or ImageNet), 1e-2 / 1e-3 from random init (`keras_iqa.training.lr`)."""
 
     epochs: int = 20
     batch_size: int = 16

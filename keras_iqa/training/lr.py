@@ -26,7 +26,7 @@ log = logging.getLogger("keras_iqa")
 RANDOM_INIT = {
     "reqa": {"lr": 3e-3, "backbone_lr": 3e-4},
     "metaiqa": {"finetune_lr": 1e-3},
-    "hcl": {"lr": 1e-3, "backbone_lr": 1e-3},
+    "hcl": {"lr": 1e-2, "backbone_lr": 1e-3},
 }
 _warned: set = set()
 
