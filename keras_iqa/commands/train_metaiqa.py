@@ -1,7 +1,8 @@
 """`keras-iqa train metaiqa`: meta-train MetaIQA on distortion-specific tasks, fine-tune on a target set, evaluate.
 
 Protocols: `meta` (synthetic -> authentic, Table 3: meta-train on every --meta-data set, fine-tune on --data's training split,
-test on its test split), `lodo` (leave-one-distortion-out, Table 2) and `baseline` (Table 4: plain Adam on all synthetic
+test on its test split), `lodo` (leave-one-distortion-out, Table 2: meta-train on the other N-1 types, test on every image
+of the held-out type; `lodo_finetune=true` adds a reference-disjoint fine-tuning on it, not in the paper) and `baseline` (Table 4: plain Adam on all synthetic
 images, then the same fine-tuning). Python API: `keras_iqa.training.meta`.
 """
 
@@ -26,6 +27,12 @@ class MetaIQATrainConfig:
     support_fraction: float = 0.8
     meta_target: str = "normalized"        # score/normalized, or pseudo for generated data (score/pseudo)
     query_mode: str = "crop"               # crop (paper: random 224 crops) | resize (official: whole image at 224)
+    resize: Optional[list] = None          # [h, w] or short side before the training crops (support, query crops and
+                                           # fine-tuning); official: [256, 256] (aspect not kept), paper: None (native)
+    eval_crops: int = 25                   # test crops averaged per image (paper default: crops at the training scale)
+    eval_mode: str = "random"              # random (paper default) | grid | resize (official: whole image to 224, 1 pass)
+    lodo_finetune: bool = False            # lodo: also fine-tune on a reference-disjoint part of the held-out type
+                                           # (not in the paper, which tests the N-1-type model on the held-out type)
     inner_steps: int = 6                   # S
     inner_lr: float = 1e-4                 # alpha
     outer_lr: float = 1e-2                 # beta
@@ -51,7 +58,7 @@ PRESETS = {
     "paper": {},
     "official": {"beta_2": 0.999, "weight_decay": 0.0, "adam_state": "persistent", "lr_schedule": "official",
                  "meta_epochs": 50, "query_mode": "resize", "finetune_preset": "official", "head": "official",
-                 "finetune_resize": 256},
+                 "resize": [256, 256], "eval_crops": 1, "eval_mode": "resize", "batch_size": 50},
 }
 
 
@@ -109,7 +116,63 @@ def _config(args) -> MetaIQATrainConfig:
     cfg = load_config(MetaIQATrainConfig, files=args.config, sets=args.set, overrides=overrides)
     if cfg.protocol not in ("meta", "lodo", "baseline"):
         raise ValueError(f"protocol must be meta, lodo or baseline, got {cfg.protocol!r}")
+    if cfg.eval_mode not in ("random", "grid", "resize"):
+        raise ValueError(f"eval_mode must be random, grid or resize, got {cfg.eval_mode!r}")
+    if cfg.finetune_resize is None and cfg.resize:
+        cfg.finetune_resize = cfg.resize  # fine-tuning crops are taken at the training scale too
     return cfg
+
+
+def set_test_contract(model, cfg: MetaIQATrainConfig):
+    """The model's test-time contract from the training config, set before training (so the meta-epoch evaluation,
+    `model.keras`, `score`, the SavedModel and TFLite use it): `eval_crops` crops (`eval_mode`) after the training
+    `resize`. Paper default: 25 random 224 crops at the native resolution, the scale the model trains at; official preset:
+    the whole image resized to 224x224, one pass (and 256x256 resize before the training crops)."""
+    from keras_iqa.models.base import _resize_value
+
+    model.crop_policy = cfg.eval_mode
+    model.test_crops = 1 if cfg.eval_mode == "resize" else int(cfg.eval_crops)
+    model.test_resize = _resize_value(cfg.resize)
+    return model
+
+
+def _with_test_contract(build, cfg: MetaIQATrainConfig):
+    """`build` whose models carry the config's test-time contract (`set_test_contract`)."""
+
+    def wrapped():
+        return set_test_contract(build(), cfg)
+
+    wrapped.__dict__.update(getattr(build, "__dict__", {}))
+    return wrapped
+
+
+def _restricted_reader(data_dir: str, ids, cfg: MetaIQATrainConfig):
+    """A reader over exactly `ids` of a prepared dataset (e.g. one distortion type)."""
+    r = _reader_cls()(data_dir, split=cfg.split, subset=None, target=cfg.meta_target)
+    r.ids, r.count, r._index_cache = [str(i) for i in ids], len(ids), None
+    return r
+
+
+def _lodo_data(cfg: MetaIQATrainConfig):
+    """`held_out_data` of `leave_one_distortion_out`: every image of the held-out type as a reader (the model's test-time
+    contract applies), or with fine-tuning a reference-disjoint fine-tune / test split of them."""
+    from keras_iqa.training.meta import lodo_reference_split
+
+    def data(task, finetune):
+        ids = list(task["support_ids"]) + list(task["query_ids"])
+        if not finetune:
+            return {"test": _restricted_reader(task["data_dir"], ids, cfg), "n_finetune": 0}
+        idx = _restricted_reader(task["data_dir"], ids, cfg).index()
+        ref = dict(zip(idx["id"].tolist(), idx["reference"].tolist()))
+        ft_ids, test_ids = lodo_reference_split(ids, [ref[i] for i in ids], cfg.support_fraction, cfg.seed)
+        ft_reader = _restricted_reader(task["data_dir"], ft_ids, cfg)
+        ft = ft_reader.train_dataset(cfg.batch_size, crop_size=cfg.crop_size, resize=cfg.finetune_resize, seed=cfg.seed,
+                                     repeat=True, drop_remainder=False)
+        return {"test": _restricted_reader(task["data_dir"], test_ids, cfg), "finetune": ft,
+                "finetune_steps": max(1, -(-len(ft_ids) // cfg.batch_size)), "n_finetune": len(ft_ids),
+                "references_finetune": len({ref[i] for i in ft_ids}), "references_test": len({ref[i] for i in test_ids})}
+
+    return data
 
 
 def _reader_cls():
@@ -146,7 +209,9 @@ def _meta_tasks(cfg, dirs):
     for d in dirs:
         reader = RecordReader(d, split=cfg.split, subset=None, target=cfg.meta_target)
         for t in reader.metaiqa_tasks(support_fraction=cfg.support_fraction, batch_size=cfg.batch_size,
-                                      crop_size=cfg.crop_size, seed=cfg.seed, query_mode=cfg.query_mode):
+                                      crop_size=cfg.crop_size, seed=cfg.seed, query_mode=cfg.query_mode,
+                                      resize=cfg.resize):
+            t["data_dir"] = d
             if t["query"] is None:
                 print(f"skipping task {t['name']!r} of {d}: too few images for a query set ({t['support_count']})")
                 continue
@@ -173,7 +238,7 @@ def run(args) -> int:
         raise ValueError("--protocol baseline needs --data (the target set to fine-tune and test on)")
     verbose = 0 if args.quiet else 1
     run_dir = RunDir.create(args.out, config={**to_dict(cfg), "meta_data": args.meta_data, "data": args.data}, seed=cfg.seed)
-    build = _builder(cfg)
+    build = _with_test_contract(_builder(cfg), cfg)
     tasks = _meta_tasks(cfg, args.meta_data)
     print(f"{len(tasks)} meta-training tasks: {', '.join(t['name'] for t in tasks[:8])}{' ...' if len(tasks) > 8 else ''}")
     meta_kw = dict(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, outer_lr=cfg.outer_lr, beta_1=cfg.beta_1,
@@ -184,7 +249,8 @@ def run(args) -> int:
     results = {"protocol": cfg.protocol, "config": to_dict(cfg)}
 
     if cfg.protocol == "lodo":
-        df = M.leave_one_distortion_out(tasks, build, held_out=cfg.held_out, meta=meta_kw, fit=fit_kw, tune=tune_kw)
+        df = M.leave_one_distortion_out(tasks, build, held_out=cfg.held_out, meta=meta_kw, fit=fit_kw, tune=tune_kw,
+                                        finetune_on_held_out=cfg.lodo_finetune, held_out_data=_lodo_data(cfg))
         df.to_csv(run_dir.path / "lodo.csv", index=False)
         results.update(per_type=df.to_dict("records"), mean_srocc=float(df["srocc"].mean()),
                        mean_plcc=float(df["plcc"].mean()))  # pandas skips NaN (types with < 3 test images)

@@ -24,7 +24,8 @@ Where the state lives:
 
 Besides `MetaLearner.fit_meta` (epochs, callbacks, progress bar, LR decay, checkpoints and resume), this module holds
 fine-tuning (`finetune`, presets "paper" / "official"), evaluation helpers, and the protocols of the paper:
-`leave_one_distortion_out` (Table 2), `synthetic_to_authentic` (Table 3) and `baseline_then_finetune` (Table 4).
+`leave_one_distortion_out` (Table 2: meta-train on N-1 types, test on the held-out one), `synthetic_to_authentic`
+(Table 3) and `baseline_then_finetune` (Table 4).
 
 Example:
 >>> learner = MetaLearner(model, inner_steps=6, inner_lr=1e-4, outer_lr=1e-2)
@@ -49,8 +50,8 @@ from keras_iqa.training.optimizers import FusedAdam
 
 __all__ = [
     "MetaLearner", "lr_factor", "FINETUNE_PRESETS", "compile_for_finetune", "finetune", "load_meta_weights",
-    "predict_batches", "evaluate_model", "lodo_splits", "leave_one_distortion_out", "synthetic_to_authentic",
-    "baseline_then_finetune", "tasks_to_dataset",
+    "predict_batches", "evaluate_model", "lodo_splits", "lodo_reference_split", "leave_one_distortion_out",
+    "synthetic_to_authentic", "baseline_then_finetune", "tasks_to_dataset",
 ]
 
 
@@ -552,23 +553,74 @@ def _task_data(task: dict, part: str):
     return tf.data.Dataset.from_tensors((x, y))
 
 
-def leave_one_distortion_out(tasks: Sequence[dict], build_model: Callable[[], keras.Model], held_out=None,
-                             meta: Optional[dict] = None, fit: Optional[dict] = None, tune: Optional[dict] = None):
-    """Table 2: for each held-out type, meta-train a fresh model on the other types, fine-tune on the held-out type's support
-    split and test on its query split. Returns a DataFrame (held_out, srocc, plcc, rmse, n).
+def lodo_reference_split(ids: Sequence[str], references: Sequence[str], fraction: float = 0.8, seed: int = 0) -> tuple:
+    """(fine-tune ids, test ids) of one distortion type's images, split by REFERENCE: round(fraction x references)
+    references (at least one, and at least one left) go to fine-tuning with all their images, the rest to the test.
+    No reference image has versions on both sides (raises if `references` cannot give that, e.g. a single reference)."""
+    ids, refs = [str(i) for i in ids], [str(r) for r in references]
+    if len(ids) != len(refs):
+        raise ValueError(f"{len(ids)} ids but {len(refs)} references")
+    uniq = sorted(set(refs))
+    if len(uniq) < 2 or "" in uniq:
+        raise ValueError(f"a reference-disjoint fine-tune/test split needs >= 2 known references, got {uniq[:5]}")
+    n_ft = min(max(int(round(fraction * len(uniq))), 1), len(uniq) - 1)
+    ft_refs = set(np.asarray(uniq)[np.random.default_rng(seed).permutation(len(uniq))[:n_ft]].tolist())
+    ft = [i for i, r in zip(ids, refs) if r in ft_refs]
+    test = [i for i, r in zip(ids, refs) if r not in ft_refs]
+    return ft, test
 
-    `meta`: MetaLearner kwargs; `fit`: `fit_meta` kwargs (e.g. epochs); `tune`: `finetune` kwargs (preset, epochs).
+
+def _all_images(task: dict):
+    """Every image of an in-memory / dataset task (support + query): the held-out type's test set."""
+    parts = [_task_data(task, p) for p in ("support", "query") if p in task or f"{p}_x" in task]
+    parts = [p for p in parts if p is not None]
+    ds = parts[0]
+    for p in parts[1:]:
+        ds = ds.concatenate(p)
+    return ds
+
+
+def leave_one_distortion_out(tasks: Sequence[dict], build_model: Callable[[], keras.Model], held_out=None,
+                             meta: Optional[dict] = None, fit: Optional[dict] = None, tune: Optional[dict] = None,
+                             finetune_on_held_out: bool = False, held_out_data: Optional[Callable] = None):
+    """Table 2, leave-one-distortion-out, as the paper's text describes it (Zhu et al. 2020, Sec. 4.4): "suppose there are N
+    kinds of distortions in a database, we use (N-1) kinds of distortions for training and the remaining one kind of
+    distortion is used for performance test."
+
+    Default (the paper): for each held-out type, meta-train a fresh model on the other N-1 types' tasks, then test it,
+    WITHOUT fine-tuning, on every image of the held-out type. With `held_out_data` the test set is a `RecordReader`, so
+    the model's test-time contract (its crops, averaging and resize) is used; in-memory tasks are scored on their
+    support + query samples, one forward each.
+
+    `finetune_on_held_out=True` (an option, not in the paper's text): fine-tune on part of the held-out type and test on
+    the rest, split by reference so that no reference image has versions in both the fine-tune and the test set. It needs
+    `held_out_data`.
+
+    Args:
+        meta: MetaLearner kwargs; fit: `fit_meta` kwargs (e.g. epochs); tune: `finetune` kwargs (preset, epochs).
+        held_out_data: `fn(task, finetune_on_held_out) -> {"test": data, "finetune": data or None, "finetune_steps":
+            steps per epoch of a repeated fine-tune dataset (optional), **info}`; `info` (e.g. image / reference counts) is
+            copied into the row.
+
+    Returns a DataFrame (held_out, finetuned, srocc, plcc, rmse, n, ...).
     """
     import pandas as pd
 
+    if finetune_on_held_out and held_out_data is None:
+        raise ValueError("finetune_on_held_out needs held_out_data (the held-out type's images with their references, "
+                         "to split them by reference)")
     rows = []
     for target, others in lodo_splits(tasks, held_out):
         model = build_model()
         learner = MetaLearner(model, **(meta or {}))
         learner.fit_meta(others, **{"epochs": 1, "verbose": 0, **(fit or {})})
-        finetune(model, _task_data(target, "support"), **{"verbose": 0, **(tune or {})})
-        res = evaluate_model(model, _task_data(target, "query"))
-        rows.append({"held_out": _task_name(target, 0), **res})
+        data = dict(held_out_data(target, finetune_on_held_out)) if held_out_data else {"test": _all_images(target)}
+        test = data.pop("test")
+        ft, ft_steps = data.pop("finetune", None), data.pop("finetune_steps", None)
+        if finetune_on_held_out:
+            finetune(model, ft, **{"verbose": 0, **(tune or {}), **({"steps_per_epoch": ft_steps} if ft_steps else {})})
+        res = evaluate_model(model, test)
+        rows.append({"held_out": _task_name(target, 0), "finetuned": bool(finetune_on_held_out), **data, **res})
     return pd.DataFrame(rows)
 
 

@@ -256,7 +256,7 @@ def test_leave_one_distortion_out_runs_end_to_end():
     tasks = dataset_tasks(rng, n=3)
     df = leave_one_distortion_out(tasks, lambda: linear_model(), held_out=["type2"], meta={"inner_steps": 1, "inner_lr": 1e-2},
                                   fit={"epochs": 1, "tasks_per_batch": 2}, tune={"epochs": 1, "lr": 1e-2})
-    assert list(df["held_out"]) == ["type2"] and int(df["n"].iloc[0]) == 6
+    assert list(df["held_out"]) == ["type2"] and int(df["n"].iloc[0]) == 10 + 6  # every image of the held-out type
     assert np.isfinite(df["srocc"].iloc[0])
 
 
@@ -284,3 +284,32 @@ def test_official_finetune_schedule_is_cumulative():
     assert lr_factor("official-finetune", 10) == pytest.approx(0.8)
     assert lr_factor("official-finetune", 11) == pytest.approx(0.64)
     assert lr_factor("official-finetune", 20) == pytest.approx(0.8 ** 10 * 0.64)
+
+
+def test_lodo_default_tests_every_held_out_image_without_finetuning(monkeypatch):
+    """Paper Sec. 4.4: N-1 types train, "the remaining one kind of distortion is used for performance test"."""
+    import keras_iqa.training.meta as M
+
+    def no_finetune(*a, **k):
+        raise AssertionError("the paper's LODO does not fine-tune on the held-out type")
+
+    monkeypatch.setattr(M, "finetune", no_finetune)
+    tasks = dataset_tasks(np.random.default_rng(9), n=3)
+    df = leave_one_distortion_out(tasks, lambda: linear_model(), held_out=["type3"], meta={"inner_steps": 1},
+                                  fit={"epochs": 1, "tasks_per_batch": 2})
+    assert int(df["n"].iloc[0]) == 10 + 6 and not bool(df["finetuned"].iloc[0])  # support + query of type3
+    with pytest.raises(ValueError, match="held_out_data"):
+        leave_one_distortion_out(tasks, lambda: linear_model(), held_out=["type3"], finetune_on_held_out=True)
+
+
+def test_lodo_reference_split_is_reference_disjoint():
+    from keras_iqa.training.meta import lodo_reference_split
+
+    ids = [f"r{r}_l{lv}" for r in range(5) for lv in range(4)]
+    refs = [i.split("_")[0] for i in ids]
+    ft, test = lodo_reference_split(ids, refs, 0.8, seed=3)
+    ref = dict(zip(ids, refs))
+    assert sorted(ft + test) == sorted(ids) and len({ref[i] for i in ft}) == 4 and len({ref[i] for i in test}) == 1
+    assert not {ref[i] for i in ft} & {ref[i] for i in test}
+    with pytest.raises(ValueError, match="references"):
+        lodo_reference_split(ids[:4], refs[:4])

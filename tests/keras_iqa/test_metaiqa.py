@@ -260,3 +260,55 @@ def test_cli_train_metaiqa_end_to_end(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["meta_traces"]["task"] == 1 and res["meta_traces"]["outer"] == 1  # reader tasks: ragged batches, one trace
     assert res["test"]["n"] >= 3 and len(res["meta_history"]["query_loss"]) == 1
+
+
+def _metaiqa_cfg(preset, *sets):
+    import argparse
+
+    from keras_iqa.commands.train_metaiqa import _config
+
+    args = argparse.Namespace(preset=preset, config=[], set=list(sets), model=None, protocol=None, meta_target=None,
+                              split=None, held_out=None, crop_size=None, batch_size=None, meta_epochs=None,
+                              finetune_epochs=None, seed=None)
+    return _config(args)
+
+
+def test_presets_set_the_test_time_contract_and_training_scale():
+    """Paper default: test at the training scale (25 random native-resolution crops); official: 256x256 resize before the
+    training crops (support and fine-tuning), whole image resized to 224 at test, batch 50."""
+    import keras_iqa
+    from keras_iqa.commands.train_metaiqa import set_test_contract
+
+    paper, off = _metaiqa_cfg("paper"), _metaiqa_cfg("official")
+    assert (paper.eval_mode, paper.eval_crops, paper.resize, paper.finetune_resize) == ("random", 25, None, None)
+    assert (off.eval_mode, off.batch_size, off.resize, off.finetune_resize) == ("resize", 50, [256, 256], [256, 256])
+    m = set_test_contract(keras_iqa.create_model("metaiqa-tiny"), paper)
+    assert (m.crop_policy, m.test_crops, m.test_resize) == ("random", 25, None)
+    m = set_test_contract(keras_iqa.create_model("metaiqa-tiny"), off)
+    assert (m.crop_policy, m.test_crops, m.test_resize) == ("resize", 1, (256, 256))
+    assert _metaiqa_cfg("paper", "resize=[300,400]").finetune_resize == [300, 400]
+
+
+def test_cli_lodo_tests_the_held_out_type_without_and_with_reference_disjoint_finetuning(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from data_pipeline.fixtures import write_tiny_records
+    from data_pipeline.input import RecordReader
+
+    syn = tmp_path / "syn"
+    write_tiny_records(str(syn), kind="synthetic", n=24, n_types=3, n_refs=4)
+    idx = RecordReader(str(syn)).index()
+    n_type = int((idx["type"] == 2).sum())
+    base = ["train", "metaiqa", "--protocol", "lodo", "--meta-data", str(syn), "--held-out", "2", "--model", "metaiqa-tiny",
+            "--crop-size", "16", "--batch-size", "4", "--set", "meta_epochs=1", "--set", "finetune_epochs=1",
+            "--set", "inner_steps=1", "--set", "tasks_per_batch=2", "--set", "eval_crops=2", "--quiet"]
+    assert cli_main(base + ["--out", str(tmp_path / "a")]) == 0
+    row = pd.read_csv(tmp_path / "a" / "lodo.csv").iloc[0]
+    assert int(row["n"]) == n_type and not bool(row["finetuned"])  # every image of the held-out type, no fine-tuning
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--set", "lodo_finetune=true"]) == 0
+    row = pd.read_csv(tmp_path / "b" / "lodo.csv").iloc[0]
+    assert bool(row["finetuned"]) and int(row["n"]) + int(row["n_finetune"]) == n_type
+    assert int(row["references_finetune"]) + int(row["references_test"]) == 4  # disjoint reference sets
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["protocol"] == "lodo"
