@@ -44,8 +44,13 @@ def test_falls_back_off_the_fused_path_and_bf16():
     c = FusedBatchNormalization(dtype="mixed_bfloat16")
     out = c(y, training=True)
     assert out.dtype == "bfloat16" and c.moving_mean.dtype == "float32"
-    ref = (y - y.mean((0, 1, 2))) / np.sqrt(y.var((0, 1, 2)) + 1e-3)
-    np.testing.assert_allclose(np.asarray(tf.cast(out, tf.float32)), ref, atol=0.05)
+    std = np.sqrt(y.var((0, 1, 2)) + 1e-3)
+    ref = (y - y.mean((0, 1, 2))) / std
+    # bf16 (epsilon 2^-8): the input and the output are each rounded (<= 2^-9 relative), and the batch mean and variance
+    # come from the rounded input (each off by <= 2^-9 max|y| / std once normalised); whatever the CPU's bf16 path
+    tol = 2.0 ** -8 * (np.abs(ref) + 2 * np.abs(y).max((0, 1, 2)) / std)
+    err = np.abs(np.asarray(tf.cast(out, tf.float32)) - ref)
+    assert np.all(err <= tol), (err.max(), (err / tol).max())
 
 
 def test_fuse_model_keeps_names_weights_and_round_trips(tmp_path):
