@@ -34,8 +34,8 @@ class REQATrainConfig:
     stage_epochs: int = 10
     epochs: int = 40
     steps_per_epoch: Optional[int] = None   # default: training images // batch
-    lr: Union[str, float] = "auto"          # FN / TE / MLP-III; auto: 2e-4 (paper) with ImageNet weights, 1e-3 from random init
-    backbone_lr: Union[str, float] = "auto"  # auto: 2e-5 (paper) with ImageNet weights, 1e-3 from random init (docs/heads.md)
+    lr: Union[str, float] = "auto"          # FN / TE / MLP-III; auto: 2e-4 (paper) with ImageNet weights, 3e-3 from random init
+    backbone_lr: Union[str, float] = "auto"  # auto: 2e-5 (paper) with ImageNet weights, 3e-4 from random init (docs/heads.md)
     lr_schedule: str = "paper"              # paper (x0.1 at milestones) | official | constant
     milestones: tuple = (10, 20, 30)
     lr_factor: float = 0.1
