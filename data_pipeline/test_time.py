@@ -8,9 +8,10 @@ crops inside the graph). So one image gets one score, whatever the path (tested 
 The steps, for `TestTimeCrops(crop_size=c, num_crops=n, policy=..., resize=..., seed=...)`:
 1. pixels become float32 RGB in [0, 255] (uint8 in, no other conversion);
 2. policy "resize": the whole image is resized to c x c (bilinear, antialiased, aspect not kept) -> one crop. Done.
-3. `resize` (the resize training applied before its random crops): None, an int (short side, aspect kept, rounded) or
-   (h, w); bicubic, antialiased, clipped to [0, 255];
-4. an image whose short side is below c is upsampled (bicubic, short side = c, the other side rounded up), clipped;
+3. `resize` (the resize training applied before its random crops): None, an int r (short side = r, the other side
+   round(side * r / short), half up) or (h, w); bicubic, antialiased, clipped to [0, 255];
+4. an image whose short side is below c is upsampled (bicubic, short side = c, the other side ceil(side * c / short)),
+   clipped;
 5. n crop positions, as fractions (fy, fx) in [0, 1] of the free range (H - c, W - c); offset = round(f * (extent - c))
    (round half to even, float64). "grid": floor(sqrt(n)) rows x ceil(n / rows) columns spread from edge to edge
    (one row / column sits in the centre), n cells evenly spaced over them (row-major); "random": n fractions drawn ONCE
@@ -69,8 +70,8 @@ def resized_size(height: int, width: int, resize: Resize) -> tuple[int, int]:
     if resize is None:
         return int(height), int(width)
     if isinstance(resize, int):
-        scale = np.float32(resize) / np.float32(min(height, width))
-        return int(np.round(np.float32(height) * scale)), int(np.round(np.float32(width) * scale))
+        short = min(height, width)
+        return (2 * height * resize + short) // (2 * short), (2 * width * resize + short) // (2 * short)
     return resize
 
 
@@ -79,8 +80,7 @@ def upsampled_size(height: int, width: int, crop: int) -> tuple[int, int]:
     short = min(height, width)
     if short >= crop:
         return int(height), int(width)
-    scale = np.float32(crop) / np.float32(short)
-    return (max(int(np.ceil(np.float32(height) * scale)), crop), max(int(np.ceil(np.float32(width) * scale)), crop))
+    return (height * crop + short - 1) // short, (width * crop + short - 1) // short
 
 
 def resize_image(img, resize: Resize, method: str = "bicubic"):
@@ -90,10 +90,10 @@ def resize_image(img, resize: Resize, method: str = "bicubic"):
     resize = normalize_resize(resize)
     if resize is None:
         return img
-    if isinstance(resize, int):
-        shape = tf.cast(tf.shape(img)[:2], tf.float32)
-        scale = float(resize) / tf.reduce_min(shape)
-        size = tf.cast(tf.round(shape * scale), tf.int32)
+    if isinstance(resize, int):  # short side = resize, the other side rounded (half up), in integers
+        shape = tf.shape(img)[:2]
+        short = tf.reduce_min(shape)
+        size = (2 * shape * resize + short) // (2 * short)
     else:
         size = tf.constant(list(resize), tf.int32)
     out = tf.image.resize(img, size, method=method, antialias=True)
@@ -107,9 +107,8 @@ def ensure_min_side(img, crop: int):
     shape = tf.shape(img)[:2]
     short = tf.reduce_min(shape)
 
-    def up():
-        scale = tf.cast(crop, tf.float32) / tf.cast(short, tf.float32)
-        size = tf.maximum(tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) * scale), tf.int32), crop)
+    def up():  # short side = crop, the other side rounded up, in integers
+        size = (shape * crop + short - 1) // short
         return tf.clip_by_value(tf.image.resize(img, size, method="bicubic"), 0.0, 255.0)
 
     return tf.cond(short < crop, up, lambda: img)
@@ -237,6 +236,24 @@ class TestTimeCrops:
         offs = tf.cast(tf.round(tf.constant(self.positions(), tf.float64) * free[None]), tf.int32)  # [n, 2]
         return tf.ensure_shape(extract_crops(img, offs[:, 0], offs[:, 1], c), [self.num_crops, c, c, 3])
 
+    def fixed_size_crops(self, image, height: int, width: int):
+        """`crops` for an image whose size (height, width) is known when the graph is built, with static ops only
+        (resizes as constant matrices, crops as constant slices): what the whole-photo TFLite model runs. Same pixels as
+        `crops` up to float32 summation order."""
+        import tensorflow as tf
+
+        c = self.crop_size
+        img = tf.cast(tf.reshape(image, [height, width, 3]), tf.float32)
+        if self.policy == "resize":
+            return _matrix_resize(img, (height, width), (c, c), "bilinear", True)[None]
+        h, w = resized_size(height, width, self.resize)
+        if (h, w) != (height, width) or self.resize is not None:
+            img = _matrix_resize(img, (height, width), (h, w), "bicubic", True)
+        h2, w2 = upsampled_size(h, w, c)
+        if (h2, w2) != (h, w):
+            img = _matrix_resize(img, (h, w), (h2, w2), "bicubic", False)
+        return tf.stack([img[int(y):int(y) + c, int(x):int(x) + c] for y, x in self.offsets(h2, w2)])
+
     @staticmethod
     def image_score(crop_scores):
         """Image scores from crop scores [..., n] (numpy or tf): their mean over the last axis."""
@@ -249,6 +266,30 @@ class TestTimeCrops:
     def crop_function(self):
         """A cached `tf.function` uint8 [H, W, 3] -> crops [n, c, c, 3] (traced once per contract)."""
         return _crop_function(self)
+
+
+def resize_matrix(size_in: int, size_out: int, method: str, antialias: bool) -> np.ndarray:
+    """[size_out, size_in] float32 matrix of `tf.image.resize` along one axis (the resize is separable): row i holds the
+    weights of output pixel i."""
+    import tensorflow as tf
+
+    with tf.init_scope():  # eager even while a graph is being traced: the matrix is a constant of that graph
+        eye = tf.eye(size_in, dtype=tf.float32)[:, None, :]  # [in, 1, in]: channel k is the unit impulse at k
+        out = tf.image.resize(eye, [size_out, 1], method=method, antialias=antialias)  # [out, 1, in]
+        return out.numpy()[:, 0, :]
+
+
+def _matrix_resize(img, size_in, size_out, method: str, antialias: bool):
+    """tf.image.resize of a float32 [H, W, 3] image of static size as two constant matrix products, clipped to [0, 255]."""
+    import tensorflow as tf
+
+    (h, w), (p, q) = size_in, size_out
+    my = tf.constant(resize_matrix(h, p, method, antialias))  # [p, h]
+    mx = tf.constant(resize_matrix(w, q, method, antialias))  # [q, w]
+    x = tf.reshape(tf.matmul(my, tf.reshape(img, [h, w * 3])), [p, w, 3])
+    x = tf.reshape(tf.transpose(x, [1, 0, 2]), [w, p * 3])
+    x = tf.transpose(tf.reshape(tf.matmul(mx, x), [q, p, 3]), [1, 0, 2])
+    return tf.clip_by_value(x, 0.0, 255.0)
 
 
 @functools.lru_cache(maxsize=32)

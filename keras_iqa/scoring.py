@@ -5,7 +5,8 @@ MODEL may be:
 - a `.keras` file;
 - a SavedModel directory written by `keras-iqa export --format savedmodel` (`saved_models/NAME/1/`, or `saved_models/NAME/`,
   which picks the highest version); its `predict_crops` signature is used;
-- a `.tflite` file with its sidecar `.json` (batch-1 contract, one invoke per crop).
+- a `.tflite` file (its contract is in the model's metadata or the sidecar `.json`): a per-crop model (one invoke per
+  crop) or a whole-photo model (one invoke per photo; images of another size are scaled to its size first, bilinear).
 
 Every image goes through the decode policy's Python path (`data_pipeline.images.load_image`: all formats Pillow reads, EXIF
 orientation, CMYK, alpha, 16-bit) and the model's test-time contract (`data_pipeline.test_time.TestTimeCrops`: the same
@@ -45,6 +46,7 @@ class Scorer:
     extra: dict = field(default_factory=dict)
     test_resize: object = None
     crop_seed: int = 0
+    image_scores: Optional[Callable[[list], np.ndarray]] = None  # whole-photo models: decoded images -> scores
 
     @property
     def test_time(self):
@@ -104,14 +106,16 @@ def load_scorer(path: os.PathLike) -> Scorer:
     if p.is_file() and p.suffix == ".keras":
         return _from_keras_model(load_keras_model(p), "keras", str(p))
     if p.is_file() and p.suffix == ".tflite":
-        from keras_iqa.export.tflite import TFLiteScorer
+        from keras_iqa.export.tflite import TFLiteScorer, read_contract
 
         sidecar = p.with_suffix(".json")
-        if not sidecar.exists():
-            raise ValueError(f"{p}: sidecar {sidecar.name} (score range, crop policy) is missing; re-export with keras-iqa export")
-        meta = json.loads(sidecar.read_text())
+        meta = read_contract(p) or (json.loads(sidecar.read_text()) if sidecar.exists() else None)
+        if meta is None:
+            raise ValueError(f"{p}: no keras-iqa contract in the model's metadata and no sidecar {sidecar.name} (score range, "
+                             "crop policy); re-export with keras-iqa export")
         tfl = TFLiteScorer(p, num_threads=min(4, os.cpu_count() or 1))
-        return Scorer(tfl, "tflite", str(p), **_contract_fields(meta), extra={"contract": meta})
+        photo = _photo_scores(tfl) if tfl.is_photo else None
+        return Scorer(tfl, "tflite", str(p), **_contract_fields(meta), extra={"contract": meta}, image_scores=photo)
     if p.is_dir():
         if (p / "model.keras").is_file():  # run directory
             return _from_keras_model(load_keras_model(p / "model.keras"), "run", str(p))
@@ -127,6 +131,20 @@ def load_scorer(path: os.PathLike) -> Scorer:
         raise ValueError(f"{p} is neither a run directory (model.keras), nor a SavedModel (saved_model.pb), "
                          "nor a TF Serving model root (numbered version folders)")
     raise ValueError(f"MODEL {p}: unsupported file type {p.suffix!r}; use a run directory, .keras, SavedModel directory or .tflite")
+
+
+def _photo_scores(tfl) -> Callable[[list], np.ndarray]:
+    """Scores decoded images with a whole-photo .tflite: each scaled to its photo size (bilinear) when it differs."""
+    from PIL import Image
+
+    h, w = tfl.photo_size
+
+    def run(images):
+        photos = [img if img.shape[:2] == (h, w) else
+                  np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR)) for img in images]
+        return tfl.score_photos(photos).astype(np.float64)
+
+    return run
 
 
 def _load_savedmodel(p: Path) -> Scorer:
@@ -205,13 +223,16 @@ def score_paths(scorer: Scorer, paths: Iterable[os.PathLike], recursive: bool = 
                     bad.append((path, err))
                     continue
                 try:
-                    crops.append(np.asarray(crop(tf.constant(img))))
+                    crops.append(img if scorer.image_scores else np.asarray(crop(tf.constant(img))))
                     good.append(path)
                 except Exception as e:
                     bad.append((path, f"cropping failed: {e}"))
             batch_rows = []
             if good:
-                scores, n = _image_scores(scorer, crops)
+                if scorer.image_scores:
+                    scores, n = scorer.image_scores(crops), scorer.test_time.num_crops
+                else:
+                    scores, n = _image_scores(scorer, crops)
                 norm = scorer.normalized(scores)
                 batch_rows = [{"path": pth, "score": float(s), "score_normalized": float(z), "crops": n}
                               for pth, s, z in zip(good, scores, norm)]
@@ -243,15 +264,17 @@ def score_images(scorer: Scorer, images) -> np.ndarray:
     import tensorflow as tf
 
     crop = scorer.test_time.crop_function()
-    crops = []
+    arrays = []
     for i, img in enumerate(images):
         arr = np.asarray(img)
         if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
             raise ValueError(f"image {i}: expected an RGB uint8 array [H, W, 3], got dtype {arr.dtype} shape {arr.shape}")
-        crops.append(np.asarray(crop(tf.constant(arr))))
-    if not crops:
+        arrays.append(arr)
+    if not arrays:
         return np.zeros(0)
-    return _image_scores(scorer, crops)[0]
+    if scorer.image_scores:
+        return scorer.image_scores(arrays)
+    return _image_scores(scorer, [np.asarray(crop(tf.constant(a))) for a in arrays])[0]
 
 
 def _progress(total: int):

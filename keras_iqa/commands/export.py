@@ -20,9 +20,24 @@ TFLite (phones): OUT is a folder (one <name>_<variant>.tflite + sidecar .json pe
 path for a single variant. Every file is run with the ai-edge-litert interpreter and compared with the Keras model.
   keras-iqa export runs/reqa-koniq --format tflite --out exports/reqa --quantize none fp16 int8 --data records/koniq10k
   keras-iqa export model.keras --format tflite --out reqa_fp16.tflite --quantize fp16
+  # whole-photo model for a camera app: uint8 1024x768 photo in, score out (crops and mean inside the model)
+  keras-iqa export runs/reqa-koniq --format tflite --out exports/reqa --photo-size 768x1024 --quantize none int8
 
 Exit status 1 when a parity target is missed (the files are still written; see parity.json), 2 on errors.
 """
+
+
+def _photo_size(text: str) -> tuple:
+    """'768x1024' -> (768, 1024) (height x width)."""
+    import argparse
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--photo-size {text!r}: give HEIGHTxWIDTH in pixels, e.g. 768x1024") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"--photo-size {text!r}: both sides must be >= 1")
+    return h, w
 
 
 def register(sub):
@@ -49,6 +64,9 @@ def register(sub):
                         "faithful). Default conv")
     p.add_argument("--parity-images", metavar="DIR", help="folder of images for the parity report (default: 24 synthetic images)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity report")
+    p.add_argument("--photo-size", metavar="HxW", type=_photo_size,
+                   help="tflite: whole-photo models taking a uint8 photo of HEIGHTxWIDTH pixels (e.g. 768x1024); the "
+                        "test-time resize, crops and mean run inside the model: one call per photo")
     p.set_defaults(func=run)
 
 
@@ -113,7 +131,7 @@ def run(args):
             raise ValueError(f"--parity-images {args.parity_images}: need at least 3 readable images, found {len(images)}")
     result = export_tflite(model, args.out, quantize=quantize, data_dir=args.data, name=args.name,
                            parity=not args.no_parity, parity_images=images, calibration_samples=args.calibration_samples,
-                           source=args.model, int8_scope=args.int8_scope)
+                           source=args.model, int8_scope=args.int8_scope, photo_size=args.photo_size)
     for q, f in result["files"].items():
         print(f"wrote {f} (+ {Path(f).with_suffix('.json').name})")
     rep = result["parity"]

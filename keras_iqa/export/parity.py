@@ -74,3 +74,41 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
         report["variants"][q] = entry
     report["pass"] = all(v["pass"] for v in report["variants"].values())
     return report
+
+
+def photo_parity_report(model, tflite_files: dict, photo_size, images: Optional[list] = None, num_images: int = 24,
+                        num_threads: int = 2) -> dict:
+    """Parity of whole-photo .tflite files: each photo (the images scaled to `photo_size`, bilinear) scored by the Keras
+    model through the test-time contract (as `keras-iqa score`) and by one call of each .tflite. Same fields and targets as
+    `parity_report`, per image instead of per crop."""
+    from PIL import Image
+
+    from data_pipeline.test_time import TestTimeCrops
+    from keras_iqa.export.samples import synthetic_images
+    from keras_iqa.export.tflite import TFLiteScorer
+
+    h, w = (int(v) for v in photo_size)
+    if images is None:
+        images = synthetic_images(num_images, size=(h, w), seed=1234)
+    photos = [np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
+              if np.asarray(im).shape[:2] != (h, w) else np.asarray(im, np.uint8) for im in images]
+    contract = TestTimeCrops.from_model(model)
+    fn = contract.crop_function()
+    crops = np.concatenate([np.asarray(fn(p)) for p in photos])
+    ref = contract.image_score(keras_crop_scores(model, crops).reshape(len(photos), contract.num_crops))
+    lo, hi = model.score_range
+    report = {"images": len(photos), "photo_size": [h, w], "crops_per_image": contract.num_crops, "score_range": [lo, hi],
+              "keras_score_spread": float(np.std(ref)), "variants": {}}
+    for q, path in tflite_files.items():
+        scorer = TFLiteScorer(path, num_threads=num_threads)
+        got = scorer.score_photos(photos).astype(np.float64)
+        diff = float(np.max(np.abs(got - ref)))
+        entry = {"file": str(path), "max_abs_diff": diff, "max_abs_diff_rel": diff / (hi - lo),
+                 "mean_abs_diff": float(np.mean(np.abs(got - ref))), "srocc_vs_keras": _srocc(got, ref),
+                 "xnnpack": bool(getattr(scorer.interp, "xnnpack", True))}
+        checks = {k: (entry[k] <= v if k.startswith("max") else entry[k] >= v) for k, v in TARGETS.get(q, {}).items()}
+        entry["targets"] = TARGETS.get(q, {})
+        entry["pass"] = bool(all(checks.values()))
+        report["variants"][q] = entry
+    report["pass"] = all(v["pass"] for v in report["variants"].values())
+    return report

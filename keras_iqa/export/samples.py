@@ -87,3 +87,21 @@ def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: 
     crops = np.concatenate([np.asarray(fn(im)) for im in images])
     rng = np.random.default_rng(seed)
     return crops[rng.permutation(len(crops))[:n]].astype(np.float32), source
+
+
+def calibration_photos(photo_size, n: int = 16, seed: int = 0) -> tuple[np.ndarray, str]:
+    """uint8 [n, H, W, 3] whole photos of `photo_size` for int8 calibration of a whole-photo TFLite model: the embedded
+    pristine photos and synthetic degraded scenes, resized (bilinear) to (H, W)."""
+    from PIL import Image
+
+    h, w = (int(v) for v in photo_size)
+    images, source = [], "synthetic"
+    try:
+        images = _embedded_images(n // 2)
+        source = f"pristine ({len(images)} photos) + synthetic, resized to {h}x{w}"
+    except Exception as e:
+        logger.info("embedded pristine photos unavailable (%s); using synthetic calibration images", e)
+    images = images + synthetic_images(max(1, n - len(images)), size=(h, w), seed=seed)
+    photos = [np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
+              for im in images[:n]]
+    return np.stack(photos).astype(np.uint8), source

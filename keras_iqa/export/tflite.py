@@ -1,9 +1,15 @@
 """TFLite conversion with builtin ops only (no Flex / Select TF ops, which phone runtimes lack).
 
-Input contract of every variant: `crops` float32 [1, c, c, 3], RGB pixels in [0, 255] (ImageNet normalisation is inside the
-graph); output `score` float32 [1] on the model's `score_range`. Quantized variants keep float32 input and output (the
-quantize/dequantize happens inside), so app code is the same for all variants. The app averages the scores of the image's
-crops as described in the sidecar JSON (`<file>.json`, see `keras_iqa.export.contract`).
+Two kinds of model, each in every quantization variant:
+- per crop (default): input `crops` float32 [1, c, c, 3], RGB pixels in [0, 255] (ImageNet normalisation is inside the
+  graph); output `score` float32 [1] on the model's `score_range`. The app takes the test-time crops and averages their
+  scores as the contract says (`data_pipeline.test_time`; written in the sidecar JSON `<file>.json` and in the model's
+  own metadata, entry "keras_iqa_contract").
+- whole photo (`photo_size=(H, W)`): input `photo` uint8 [1, H, W, 3] RGB; the test-time resize, crops and mean run inside
+  the graph (static ops: constant resize matrices and slices), output `score` float32 [1]: one call per photo gives the
+  score `keras-iqa score` gives for that H x W photo. The app only scales its photo to H x W.
+Quantized variants keep float32 (or uint8 photo) input and float32 output (the quantize/dequantize happens inside), so app
+code is the same for all variants. `read_contract(file)` reads the contract back from a .tflite.
 
 Variants (`quantize`):
 - "none"    float32 weights and activations;
@@ -28,11 +34,28 @@ QUANTIZE = ("none", "fp16", "dynamic", "int8")
 FILE_TAG = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
 
 
-def concrete_score_function(model, batch: int = 1):
-    """The concrete function `crops [batch, c, c, 3] -> {"score": [batch]}` that is converted."""
+METADATA_NAME = "keras_iqa_contract"
+
+
+def concrete_score_function(model, batch: int = 1, photo_size: Optional[Sequence[int]] = None):
+    """The concrete function that is converted: `crops [batch, c, c, 3] -> {"score": [batch]}`, or with `photo_size`
+    (H, W) `photo uint8 [1, H, W, 3] -> {"score": [1]}` (the test-time contract inside the graph)."""
     import tensorflow as tf
 
     c = int(model.crop_size)
+    if photo_size is not None:
+        from data_pipeline.test_time import TestTimeCrops
+
+        h, w = (int(v) for v in photo_size)
+        contract = TestTimeCrops.from_model(model)
+
+        @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="photo")])
+        def photo_score(photo):
+            crops = contract.fixed_size_crops(photo[0], h, w)
+            per_crop = tf.reshape(tf.cast(model.score(crops), tf.float32), [1, contract.num_crops])
+            return {"score": contract.image_score(per_crop)}
+
+        return photo_score.get_concrete_function()
 
     @tf.function(input_signature=[tf.TensorSpec([batch, c, c, 3], tf.float32, name="crops")])
     def score(crops):
@@ -76,8 +99,9 @@ def _selective_int8(conv, gen, float_ops) -> bytes:
 
 
 def convert(model, quantize: str = "none", representative: Optional[np.ndarray] = None,
-            float_ops: Optional[Sequence[str]] = None) -> bytes:
-    """Converts `model` to a .tflite flatbuffer with builtin ops only.
+            float_ops: Optional[Sequence[str]] = None, photo_size: Optional[Sequence[int]] = None) -> bytes:
+    """Converts `model` to a .tflite flatbuffer with builtin ops only (per crop; whole photo with `photo_size` (H, W),
+    then `representative` holds uint8 photos of that size).
 
     `float_ops` (int8 only): op types left float32; None = every op type of the model but `INT8_OPS`; () = TFLite's
     default full-integer quantization of every op that has an int8 kernel.
@@ -92,7 +116,7 @@ def convert(model, quantize: str = "none", representative: Optional[np.ndarray] 
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     # weights frozen into constants: no resource-variable ops in the flatbuffer (calibration cannot run those)
-    fn = convert_variables_to_constants_v2(concrete_score_function(model))
+    fn = convert_variables_to_constants_v2(concrete_score_function(model, photo_size=photo_size))
     conv = _builtin_converter(fn)
     if quantize == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -102,7 +126,7 @@ def convert(model, quantize: str = "none", representative: Optional[np.ndarray] 
     elif quantize == "int8":
         if representative is None or len(representative) == 0:
             raise ValueError("int8 quantization needs representative crops (samples.calibration_crops)")
-        rep = np.asarray(representative, np.float32)
+        rep = np.asarray(representative, np.uint8 if photo_size is not None else np.float32)
 
         def gen():
             for x in rep:
@@ -125,6 +149,38 @@ def convert(model, quantize: str = "none", representative: Optional[np.ndarray] 
     if flex:
         raise ValueError(f"the converted model uses non-builtin ops {flex}; phones lack them")
     return flat
+
+
+def embed_contract(flat: bytes, contract: dict) -> bytes:
+    """The flatbuffer with `contract` (JSON) added as model metadata "keras_iqa_contract" (replacing an earlier one)."""
+    import json
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(json.dumps(contract, default=str).encode("utf-8"), np.uint8)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_contract(model) -> Optional[dict]:
+    """The contract embedded in a .tflite (path or bytes), or None when it has none."""
+    import json
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    for m in obj.metadata or []:
+        name = m.name.decode() if isinstance(m.name, bytes) else m.name
+        if name == METADATA_NAME:
+            return json.loads(bytes(np.asarray(obj.buffers[m.buffer].data, np.uint8)).decode("utf-8"))
+    return None
 
 
 def op_names(flat: bytes) -> list:
@@ -165,15 +221,33 @@ def interpreter(model, num_threads: int = 2):
 
 
 class TFLiteScorer:
-    """Runs a keras-iqa .tflite on crops one at a time (its input contract is batch 1)."""
+    """Runs a keras-iqa .tflite on crops one at a time (its input contract is batch 1); a whole-photo model
+    (`is_photo`) on photos one at a time (`score_photos`)."""
 
     def __init__(self, model, num_threads: int = 2):
         self.interp = interpreter(model, num_threads)
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
-        self.crop_size = int(self.inp["shape"][1])
+        self.is_photo = self.inp["dtype"] == np.uint8
+        self.photo_size = tuple(int(v) for v in self.inp["shape"][1:3]) if self.is_photo else None
+        self.crop_size = None if self.is_photo else int(self.inp["shape"][1])
+
+    def score_photos(self, photos) -> np.ndarray:
+        """Whole-photo model: one invoke per uint8 [H, W, 3] photo of the export size."""
+        out = np.empty(len(photos), np.float32)
+        for i, photo in enumerate(photos):
+            photo = np.asarray(photo)
+            if photo.shape != (*self.photo_size, 3) or photo.dtype != np.uint8:
+                raise ValueError(f"photo {i}: this whole-photo model takes uint8 [{self.photo_size[0]}, {self.photo_size[1]}, 3], "
+                                 f"got {photo.dtype} {photo.shape}")
+            self.interp.set_tensor(self.inp["index"], photo[None])
+            self.interp.invoke()
+            out[i] = self.interp.get_tensor(self.out["index"]).reshape(-1)[0]
+        return out
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
+        if self.is_photo:
+            raise ValueError("this .tflite scores whole photos (input uint8 [1, H, W, 3]); use score_photos")
         crops = np.asarray(crops, np.float32)
         if crops.ndim != 4 or crops.shape[1:] != (self.crop_size, self.crop_size, 3):
             raise ValueError(f"crops must be [N, {self.crop_size}, {self.crop_size}, 3], got {crops.shape}")
@@ -187,15 +261,22 @@ class TFLiteScorer:
 
 def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), data_dir: Optional[str] = None,
                   name: Optional[str] = None, parity: bool = True, parity_images: Optional[list] = None,
-                  calibration_samples: int = 128, source: Optional[str] = None, int8_scope: str = "conv") -> dict:
+                  calibration_samples: int = 128, source: Optional[str] = None, int8_scope: str = "conv",
+                  photo_size: Optional[Sequence[int]] = None) -> dict:
     """Writes `<out>/<name>_<fp32|fp16|dynamic|int8>.tflite` + a sidecar `.json` each, and `<out>/parity.json`.
 
     `out` ending in ".tflite" (with one variant) names the file directly. `int8_scope`: "conv" quantizes `INT8_OPS` only,
-    "all" every op with an int8 kernel. Returns {"files": {variant: path}, "parity": report}.
+    "all" every op with an int8 kernel. `photo_size` (H, W): whole-photo models instead (`<name>_<variant>_photo<H>x<W>
+    .tflite`, parity in `parity_photo<H>x<W>.json`). Returns {"files": {variant: path}, "parity": report}.
     """
     if int8_scope not in INT8_SCOPES:
         raise ValueError(f"int8_scope must be one of {', '.join(INT8_SCOPES)}, got {int8_scope!r}")
     quantize = list(dict.fromkeys(quantize))
+    if photo_size is not None:
+        photo_size = tuple(int(v) for v in photo_size)
+        if len(photo_size) != 2 or min(photo_size) < 1:
+            raise ValueError(f"photo_size must be (height, width) in pixels, got {photo_size}")
+    tag = "" if photo_size is None else f"_photo{photo_size[0]}x{photo_size[1]}"
     out = Path(out)
     if out.suffix == ".tflite":
         if len(quantize) != 1:
@@ -204,40 +285,58 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
     else:
         out_dir = out
         stem = name or getattr(model, "name", "model")
-        paths = {q: out / f"{stem}_{FILE_TAG[q]}.tflite" for q in quantize}
+        paths = {q: out / f"{stem}_{FILE_TAG[q]}{tag}.tflite" for q in quantize}
     out_dir.mkdir(parents=True, exist_ok=True)
     rep, rep_source = (None, None)
     if "int8" in quantize:
         from keras_iqa.export.samples import calibration_crops
 
         rep, rep_source = calibration_crops(model, data_dir, n=calibration_samples)
+        if photo_size is not None:  # whole photos of the export size: the calibration images, resized
+            from keras_iqa.export.samples import calibration_photos
+
+            rep, rep_source = calibration_photos(photo_size, n=max(8, calibration_samples // 8))
     files, fp32_flat = {}, None
     # fp32 first: its op list gives the int8 float ops without a second conversion (unknown names fail in `convert`)
     for q in sorted(quantize, key=lambda v: QUANTIZE.index(v) if v in QUANTIZE else len(QUANTIZE)):
         float_ops = INT8_SCOPES[int8_scope]
         if q == "int8" and float_ops is None and fp32_flat is not None:
             float_ops = default_float_ops(fp32_flat)
-        flat = convert(model, q, rep if q == "int8" else None, float_ops=float_ops)
+        flat = convert(model, q, rep if q == "int8" else None, float_ops=float_ops, photo_size=photo_size)
         if q == "none":
             fp32_flat = flat
         path = paths[q]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(flat)
-        os.replace(tmp, path)
+        if photo_size is None:
+            tflite_input = {"name": "crops", "dtype": "float32", "shape": [1, int(model.crop_size), int(model.crop_size), 3],
+                            "range": [0.0, 255.0], "layout": "NHWC RGB"}
+            output = "score of one crop; the image score is the mean over the test_time crops"
+        else:
+            tflite_input = {"name": "photo", "dtype": "uint8", "shape": [1, photo_size[0], photo_size[1], 3],
+                            "range": [0, 255], "layout": "NHWC RGB",
+                            "note": "scale the photo to exactly this size; the test-time crops run inside the model"}
+            output = "score of the photo (test_time crops and mean inside the model)"
         contract = model_contract(
-            model, format="tflite", quantize=q, source=source, file=path.name, size_bytes=len(flat),
-            tflite_input={"name": "crops", "dtype": "float32", "shape": [1, int(model.crop_size), int(model.crop_size), 3],
-                          "range": [0.0, 255.0], "layout": "NHWC RGB"},
-            tflite_output={"name": "score", "dtype": "float32", "shape": [1], "scale": list(model.score_range)},
+            model, format="tflite", kind="photo" if photo_size else "crop", quantize=q, source=source, file=path.name,
+            tflite_input=tflite_input,
+            tflite_output={"name": "score", "dtype": "float32", "shape": [1], "scale": list(model.score_range),
+                           "is": output},
             calibration=rep_source if q == "int8" else None, int8_scope=int8_scope if q == "int8" else None,
             ops=op_names(flat),
         )
+        flat = embed_contract(flat, contract)
+        contract["size_bytes"] = len(flat)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(flat)
+        os.replace(tmp, path)
         write_json(contract, path.with_suffix(".json"))
         files[q] = str(path)
     report = None
     if parity:
-        from keras_iqa.export.parity import parity_report
+        from keras_iqa.export.parity import parity_report, photo_parity_report
 
-        report = parity_report(model, files, images=parity_images)
-        write_json(report, out_dir / "parity.json")
+        if photo_size is None:
+            report = parity_report(model, files, images=parity_images)
+        else:
+            report = photo_parity_report(model, files, photo_size, images=parity_images)
+        write_json(report, out_dir / f"parity{tag}.json")
     return {"files": files, "parity": report}
