@@ -1,6 +1,6 @@
 """REQA curriculum (paper Eq. 14, Sec. IV-A(3)): loss weights per stage and the two learning rates, as one Keras callback.
 
-Weight presets (w1 = coarse, w2..w4 = fine steps 2..4), spec/reqa.md 1.6:
+Weight presets (w1 = coarse, w2..w4 = fine steps 2..4; docs/methods/reqa.md):
 - "paper": 4 stages of `stage_epochs` (10) epochs:
       stage 1: 0.25, 0.5, 0.25/3, 0.25/3;  stage 2: 0.25*, 0.5, 0.25, 0.25;  stage 3: 0.25*, 0.25, 0.5, 0.25;
       stage 4: 0.25, 0.25, 0.25, 0.5.   (* w1 is not given for stages 2-3; we keep 0.25 as in stages 1 and 4. The paper's

@@ -19,8 +19,8 @@ Where the state lives:
   any sizes are packed into one tensor + row offsets so shapes never retrace.
 - non-trainable state (BatchNorm moving mean / variance, dropout seeds) is NOT part of theta: the model keeps updating its
   moving statistics through every inner step of every task and they are never reset or averaged (what the official code
-  does, spec/metaiqa.md 2.4). After `meta_step` the model holds theta plus these running statistics; `k = 1, beta = 1` is
-  therefore exactly 2*S plain sequential Adam steps, moving statistics included (tested).
+  does: its working model keeps its own running statistics). After `meta_step` the model holds theta plus these running
+  statistics; `k = 1, beta = 1` is therefore exactly 2*S plain sequential Adam steps, moving statistics included (tested).
 
 Besides `MetaLearner.fit_meta` (epochs, callbacks, progress bar, LR decay, checkpoints and resume), this module holds
 fine-tuning (`finetune`, presets "paper" / "official"), evaluation helpers, and the protocols of the paper:
