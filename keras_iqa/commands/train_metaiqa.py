@@ -9,7 +9,7 @@ images, then the same fine-tuning). Python API: `keras_iqa.training.meta`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from keras_iqa.commands import add_config_args, formatter
 
@@ -46,7 +46,7 @@ class MetaIQATrainConfig:
     lr_schedule: str = "paper"             # paper (x0.8 every 5 epochs) | official | constant
     finetune_preset: str = "paper"         # paper (Adam 1e-5, wd 1e-5) | official (1e-4, wd 0)
     finetune_epochs: Optional[int] = None  # default: the preset's
-    finetune_lr: Optional[float] = None
+    finetune_lr: Union[str, float, None] = "auto"  # auto: the preset's (paper 1e-5) with ImageNet weights, 1e-3 from random init
     finetune_resize: Optional[int] = None  # official: 256 (resize to 256x256 before the random crop)
     split: str = "split_00"
     held_out: Optional[list] = None        # lodo: restrict to these distortion names / types
@@ -200,6 +200,7 @@ def _builder(cfg):
     def build():
         return keras_iqa.create_model(cfg.model, **over)
 
+    build.backbone_weights = weights  # read by `run` for lr=auto
     return build
 
 
@@ -245,7 +246,11 @@ def run(args) -> int:
                    beta_2=cfg.beta_2, epsilon=cfg.epsilon, weight_decay=cfg.weight_decay, adam_state=cfg.adam_state)
     fit_kw = dict(epochs=cfg.meta_epochs, tasks_per_batch=cfg.tasks_per_batch, lr_schedule=cfg.lr_schedule, seed=cfg.seed,
                   verbose=verbose)
-    tune_kw = dict(preset=cfg.finetune_preset, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, verbose=verbose)
+    from keras_iqa.training.lr import RANDOM_INIT, is_pretrained, resolve_lr
+
+    ft_lr = resolve_lr(cfg.finetune_lr, M.FINETUNE_PRESETS[cfg.finetune_preset]["lr"], RANDOM_INIT["metaiqa"]["finetune_lr"],
+                       is_pretrained(build.backbone_weights), "metaiqa")  # lr=auto (docs/heads.md)
+    tune_kw = dict(preset=cfg.finetune_preset, epochs=cfg.finetune_epochs, lr=ft_lr, verbose=verbose)
     results = {"protocol": cfg.protocol, "config": to_dict(cfg)}
 
     if cfg.protocol == "lodo":
@@ -263,8 +268,11 @@ def run(args) -> int:
         RecordReader = _reader_cls()
         tr = RecordReader(args.data, split=cfg.split, subset="train", target="normalized")
         target_test = RecordReader(args.data, split=cfg.split, subset="test", target="normalized")
+        # repeated, with an explicit epoch length: a one-pass reader dataset has unknown cardinality (records that fail to
+        # decode are skipped), so Keras ran it dry and warned "Your input ran out of data; interrupting training"
         target_train = tr.train_dataset(cfg.batch_size, crop_size=cfg.crop_size, resize=cfg.finetune_resize, seed=cfg.seed,
-                                        drop_remainder=False)
+                                        repeat=True, drop_remainder=False)
+        tune_kw["steps_per_epoch"] = max(1, tr.steps_per_epoch(cfg.batch_size))
 
     if cfg.protocol == "baseline":
         out = M.baseline_then_finetune(tasks, build, target_train, target_test, pretrain_epochs=cfg.baseline_epochs,

@@ -7,9 +7,11 @@ The network is ResNet-18 (keras-hub, torchvision v1.5 layout) + global average p
 - head "official" (the released code, spec/metaiqa.md 2.1): GAP -> ImageNet FC 512->1000 -> FC 1000->1024 -> BatchNorm -> PReLU
   (one shared slope, init 0.25) -> Dropout 0.5 -> FC 1024->512 -> BatchNorm -> PReLU -> Dropout 0.5 -> FC 512->1 -> sigmoid.
 
-Input: float32 RGB in [0, 255], any square size (the official test protocol resizes the whole image to 224x224:
-`crop_policy="resize"`,
-`test_crops=1`). ImageNet normalisation is inside the model.
+Input: float32 RGB in [0, 255], any square size; ImageNet normalisation is inside the model. Test time (docs/methods/
+metaiqa.md): the paper trains on random 224x224 crops and says nothing of testing, so the paper cards test at the training
+scale, 25 random native-resolution 224 crops averaged (`crop_policy="random"`, `test_crops=25`); "metaiqa-official" tests
+as the released code does, the whole image resized to 224x224 (`crop_policy="resize"`, `test_crops=1`), after training on
+images resized to 256x256.
 
 Registry cards: "metaiqa" (paper head), "metaiqa-official" (official head; `keras-iqa convert metaiqa-official` loads released
 PyTorch checkpoints into it), "metaiqa-tiny" (a tiny network for tests and smoke runs).
@@ -50,7 +52,8 @@ class MetaIQAConfig:
         head: "paper" (GAP -> FC -> FC) or "official" (ImageNet FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout, sigmoid).
         head_units: hidden width of the paper head (the official head's widths are fixed: 1000, 1024, 512).
         dropout: drop rate of the official head (1 - keep_probability = 0.5).
-        crop_size, score_range, test_crops, crop_policy: the test-time contract (`IQAModel`); whole image resized to 224.
+        crop_size, score_range, test_crops, crop_policy: the test-time contract (`IQAModel`); 25 random crops at the
+            training scale (the official card: whole image resized to 224).
     """
 
     depth: int = 18
@@ -62,8 +65,8 @@ class MetaIQAConfig:
     dropout: float = 0.5
     crop_size: int = 224
     score_range: tuple = (0.0, 1.0)
-    test_crops: int = 1
-    crop_policy: str = "resize"
+    test_crops: int = 25
+    crop_policy: str = "random"
 
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
@@ -81,7 +84,7 @@ class MetaIQA(IQAModel):
     """
 
     def __init__(self, depth=18, backbone_weights=None, width=1.0, blocks=None, head="paper", head_units=512, dropout=0.5,
-                 score_range=(0.0, 1.0), crop_size=224, test_crops=1, crop_policy="resize", **kwargs):
+                 score_range=(0.0, 1.0), crop_size=224, test_crops=25, crop_policy="random", **kwargs):
         kwargs.setdefault("name", "metaiqa")
         super().__init__(score_range=score_range, crop_size=crop_size, test_crops=test_crops, crop_policy=crop_policy,
                          higher_better=kwargs.pop("higher_better", True), **kwargs)
@@ -151,22 +154,25 @@ def build_metaiqa(cfg: MetaIQAConfig) -> MetaIQA:
     return model
 
 
-_INPUT = InputContract(crop_size=224, test_crops="whole image resized to 224x224 (1 pass)")
+_INPUT = InputContract(crop_size=224, test_crops="25 random 224x224 crops at native resolution, averaged (training scale)")
+_INPUT_OFFICIAL = InputContract(crop_size=224, test_crops="whole image resized to 224x224 (1 pass; the released code)")
 register(ModelCard(
     name="metaiqa", builder=build_metaiqa, config_cls=MetaIQAConfig, score_range=(0.0, 1.0), higher_better=True,
     paper=PAPER, input=_INPUT,
     description="MetaIQA, ResNet-18 + GAP + FC + FC (paper head); meta-train with `keras-iqa train metaiqa`",
 ))
 register(ModelCard(
-    name="metaiqa-official", builder=build_metaiqa, config_cls=MetaIQAConfig, defaults={"head": "official"},
-    score_range=(0.0, 1.0), higher_better=True, paper=PAPER, input=_INPUT,
+    name="metaiqa-official", builder=build_metaiqa, config_cls=MetaIQAConfig,
+    defaults={"head": "official", "test_crops": 1, "crop_policy": "resize"},
+    score_range=(0.0, 1.0), higher_better=True, paper=PAPER, input=_INPUT_OFFICIAL,
     trained_on="random init; load released PyTorch weights with `keras-iqa convert metaiqa-official CKPT.pt OUT.weights.h5`",
     description="MetaIQA with the released code's head (FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout 0.5, sigmoid)",
 ))
 register(ModelCard(
     name="metaiqa-tiny", builder=build_metaiqa, config_cls=MetaIQAConfig,
-    defaults={"width": 0.125, "blocks": (1, 1, 1, 1), "head_units": 16, "crop_size": 64}, score_range=(0.0, 1.0),
-    higher_better=True, paper=PAPER, input=InputContract(crop_size=64, test_crops="whole image resized to 64x64"),
+    defaults={"width": 0.125, "blocks": (1, 1, 1, 1), "head_units": 16, "crop_size": 64, "test_crops": 4},
+    score_range=(0.0, 1.0), higher_better=True, paper=PAPER,
+    input=InputContract(crop_size=64, test_crops="4 random 64x64 crops averaged"),
     description="tiny MetaIQA (width 0.125, one block per stage, 64 px) for tests and smoke runs",
 ))
 

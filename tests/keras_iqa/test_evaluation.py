@@ -151,8 +151,11 @@ class _Reader:
             self.meta = self.meta[self.meta.image_id.isin(keep)]
         _Reader.calls.append((split, subset))
 
-    def eval_dataset(self, num_crops=25, crop_size=224, mode="random", seed=0, resize=None):
+    def eval_dataset(self, num_crops=25, crop_size=224, mode="random", seed=0, resize=None, contract=None):
         import tensorflow as tf
+
+        if contract is not None:
+            num_crops, crop_size = contract.num_crops, contract.crop_size
 
         m = self.meta.mos.to_numpy(np.float32)
         x = np.broadcast_to(m[:, None, None, None, None], (len(m), num_crops, crop_size, crop_size, 3)).astype(np.float32)
@@ -201,8 +204,8 @@ def test_predict_reader_averages_crops(monkeypatch):
     from keras_iqa.evaluation import predict_reader
 
     class Rd:
-        def eval_dataset(self, num_crops, crop_size, mode, seed=0):
-            assert (num_crops, crop_size, mode) == (3, 8, "grid")
+        def eval_dataset(self, contract):
+            assert (contract.num_crops, contract.crop_size, contract.policy) == (3, 8, "grid")
             x = np.zeros((5, 3, 8, 8, 3), np.float32) + np.arange(3, dtype=np.float32)[None, :, None, None, None]
             x += 10 * np.arange(5, dtype=np.float32)[:, None, None, None, None]
             return tf.data.Dataset.from_tensor_slices((x, np.arange(5, dtype=np.float32), [b"a", b"b", b"c", b"d", b"e"]))

@@ -33,7 +33,7 @@ def test_heads_shapes_and_keras_round_trip(tmp_path, head):
     else:
         assert names == ["fc1", "fc2"]
     cfg = m.get_config()
-    assert cfg["head"] == head and cfg["crop_policy"] == "resize" and cfg["test_crops"] == 1
+    assert cfg["head"] == head and cfg["crop_policy"] == "random" and cfg["test_crops"] == 4  # the tiny card's contract
     path = tmp_path / "m.keras"
     m.save(path)
     m2 = keras.models.load_model(path)
@@ -312,3 +312,13 @@ def test_cli_lodo_tests_the_held_out_type_without_and_with_reference_disjoint_fi
     assert bool(row["finetuned"]) and int(row["n"]) + int(row["n_finetune"]) == n_type
     assert int(row["references_finetune"]) + int(row["references_test"]) == 4  # disjoint reference sets
     assert json.loads((tmp_path / "b" / "results.json").read_text())["protocol"] == "lodo"
+
+
+def test_cards_test_at_their_training_scale():
+    """Paper cards: 25 random crops at native resolution (the scale of the paper's random 224 training crops); the official
+    card: the whole image resized to 224 (the released code trains on 256x256-resized images)."""
+    from keras_iqa.registry import get_card
+
+    paper, official = get_card("metaiqa").config(), get_card("metaiqa-official").config()
+    assert (paper.crop_policy, paper.test_crops) == ("random", 25)
+    assert (official.crop_policy, official.test_crops) == ("resize", 1)
