@@ -478,15 +478,16 @@ def fit_finetune(model, train_ds, run: RunDir, fcfg: FinetuneStageConfig, steps_
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 
-def evaluate_hcl(model, reader, num_crops: int = 25, run: Optional[RunDir] = None) -> dict:
-    """25-crop test protocol: per-image mean of crop scores, then SROCC/KROCC/PLCC/RMSE (keras_iqa.metrics)."""
+def evaluate_hcl(model, reader, num_crops: Optional[int] = None, run: Optional[RunDir] = None) -> dict:
+    """The model's test-time contract (25 random crops by default; `num_crops` overrides the count): per-image mean of
+    crop scores, then SROCC/KROCC/PLCC/RMSE (keras_iqa.metrics)."""
     from keras_iqa.evaluation import predict_reader
     from keras_iqa.metrics import evaluate_predictions
 
-    df = predict_reader(model, reader, num_crops=num_crops, mode="random")
+    df = predict_reader(model, reader, num_crops=num_crops)
     if run is not None:
         df.to_csv(run.path / "predictions.csv", index=False)
-    out = {"n_images": int(len(df)), "num_crops": int(num_crops)}
+    out = {"n_images": int(len(df)), "num_crops": int(num_crops or model.test_crops), "crop_policy": model.crop_policy}
     if len(df) >= 3:
         out.update(evaluate_predictions(df["pred"].to_numpy(), df["target"].to_numpy()))
     return out
