@@ -93,3 +93,24 @@ def write_results(area: str, entries: list, quick: bool = False, **extra) -> dic
     tmp.write_text(json.dumps(doc, indent=2, default=str))
     os.replace(tmp, path)
     return doc
+
+
+def run_model_process(module: str, name: str, quick: bool = False, timeout: float = 3600) -> list:
+    """`python -m <module> --model NAME --out F [--quick]` in a fresh process (memory returned to the OS after each model);
+    the rows it wrote, or one error row."""
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", module, "--model", name, "--out", str(out)] + (["--quick"] if quick else [])
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root, env=env)
+        except subprocess.TimeoutExpired:
+            return [{"name": "error", "model": name, "error": f"timed out after {timeout:.0f} s"}]
+        if proc.returncode != 0 or not out.exists():
+            return [{"name": "error", "model": name, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}]
+        return json.loads(out.read_text())

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import write_results
+from bench.common import run_model_process, write_results
 
 FULL_MODELS = ("metaiqa", "reqa", "hcl")
 QUICK_MODELS = ("metaiqa-tiny", "reqa-tiny", "hcl-tiny")
@@ -98,25 +96,10 @@ def bench_model(name: str, workdir: Path) -> list:
     return rows
 
 
-def _run_model_process(name: str, quick: bool, timeout: float = 3600) -> list:
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rows.json"
-        cmd = [sys.executable, "-m", "bench.contract", "--model", name, "--out", str(out)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root, env=env)
-        except subprocess.TimeoutExpired:
-            return [{"name": "error", "model": name, "error": f"timed out after {timeout:.0f} s"}]
-        if proc.returncode != 0 or not out.exists():
-            return [{"name": "error", "model": name, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}]
-        return json.loads(out.read_text())
-
-
 def main(quick: bool = False) -> dict:
     rows = []
     for name in (QUICK_MODELS if quick else FULL_MODELS):
-        rows += _run_model_process(name, quick)
+        rows += run_model_process("bench.contract", name, quick)
     return write_results("contract", rows, quick=quick)
 
 

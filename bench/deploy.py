@@ -19,14 +19,12 @@ import gc
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import measure, write_results
+from bench.common import measure, run_model_process, write_results
 
 FULL_MODELS = ("metaiqa", "reqa", "hcl")
 QUICK_MODELS = ("metaiqa-tiny",)
@@ -114,18 +112,7 @@ def bench_model(name: str, quick: bool, workdir: Path) -> list:
 
 def _run_model_process(name: str, quick: bool, timeout: float = 3600) -> list:
     """`bench_model(name)` in a fresh process (memory returned to the OS after each model); error rows on failure."""
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rows.json"
-        cmd = [sys.executable, "-m", "bench.deploy", "--model", name, "--out", str(out)] + (["--quick"] if quick else [])
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root, env=env)
-        except subprocess.TimeoutExpired:
-            return [{"name": "error", "model": name, "error": f"timed out after {timeout:.0f} s"}]
-        if proc.returncode != 0 or not out.exists():
-            return [{"name": "error", "model": name, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}]
-        return json.loads(out.read_text())
+    return run_model_process("bench.deploy", name, quick, timeout)
 
 
 def _model_main(name: str, quick: bool, out: str) -> None:

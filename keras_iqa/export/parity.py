@@ -38,6 +38,23 @@ def keras_crop_scores(model, crops: np.ndarray, batch_size: int = 64) -> np.ndar
     return np.concatenate([np.asarray(fn(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)])
 
 
+def _variant_entry(q: str, path, scorer, got, ref, got_img, ref_img, score_span: float) -> dict:
+    """One variant's parity entry: differences per scored input (crop or photo), SROCC per image, targets checked."""
+    diff = float(np.max(np.abs(got - ref)))
+    entry = {
+        "file": str(path),
+        "max_abs_diff": diff,
+        "max_abs_diff_rel": diff / score_span,
+        "mean_abs_diff": float(np.mean(np.abs(got - ref))),
+        "srocc_vs_keras": _srocc(got_img, ref_img),
+        "xnnpack": bool(getattr(scorer.interp, "xnnpack", True)),
+    }
+    checks = {k: (entry[k] <= v if k.startswith("max") else entry[k] >= v) for k, v in TARGETS.get(q, {}).items()}
+    entry["targets"] = TARGETS.get(q, {})
+    entry["pass"] = bool(all(checks.values()))
+    return entry
+
+
 def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_images: int = 24,
                   num_threads: int = 2) -> dict:
     """Scores `images` (uint8 HxWx3 list; default `samples.synthetic_images`) with Keras and each .tflite; see the module doc."""
@@ -58,20 +75,8 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
     for q, path in tflite_files.items():
         scorer = TFLiteScorer(path, num_threads=num_threads)
         got = scorer(crops)
-        got_img = got.reshape(len(images), n).mean(1)
-        diff = float(np.max(np.abs(got - ref)))
-        entry = {
-            "file": str(path),
-            "max_abs_diff": diff,
-            "max_abs_diff_rel": diff / (hi - lo),
-            "mean_abs_diff": float(np.mean(np.abs(got - ref))),
-            "srocc_vs_keras": _srocc(got_img, ref_img),
-            "xnnpack": bool(getattr(scorer.interp, "xnnpack", True)),
-        }
-        checks = {k: (entry[k] <= v if k.startswith("max") else entry[k] >= v) for k, v in TARGETS.get(q, {}).items()}
-        entry["targets"] = TARGETS.get(q, {})
-        entry["pass"] = bool(all(checks.values()))
-        report["variants"][q] = entry
+        report["variants"][q] = _variant_entry(q, path, scorer, got, ref, got.reshape(len(images), n).mean(1), ref_img,
+                                               hi - lo)
     report["pass"] = all(v["pass"] for v in report["variants"].values())
     return report
 
@@ -102,13 +107,6 @@ def photo_parity_report(model, tflite_files: dict, photo_size, images: Optional[
     for q, path in tflite_files.items():
         scorer = TFLiteScorer(path, num_threads=num_threads)
         got = scorer.score_photos(photos).astype(np.float64)
-        diff = float(np.max(np.abs(got - ref)))
-        entry = {"file": str(path), "max_abs_diff": diff, "max_abs_diff_rel": diff / (hi - lo),
-                 "mean_abs_diff": float(np.mean(np.abs(got - ref))), "srocc_vs_keras": _srocc(got, ref),
-                 "xnnpack": bool(getattr(scorer.interp, "xnnpack", True))}
-        checks = {k: (entry[k] <= v if k.startswith("max") else entry[k] >= v) for k, v in TARGETS.get(q, {}).items()}
-        entry["targets"] = TARGETS.get(q, {})
-        entry["pass"] = bool(all(checks.values()))
-        report["variants"][q] = entry
+        report["variants"][q] = _variant_entry(q, path, scorer, got, ref, got, ref, hi - lo)
     report["pass"] = all(v["pass"] for v in report["variants"].values())
     return report
