@@ -57,7 +57,7 @@ def row_to_examples(row: dict, kind: str, dataset: str, score_range, higher_bett
 
 def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, num_splits: int = 20, train_ratio: float = 0.8,
             seed: int = 0, runner: Optional[str] = "DirectRunner", pipeline_args: Sequence[str] = (),
-            num_shards: Optional[int] = None, limit: Optional[int] = None) -> dict:
+            num_shards: Optional[int] = None, limit: Optional[int] = None, progress: bool = False) -> dict:
     """Prepares one dataset from its official layout into `<out>/<name>/`; returns the manifest.
 
     Args:
@@ -68,6 +68,7 @@ def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, n
             4 of its 6 image sets train, `train_ratio` unused). 20 columns: REQA's 20 train-test iterations.
         runner, pipeline_args: Beam runner and extra pipeline arguments (None = inline, no Beam).
         limit: only the first `limit` rows (smoke runs).
+        progress: a per-image bar on stderr (see `writer.write_records`).
 
     Raises:
         MetadataError / ValueError: unreadable score files, unknown dataset or option; RuntimeError: nothing could be prepared.
@@ -90,6 +91,7 @@ def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, n
     extra = {"rejects": rejects, "source": src.describe(), "pseudo_label": None}
     manifest = write_records(rows, fn, out_dir, src.kind, src.name, src.score_range, src.higher_better, num_shards=num_shards,
                              runner=runner, pipeline_args=pipeline_args, manifest_extra=extra,
-                             splits=SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed))
+                             splits=SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed),
+                             progress=progress, progress_desc=f"prepare {src.name}", progress_unit="image")
     manifest["prepare_seconds"] = round(time.time() - t0, 3)
     return manifest

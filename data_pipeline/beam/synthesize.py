@@ -213,7 +213,7 @@ def manifest_extra(types, levels, per_image_types, seed, pseudo_label, restretch
 def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", levels="1-5", per_image_types: int = 0,
                seed: int = 0, pseudo_label: str | None = None, pairs: bool = True, runner: str = "DirectRunner",
                pipeline_args: Sequence[str] = (), num_shards: int | None = None, max_long_side: int = 0,
-               restretch: bool = False, num_splits: int = 10, train_ratio: float = 0.8) -> dict:
+               restretch: bool = False, num_splits: int = 10, train_ratio: float = 0.8, progress: bool = False) -> dict:
     """Runs the synthesize pipeline; returns ``{"synthetic": manifest, "pair": manifest or None}``.
 
     Args:
@@ -226,6 +226,7 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
         runner, pipeline_args, num_shards: passed to the writer (Beam runner and its options; ``runner=None`` writes
             inline without Beam). The writer parallelises over shards, so the default gives every DirectRunner worker one.
         num_splits, train_ratio: reference-grouped random splits in ``splits.csv`` (column k seeded by ``seed + k``).
+        progress: per-image bars on stderr, one per dataset written (see ``writer.write_records``).
     """
     from data_pipeline.beam.writer import default_num_shards, shard_name, write_records
     from data_pipeline.splits import SplitConfig
@@ -243,8 +244,10 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
     syn_dir = os.path.join(os.fspath(out_dir), name)
     syn_fn = DistortedExamples("synthetic", name, pseudo_label, seed, max_long_side, restretch)
     kw = dict(score_range=(0.0, 1.0), higher_better=True, num_shards=num_shards, runner=runner,
-              pipeline_args=tuple(pipeline_args), manifest_extra=extra, splits=splits)
-    result["synthetic"] = write_records(rows, syn_fn, syn_dir, kind="synthetic", dataset_name=name, **kw)
+              pipeline_args=tuple(pipeline_args), manifest_extra=extra, splits=splits, progress=progress,
+              progress_unit="image", row_weight=_levels_of)
+    result["synthetic"] = write_records(rows, syn_fn, syn_dir, kind="synthetic", dataset_name=name,
+                                        progress_desc=f"synthesize {name}", **kw)
     if not pairs:
         result["pair"] = None
         return result
@@ -252,5 +255,11 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
     fallback = DistortedExamples("pair", pair_name, pseudo_label, seed, max_long_side, restretch)
     pair_rows = [dict(r, shard_file=shard_name(i % num_shards, num_shards)) for i, r in enumerate(rows)]
     result["pair"] = write_records(pair_rows, PairsFromSynthetic(syn_dir, pair_name, fallback),
-                                   os.path.join(os.fspath(out_dir), pair_name), kind="pair", dataset_name=pair_name, **kw)
+                                   os.path.join(os.fspath(out_dir), pair_name), kind="pair", dataset_name=pair_name,
+                                   progress_desc=f"synthesize {pair_name}", **kw)
     return result
+
+
+def _levels_of(row) -> int:
+    """Distorted images one plan row yields (one per level)."""
+    return max(1, len(row.get("levels") or ()))

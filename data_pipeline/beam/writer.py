@@ -106,8 +106,11 @@ def _image_info(serialized: bytes, row: Mapping) -> list:
 
 
 def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple[int, Mapping]],
-                to_examples: Callable[[Mapping], Iterable[tuple[str, bytes]]], fingerprint: str) -> dict:
-    """Writes one shard atomically and its sidecar; returns the sidecar dict. Bad rows become rejects, never failures."""
+                to_examples: Callable[[Mapping], Iterable[tuple[str, bytes]]], fingerprint: str,
+                on_row: Optional[Callable[[int, int, bool], None]] = None) -> dict:
+    """Writes one shard atomically and its sidecar; returns the sidecar dict. Bad rows become rejects, never failures.
+
+    `on_row(shard_index, row_index, ok)` is called after each row (progress; never part of the result)."""
     gf = _gfile()
     import tensorflow as tf
 
@@ -116,16 +119,20 @@ def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     rejects, images = [], []
     with tf.io.TFRecordWriter(tmp) as w:
-        for _, row in sorted(items, key=lambda t: t[0]):
+        for ri, row in sorted(items, key=lambda t: t[0]):
             try:
                 produced = list(to_examples(row))  # all of a row or nothing
                 infos = [_image_info(ser, row) for _, ser in produced]
             except (ValueError, ImageDecodeError, OSError, KeyError) as e:
                 rejects.append({"path": _row_name(row), "reason": f"{type(e).__name__}: {e}"})
+                if on_row is not None:
+                    on_row(index, ri, False)
                 continue
             for (_, ser), info in zip(produced, infos):
                 w.write(ser)
                 images.append(info)
+            if on_row is not None:
+                on_row(index, ri, True)
     digest = sha256_file(tmp)
     gf.rename(tmp, path, overwrite=True)
     meta = {"file": name, "count": len(images), "sha256": digest, "fingerprint": fingerprint, "rejects": rejects,
@@ -150,19 +157,94 @@ def _verified(out_dir: str, name: str, fingerprint: str) -> Optional[dict]:
     return meta
 
 
+#: Progress callbacks of the runs of this process, by token. A Beam worker that runs in the driver's process (DirectRunner,
+#: in_memory / multi_threading) finds its run's callback here and reports every row; a worker elsewhere (multi_processing,
+#: Dataflow, Flink, Spark) finds nothing, and the driver's bar moves by whole shards as their sidecars appear instead.
+_PROGRESS: dict = {}
+
+
 class _ShardWriter:
     """Picklable Beam Map function: (index, items, fingerprint) -> sidecar summary."""
 
-    def __init__(self, out_dir, num_shards, to_examples):
+    def __init__(self, out_dir, num_shards, to_examples, progress_token=None):
         self.out_dir, self.num_shards, self.to_examples = out_dir, num_shards, to_examples
+        self.progress_token = progress_token
 
     def __call__(self, work):
         index, items, fp = work
-        meta = write_shard(self.out_dir, index, self.num_shards, items, self.to_examples, fp)
+        on_row = _PROGRESS.get(getattr(self, "progress_token", None))
+        meta = write_shard(self.out_dir, index, self.num_shards, items, self.to_examples, fp, on_row=on_row)
         return {"file": meta["file"], "count": meta["count"], "rejects": len(meta["rejects"])}
 
 
-def _run_beam(work, out_dir, num_shards, to_examples, runner, pipeline_args):
+class _Tracker:
+    """The driver's side of the writer's progress bar: rows reported in-process, or whole shards once their sidecar is there."""
+
+    def __init__(self, bar, out_dir, todo, names, weight):
+        import threading
+
+        self.bar, self.out_dir, self.names, self.weight = bar, out_dir, names, weight
+        self.rows = {i: {ri: weight(r) for ri, r in items} for i, items, _ in todo}
+        self.totals = {i: sum(w.values()) for i, w in self.rows.items()}
+        self.fps = {i: fp for i, _, fp in todo}
+        self.seen: dict = {i: 0 for i in self.rows}  # weight counted per shard
+        self.reported: set = set()
+        self.rejected = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = None
+
+    def on_row(self, shard, row, ok):
+        with self.lock:
+            if (shard, row) in self.reported or shard not in self.rows:
+                return
+            self.reported.add((shard, row))
+            self.rejected += not ok
+            self._add(shard, self.rows[shard].get(row, 1))
+
+    def _add(self, shard, amount):
+        amount = min(amount, self.totals[shard] - self.seen[shard])
+        if amount > 0:
+            self.seen[shard] += amount
+            if self.rejected:
+                self.bar.set_postfix(rejected=self.rejected, refresh=False)
+            self.bar.update(amount)
+
+    def shard_done(self, shard):
+        with self.lock:
+            self._add(shard, self.totals[shard])
+
+    def _poll(self, every):
+        while not self.stop.wait(every):
+            for i in list(self.rows):
+                if self.seen[i] < self.totals[i] and _sidecar_matches(self.out_dir, self.names[i], self.fps[i]):
+                    self.shard_done(i)
+
+    def start_polling(self, every: float = 2.0):
+        import threading
+
+        self.thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
+
+def _sidecar_matches(out_dir: str, name: str, fingerprint: str) -> bool:
+    """A shard's sidecar of this run is there (cheap check for progress only; the run's end verifies sha256)."""
+    try:
+        path = os.path.join(out_dir, name + SIDECAR)
+        if not _gfile().exists(path):
+            return False
+        with _gfile().GFile(path) as f:
+            return json.load(f).get("fingerprint") == fingerprint
+    except Exception:
+        return False
+
+
+def _run_beam(work, out_dir, num_shards, to_examples, runner, pipeline_args, progress_token=None):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -172,7 +254,7 @@ def _run_beam(work, out_dir, num_shards, to_examples, runner, pipeline_args):
     options = PipelineOptions(args, runner=runner)
     with beam.Pipeline(options=options) as p:
         _ = (p | "Shards" >> beam.Create(work) | "Spread" >> beam.Reshuffle()
-             | "Write" >> beam.Map(_ShardWriter(out_dir, num_shards, to_examples)))
+             | "Write" >> beam.Map(_ShardWriter(out_dir, num_shards, to_examples, progress_token)))
 
 
 def _statistics(images: list, score_range, kind: str) -> dict:
@@ -208,7 +290,9 @@ def _statistics(images: list, score_range, kind: str) -> dict:
 def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapping], Iterable[tuple[str, bytes]]],
                   out_dir: str, kind: str, dataset_name: str, score_range, higher_better: bool,
                   num_shards: Optional[int] = None, runner: Optional[str] = "DirectRunner", pipeline_args: Sequence[str] = (),
-                  manifest_extra: Optional[Mapping] = None, splits: Optional[SplitConfig | Mapping] = SplitConfig()) -> dict:
+                  manifest_extra: Optional[Mapping] = None, splits: Optional[SplitConfig | Mapping] = SplitConfig(),
+                  progress: bool = False, progress_desc: Optional[str] = None, progress_unit: str = "image",
+                  row_weight: Optional[Callable[[Mapping], int]] = None) -> dict:
     """Writes rows as sharded TFRecords + `manifest.json` + `splits.csv` in `out_dir`; returns the manifest.
 
     Args:
@@ -222,6 +306,10 @@ def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapp
         pipeline_args: extra Beam pipeline arguments passed through (e.g. `--direct_num_workers=2`).
         manifest_extra: merged into the manifest; its "rejects" (e.g. metadata errors found by an adapter) are prepended.
         splits: a SplitConfig (or its dict) or None to skip `splits.csv`.
+        progress: a bar on stderr (keras_iqa.progress: off when stderr is not a terminal) counting `progress_unit`s:
+            per row inline and with an in-process DirectRunner; per completed shard with runners elsewhere (their workers
+            cannot reach the driver: the bar follows the shard sidecars appearing in `out_dir`). Shards verified from an
+            earlier run count at once. `row_weight(row)` is the units of one row (default 1; synthesize: its levels).
 
     Raises:
         ValueError: unknown kind, or duplicate image ids produced by `to_examples` (an adapter bug; the message names them).
@@ -243,12 +331,36 @@ def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapp
     todo = [(i, buckets[i], fps[i]) for i in range(n) if i not in done]
     if done:
         logger.info("%s: %d of %d shards already complete and verified; writing %d", out_dir, len(done), n, len(todo))
-    if todo:
-        if runner is None:
-            for i, items, fp in todo:
-                write_shard(out_dir, i, n, items, to_examples, fp)
-        else:
-            _run_beam(todo, out_dir, n, to_examples, runner, pipeline_args)
+    weight = row_weight or (lambda _row: 1)
+    bar = tracker = token = None
+    if progress:
+        from keras_iqa.progress import progress as make_bar
+
+        total = sum(weight(r) for b in buckets for _, r in b)
+        bar = make_bar(total, progress_desc or f"write {dataset_name}", unit=progress_unit)
+        bar.update(sum(weight(r) for i in done for _, r in buckets[i]))
+        tracker = _Tracker(bar, out_dir, todo, names, weight)
+    try:
+        if todo:
+            if runner is None:
+                for i, items, fp in todo:
+                    write_shard(out_dir, i, n, items, to_examples, fp, on_row=tracker.on_row if tracker else None)
+            else:
+                if tracker is not None:
+                    token = uuid.uuid4().hex
+                    _PROGRESS[token] = tracker.on_row
+                    tracker.start_polling()
+                _run_beam(todo, out_dir, n, to_examples, runner, pipeline_args, token)
+            if tracker is not None:
+                for i, _, _ in todo:
+                    tracker.shard_done(i)
+    finally:
+        if token is not None:
+            _PROGRESS.pop(token, None)
+        if tracker is not None:
+            tracker.close()
+        if bar is not None:
+            bar.close()
     metas = []
     for i in range(n):
         m = _verified(out_dir, names[i], fps[i])

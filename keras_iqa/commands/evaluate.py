@@ -149,7 +149,8 @@ def run(args):
         raise ValueError(f"several --data dirs only make sense with --protocol cross (got {len(args.data)})")
     edges = [float(v) for v in args.bins.split(",")]
     fine_kw = {"edges": edges, "labels": args.labels.split(",") if args.labels else None, "pred_mapping": args.pred_mapping}
-    predict_kw = {"num_crops": args.num_crops, "mode": args.mode, "batch_size": args.batch_size, "seed": args.seed}
+    predict_kw = {"num_crops": args.num_crops, "mode": args.mode, "batch_size": args.batch_size, "seed": args.seed,
+                  "progress": not getattr(args, "quiet", False)}
     sources = [P.load_source(s) for s in args.sources]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

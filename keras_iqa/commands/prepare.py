@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     runner = None if args.runner.lower() in ("inline", "none") else args.runner
     m = prepare(args.dataset, args.root, args.out, options=_parse_options(args.option), num_splits=args.splits,
                 train_ratio=args.train_ratio, seed=args.seed, runner=runner, pipeline_args=args.beam_arg,
-                num_shards=args.num_shards, limit=args.limit)
+                num_shards=args.num_shards, limit=args.limit, progress=not getattr(args, "quiet", False))
     rejects = m["rejects"]
     if not args.quiet:
         for r in rejects:

@@ -115,7 +115,7 @@ def run(args) -> int:
         per_image_types=args.per_image_types, seed=args.seed, pseudo_label=args.pseudo_label, pairs=not args.no_pairs,
         runner=None if args.runner.lower() in ("inline", "none") else args.runner, pipeline_args=_runner_args(args), num_shards=args.num_shards,
         max_long_side=args.max_long_side, restretch=args.restretch, num_splits=args.splits,
-        train_ratio=args.train_ratio)
+        train_ratio=args.train_ratio, progress=not getattr(args, "quiet", False))
     failed = False
     for kind, manifest in result.items():
         if manifest is None:

@@ -7,6 +7,7 @@ Crops of several images share one forward pass.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -55,16 +56,16 @@ def make_score_fn(model, crop_size: int, fold_bn: bool = True, reuse: bool = Fal
     return score
 
 
-def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[int] = None):
+def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[int] = None, progress: bool = False,
+                    total: Optional[int] = None, desc: str = "predict"):
     """Scores a dataset of (crops [N, c, c, 3], target, image_id) elements; returns a DataFrame(image_id, target, pred).
 
     `batch_size` is the number of CROPS per forward pass (images per pass = max(1, batch_size // N)), so memory does not grow
-    with the number of test crops.
+    with the number of test crops. `progress`: a per-image bar on stderr (`keras_iqa.progress`; `total` images if known).
     """
     import pandas as pd
-    import tensorflow as tf
 
-    from data_pipeline.test_time import TestTimeCrops
+    from keras_iqa.progress import progress as make_bar
 
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 3):
@@ -74,20 +75,33 @@ def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[in
     score = make_score_fn(model, c, reuse=True)  # one trace per model: repeated validation passes refresh its weights
     per_pass = max(1, int(batch_size) // int(n_crops)) if n_crops else 1
     ids, targets, preds = [], [], []
-    for crops, target, image_id in dataset.batch(per_pass).prefetch(2):
+    bar = make_bar(total, desc, progress, unit="image", leave=False)
+    try:
+        _score_batches(dataset.batch(per_pass).prefetch(2), score, ids, targets, preds, bar)
+    finally:
+        bar.close()
+    if not ids:
+        return pd.DataFrame({"image_id": pd.Series([], dtype=str), "target": np.zeros(0), "pred": np.zeros(0)})
+    return pd.DataFrame({"image_id": ids, "target": np.concatenate(targets), "pred": np.concatenate(preds).astype(np.float64)})
+
+
+def _score_batches(batches, score, ids, targets, preds, bar):
+    import tensorflow as tf
+
+    from data_pipeline.test_time import TestTimeCrops
+
+    for crops, target, image_id in batches:
         b, n = tf.shape(crops)[0], tf.shape(crops)[1]
         flat = tf.reshape(tf.cast(crops, tf.float32), tf.concat([[b * n], tf.shape(crops)[2:]], 0))
         s = TestTimeCrops.image_score(tf.reshape(score(flat), [b, n]))
         preds.append(s.numpy())
         targets.append(np.asarray(target.numpy(), dtype=np.float64).reshape(-1))
         ids.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in image_id.numpy().reshape(-1))
-    if not ids:
-        return pd.DataFrame({"image_id": pd.Series([], dtype=str), "target": np.zeros(0), "pred": np.zeros(0)})
-    return pd.DataFrame({"image_id": ids, "target": np.concatenate(targets), "pred": np.concatenate(preds).astype(np.float64)})
+        bar.update(int(b))
 
 
 def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optional[str] = None, batch_size: int = 32,
-                   seed: int = 0, contract=None):
+                   seed: int = 0, contract=None, progress: bool = False, desc: Optional[str] = None):
     """Predictions of `model` on every image `reader` yields: DataFrame(image_id, target, pred).
 
     The crops and the averaging are the model's test-time contract (`data_pipeline.test_time.TestTimeCrops.from_model`),
@@ -102,6 +116,7 @@ def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optiona
         mode: "random", "grid" or "resize" (default: `model.crop_policy`).
         batch_size: crops per forward pass.
         seed: seed of the "random" crop positions (default 0, as every export).
+        progress: a per-image bar on stderr (`desc` names it; default the reader's dataset and split).
 
     Example:
         df = predict_reader(model, RecordReader("prepared/koniq", split="split_00", subset="test"))
@@ -112,4 +127,9 @@ def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optiona
     if contract is None:
         contract = TestTimeCrops.from_model(model, num_crops=num_crops, policy=mode, seed=seed)
     ds = reader.eval_dataset(contract=contract)
-    return predict_dataset(model, ds, batch_size=batch_size, crop_size=contract.crop_size)
+    if desc is None:
+        name = os.path.basename(os.path.normpath(str(getattr(reader, "data_dir", "") or ""))) or "images"
+        subset = getattr(reader, "subset", None)
+        desc = f"predict {name}" + (f" {reader.split}/{subset}" if subset else "")
+    return predict_dataset(model, ds, batch_size=batch_size, crop_size=contract.crop_size, progress=progress,
+                           total=getattr(reader, "count", None), desc=desc)

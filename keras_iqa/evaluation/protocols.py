@@ -258,8 +258,11 @@ def _find_split(cfg):
     return None
 
 
-def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[str], ids: Optional[set], predict_kw: dict):
-    """DataFrame(image_id, target, pred) of `source` on the images of (split, subset), restricted to `ids` if given."""
+def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[str], ids: Optional[set], predict_kw: dict,
+             progress: bool = False):
+    """DataFrame(image_id, target, pred) of `source` on the images of (split, subset), restricted to `ids` if given.
+
+    progress: a per-image bar on stderr while a model predicts (tables of predictions need none)."""
     if source.table is not None:
         df = source.table
         if ids is None:  # a table may hold several datasets' predictions: keep this dataset's images
@@ -280,7 +283,8 @@ def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[st
     from keras_iqa.evaluation.predict import predict_reader
 
     reader = RecordReader(str(data_dir), split=split or "split_00", subset=subset, target="mos")
-    df = predict_reader(source.model, reader, **predict_kw)
+    desc = f"predict {source.name} on {Path(str(data_dir)).name}" + (f" {split}/{subset}" if subset else "")
+    df = predict_reader(source.model, reader, progress=progress, desc=desc, **predict_kw)
     if ids is not None:
         df = df[df.image_id.isin(ids)].reset_index(drop=True)
         if len(df) < len(ids):
@@ -378,9 +382,27 @@ def _as_sources(sources) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------------- protocols
+def _rows_bar(items: list, desc: str, unit: str, enabled: bool):
+    """Iterates `items` under a bar of the protocol's rows (only when there are several)."""
+    if not enabled or len(items) < 2:
+        yield from items
+        return
+    from keras_iqa.progress import progress as make_bar
+
+    bar = make_bar(len(items), desc, True, unit=unit)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
 def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, fine: bool = True, fine_kw: Optional[dict] = None,
-                    **predict_kw) -> ProtocolResult:
-    """N random splits: source i on the test subset of its split; summary median and mean +- std over splits."""
+                    progress: bool = False, **predict_kw) -> ProtocolResult:
+    """N random splits: source i on the test subset of its split; summary median and mean +- std over splits.
+
+    progress (every protocol): a bar per protocol row (split, dataset, held-out type) and one per image on stderr."""
     srcs = _as_sources(sources)
     info = load_dataset_info(data_dir)
     table = read_splits(data_dir)
@@ -405,12 +427,12 @@ def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, f
     if len(set(seen)) < len(seen):
         raise ValueError(f"several sources claim the same split ({seen}); each run must come from a different split")
     rows, fgs, preds = [], [], []
-    for s, col in pairs:
+    for s, col in _rows_bar(pairs, "evaluate splits", "split", progress):
         if col not in cols:
             raise ValueError(f"{s.name}: split {col!r} is not a column of {Path(data_dir) / 'splits.csv'} ({cols})")
         check_split_hygiene(table, col, meta, data_dir)
         _, test = split_ids(table, col, data_dir)
-        df = _predict(s, data_dir, col, "test", test, predict_kw)
+        df = _predict(s, data_dir, col, "test", test, predict_kw, progress)
         if set(df.image_id) - test:
             raise ValueError(f"{s.name}: reader returned images outside the test subset of {col}")
         row, fg = _score(df, info, s, fine, fine_kw or {})
@@ -421,7 +443,7 @@ def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, f
 
 
 def evaluate_official(source, data_dir, subset: str = "test", fine: bool = True, fine_kw: Optional[dict] = None,
-                      **predict_kw) -> ProtocolResult:
+                      progress: bool = False, **predict_kw) -> ProtocolResult:
     """The dataset's official split (splits.csv column `official`), evaluated on `subset` (test | validation)."""
     (s,) = _as_sources(source)
     info = load_dataset_info(data_dir)
@@ -434,13 +456,14 @@ def evaluate_official(source, data_dir, subset: str = "test", fine: bool = True,
     if not ids:
         raise ValueError(f"the official split of {info.get('dataset')} has no {subset!r} images")
     assert not ids & train
-    df = _predict(s, data_dir, "official", subset, ids, predict_kw)
+    df = _predict(s, data_dir, "official", subset, ids, predict_kw, progress)
     row, fg = _score(df, info, s, fine, fine_kw or {})
     return _finish("official", info, data_dir, [s], [{"row": f"official/{subset}", "source": s.name, **row}], [fg],
                    [df.assign(row=f"official/{subset}", source=s.name)])
 
 
-def evaluate_cross(source, data_dirs, fine: bool = True, fine_kw: Optional[dict] = None, **predict_kw) -> ProtocolResult:
+def evaluate_cross(source, data_dirs, fine: bool = True, fine_kw: Optional[dict] = None, progress: bool = False,
+                   **predict_kw) -> ProtocolResult:
     """Cross-dataset: the source (trained on A) on ALL images of every dataset in `data_dirs`; one row per dataset."""
     (s,) = _as_sources(source)
     if isinstance(data_dirs, (str, os.PathLike)):
@@ -448,11 +471,11 @@ def evaluate_cross(source, data_dirs, fine: bool = True, fine_kw: Optional[dict]
     rows, fgs, preds, infos = [], [], [], []
     trained_on = _find_key(s.config, "data")
     trained_on = trained_on if isinstance(trained_on, str) else None
-    for d in data_dirs:
+    for d in _rows_bar(list(data_dirs), "evaluate cross", "dataset", progress):
         info = load_dataset_info(d)
         if trained_on and Path(str(trained_on)).resolve() == Path(d).resolve():
             warnings.warn(f"{s.name} was trained on {d}; that is not a cross-dataset test", UserWarning, stacklevel=2)
-        df = _predict(s, d, None, None, None, predict_kw)
+        df = _predict(s, d, None, None, None, predict_kw, progress)
         row, fg = _score(df, info, s, fine, fine_kw or {})
         rows.append({"row": info["dataset"], "source": s.name, **row})
         fgs.append(fg)
@@ -466,7 +489,7 @@ def evaluate_cross(source, data_dirs, fine: bool = True, fine_kw: Optional[dict]
 
 
 def evaluate_lodo(sources, data_dir, held_out: Optional[Sequence] = None, split: Optional[str] = None, fine: bool = False,
-                  fine_kw: Optional[dict] = None, **predict_kw) -> ProtocolResult:
+                  fine_kw: Optional[dict] = None, progress: bool = False, **predict_kw) -> ProtocolResult:
     """Leave-one-distortion-out: source i (trained without type `held_out[i]`, or its config's `held_out_distortion`) is tested
     on every image of that type (intersected with `split`'s test subset when given, to hold out content as well)."""
     srcs = _as_sources(sources)
@@ -482,7 +505,7 @@ def evaluate_lodo(sources, data_dir, held_out: Optional[Sequence] = None, split:
         check_split_hygiene(table, split, meta, data_dir)
         test_ids = split_ids(table, split, data_dir)[1]
     rows, fgs, preds = [], [], []
-    for i, s in enumerate(srcs):
+    for i, s in _rows_bar(list(enumerate(srcs)), "evaluate lodo", "type", progress):
         h = held_out[i] if held_out is not None else _find_key(s.config, "held_out_distortion")
         if h is None:
             raise ValueError(f"{s.name}: which distortion was held out? Its config.json has no 'held_out_distortion'; "
@@ -494,7 +517,7 @@ def evaluate_lodo(sources, data_dir, held_out: Optional[Sequence] = None, split:
         if not ids:
             types = sorted(set(meta.distortion_type.astype(str)) | set(meta.distortion_name) - {""})
             raise ValueError(f"{s.name}: no image of distortion {h!r} in {data_dir}; known types/names: {types[:30]}")
-        df = _predict(s, data_dir, split, "test" if split else None, ids, predict_kw)
+        df = _predict(s, data_dir, split, "test" if split else None, ids, predict_kw, progress)
         row, fg = _score(df, info, s, fine, fine_kw or {})
         label = f"held_out={h}"
         rows.append({"row": label, "source": s.name, **row})
