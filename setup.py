@@ -22,10 +22,11 @@ EXTRAS = {
     "serving": ["tensorflow-serving-api==2.21.*"],
     "notebooks": ["nbclient", "nbformat", "ipykernel"],
     "torch": ["torch==2.13.0"],  # only for `keras-iqa convert metaiqa-official` and the bench peer
+    "docs": ["mkdocs==1.6.1", "mkdocstrings-python==2.0.11"],  # the MkDocs site under docs/ (mkdocs.yml)
 }
 # dev includes torch so the official-checkpoint converter tests run (the CPU wheel torch==2.13.0 installs here)
 EXTRAS["dev"] = sorted(
-    {"pytest", "hypothesis"} | {d for k in ("beam", "lite", "serving", "notebooks", "torch") for d in EXTRAS[k]}
+    {"pytest", "hypothesis"} | {d for k in ("beam", "lite", "serving", "notebooks", "torch", "docs") for d in EXTRAS[k]}
 )
 
 setup(
