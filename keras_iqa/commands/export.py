@@ -105,7 +105,7 @@ def run(args):
         from keras_iqa.export.savedmodel import export_savedmodel
 
         path = export_savedmodel(model, args.out, version=args.version, name=args.name, max_batch_size=args.max_batch_size,
-                                 overwrite=args.overwrite, source=args.model)
+                                 overwrite=args.overwrite, source=args.model, progress=not getattr(args, "quiet", False))
         root = Path(args.out)
         print(f"wrote SavedModel {path} (signatures serving_default, image_tensor, predict_crops)\n"
               f"wrote {root / 'models.config'} and {root / 'batching_parameters.txt'}\n"
@@ -131,7 +131,8 @@ def run(args):
             raise ValueError(f"--parity-images {args.parity_images}: need at least 3 readable images, found {len(images)}")
     result = export_tflite(model, args.out, quantize=quantize, data_dir=args.data, name=args.name,
                            parity=not args.no_parity, parity_images=images, calibration_samples=args.calibration_samples,
-                           source=args.model, int8_scope=args.int8_scope, photo_size=args.photo_size)
+                           source=args.model, int8_scope=args.int8_scope, photo_size=args.photo_size,
+                           progress=not getattr(args, "quiet", False))
     for q, f in result["files"].items():
         print(f"wrote {f} (+ {Path(f).with_suffix('.json').name})")
     rep = result["parity"]

@@ -55,9 +55,23 @@ def _variant_entry(q: str, path, scorer, got, ref, got_img, ref_img, score_span:
     return entry
 
 
+def _per_image(scorer_fn, items, desc: str, progress: bool) -> np.ndarray:
+    """`scorer_fn(item)` for every item (an image's crops, or one photo) under a per-image bar; concatenated."""
+    from keras_iqa.progress import progress as make_bar
+
+    out = []
+    with make_bar(len(items), desc, progress, unit="image", leave=False) as bar:
+        for item in items:
+            out.append(np.asarray(scorer_fn(item)).reshape(-1))
+            bar.update(1)
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
 def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_images: int = 24,
-                  num_threads: int = 2) -> dict:
-    """Scores `images` (uint8 HxWx3 list; default `samples.synthetic_images`) with Keras and each .tflite; see the module doc."""
+                  num_threads: int = 2, progress: bool = False) -> dict:
+    """Scores `images` (uint8 HxWx3 list; default `samples.synthetic_images`) with Keras and each .tflite; see the module doc.
+
+    progress: a per-image bar on stderr for each .tflite (the interpreter runs one crop at a time: the slow part)."""
     from data_pipeline.test_time import TestTimeCrops
     from keras_iqa.export.samples import synthetic_images
     from keras_iqa.export.tflite import TFLiteScorer
@@ -74,7 +88,7 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
               "keras_score_spread": float(np.std(ref_img)), "variants": {}}
     for q, path in tflite_files.items():
         scorer = TFLiteScorer(path, num_threads=num_threads)
-        got = scorer(crops)
+        got = _per_image(scorer, [crops[i * n:(i + 1) * n] for i in range(len(images))], f"parity {q}", progress)
         report["variants"][q] = _variant_entry(q, path, scorer, got, ref, got.reshape(len(images), n).mean(1), ref_img,
                                                hi - lo)
     report["pass"] = all(v["pass"] for v in report["variants"].values())
@@ -82,7 +96,7 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
 
 
 def photo_parity_report(model, tflite_files: dict, photo_size, images: Optional[list] = None, num_images: int = 24,
-                        num_threads: int = 2) -> dict:
+                        num_threads: int = 2, progress: bool = False) -> dict:
     """Parity of whole-photo .tflite files: each photo (the images scaled to `photo_size`, bilinear) scored by the Keras
     model through the test-time contract (as `keras-iqa score`) and by one call of each .tflite. Same fields and targets as
     `parity_report`, per image instead of per crop."""
@@ -106,7 +120,7 @@ def photo_parity_report(model, tflite_files: dict, photo_size, images: Optional[
               "keras_score_spread": float(np.std(ref)), "variants": {}}
     for q, path in tflite_files.items():
         scorer = TFLiteScorer(path, num_threads=num_threads)
-        got = scorer.score_photos(photos).astype(np.float64)
+        got = _per_image(lambda p: scorer.score_photos([p]), photos, f"parity {q}", progress).astype(np.float64)
         report["variants"][q] = _variant_entry(q, path, scorer, got, ref, got, ref, hi - lo)
     report["pass"] = all(v["pass"] for v in report["variants"].values())
     return report

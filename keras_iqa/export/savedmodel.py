@@ -145,7 +145,8 @@ def build_archive(model, decode_policy=None, max_crops_per_call: int = MAX_CROPS
 
 
 def export_savedmodel(model, out: os.PathLike, version: Optional[int] = None, name: Optional[str] = None,
-                      max_batch_size: int = 32, overwrite: bool = False, source: Optional[str] = None) -> Path:
+                      max_batch_size: int = 32, overwrite: bool = False, source: Optional[str] = None,
+                      progress: bool = False) -> Path:
     """Writes `out/<version>/` (a SavedModel) plus `out/models.config` and `out/batching_parameters.txt`.
 
     Args:
@@ -154,6 +155,7 @@ def export_savedmodel(model, out: os.PathLike, version: Optional[int] = None, na
         version: TF Serving version number; default: next free integer (1 for a new root).
         max_batch_size: written to `batching_parameters.txt`.
         overwrite: replace an existing version folder (otherwise that is an error).
+        progress: a bar over the stages (trace the signatures, write the SavedModel, serving configs) on stderr.
     Returns:
         the version directory.
     """
@@ -173,8 +175,22 @@ def export_savedmodel(model, out: os.PathLike, version: Optional[int] = None, na
     tmp = root / f".tmp-{version}-{os.getpid()}"  # TF Serving ignores non-numeric folders; rename makes the version appear at once
     if tmp.exists():
         shutil.rmtree(tmp)
-    archive = build_archive(model)
-    archive.write_out(str(tmp), verbose=False)
+    from keras_iqa.progress import progress as make_bar
+
+    with make_bar(3, "export savedmodel", progress, unit="stage") as stage:
+        stage.set_postfix_str("trace signatures")
+        archive = build_archive(model)
+        stage.update(1)
+        stage.set_postfix_str("write SavedModel")
+        archive.write_out(str(tmp), verbose=False)
+        stage.update(1)
+        stage.set_postfix_str("serving configs")
+        _finish_version(model, root, tmp, target, name, version, source, max_batch_size)
+        stage.update(1)
+    return target
+
+
+def _finish_version(model, root, tmp, target, name, version, source, max_batch_size) -> None:
     contract = model_contract(model, format="savedmodel", name=name, version=version, source=source,
                               signatures={
                                   "serving_default": "images: tf.string [B] encoded JPEG/PNG/BMP/GIF -> score, score_normalized [B]",
@@ -185,4 +201,3 @@ def export_savedmodel(model, out: os.PathLike, version: Optional[int] = None, na
     write_json(contract, tmp / CONTRACT_FILE)
     os.replace(tmp, target)
     write_serving_configs(root, name, max_batch_size=max_batch_size)
-    return target

@@ -262,13 +262,16 @@ class TFLiteScorer:
 def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), data_dir: Optional[str] = None,
                   name: Optional[str] = None, parity: bool = True, parity_images: Optional[list] = None,
                   calibration_samples: int = 128, source: Optional[str] = None, int8_scope: str = "conv",
-                  photo_size: Optional[Sequence[int]] = None) -> dict:
+                  photo_size: Optional[Sequence[int]] = None, progress: bool = False) -> dict:
     """Writes `<out>/<name>_<fp32|fp16|dynamic|int8>.tflite` + a sidecar `.json` each, and `<out>/parity.json`.
 
     `out` ending in ".tflite" (with one variant) names the file directly. `int8_scope`: "conv" quantizes `INT8_OPS` only,
     "all" every op with an int8 kernel. `photo_size` (H, W): whole-photo models instead (`<name>_<variant>_photo<H>x<W>
     .tflite`, parity in `parity_photo<H>x<W>.json`). Returns {"files": {variant: path}, "parity": report}.
+    `progress`: a bar over the stages (calibration, one conversion per variant, parity) and one per parity image on stderr.
     """
+    from keras_iqa.progress import progress as make_bar
+
     if int8_scope not in INT8_SCOPES:
         raise ValueError(f"int8_scope must be one of {', '.join(INT8_SCOPES)}, got {int8_scope!r}")
     quantize = list(dict.fromkeys(quantize))
@@ -287,8 +290,25 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
         stem = name or getattr(model, "name", "model")
         paths = {q: out / f"{stem}_{FILE_TAG[q]}{tag}.tflite" for q in quantize}
     out_dir.mkdir(parents=True, exist_ok=True)
+    order = sorted(quantize, key=lambda v: QUANTIZE.index(v) if v in QUANTIZE else len(QUANTIZE))
+    steps = (["calibration"] if "int8" in quantize else []) + [f"convert {FILE_TAG.get(q, q)}" for q in order] + (
+        ["parity"] if parity else [])
+    stage = make_bar(len(steps), "export tflite", progress, unit="stage")
+    try:
+        return _export_tflite(model, out_dir, paths, order, data_dir, parity, parity_images, calibration_samples, source,
+                              int8_scope, photo_size, tag, stage, progress)
+    finally:
+        stage.close()
+
+
+def _export_tflite(model, out_dir, paths, quantize, data_dir, parity, parity_images, calibration_samples, source, int8_scope,
+                   photo_size, tag, stage, progress) -> dict:
+    def step(name):
+        stage.set_postfix_str(name)
+
     rep, rep_source = (None, None)
     if "int8" in quantize:
+        step("calibration")
         from keras_iqa.export.samples import calibration_crops
 
         rep, rep_source = calibration_crops(model, data_dir, n=calibration_samples)
@@ -296,9 +316,11 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
             from keras_iqa.export.samples import calibration_photos
 
             rep, rep_source = calibration_photos(photo_size, n=max(8, calibration_samples // 8))
+        stage.update(1)
     files, fp32_flat = {}, None
     # fp32 first: its op list gives the int8 float ops without a second conversion (unknown names fail in `convert`)
-    for q in sorted(quantize, key=lambda v: QUANTIZE.index(v) if v in QUANTIZE else len(QUANTIZE)):
+    for q in quantize:  # already in that order
+        step(f"convert {FILE_TAG.get(q, q)}")
         float_ops = INT8_SCOPES[int8_scope]
         if q == "int8" and float_ops is None and fp32_flat is not None:
             float_ops = default_float_ops(fp32_flat)
@@ -330,13 +352,16 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
         os.replace(tmp, path)
         write_json(contract, path.with_suffix(".json"))
         files[q] = str(path)
+        stage.update(1)
     report = None
     if parity:
         from keras_iqa.export.parity import parity_report, photo_parity_report
 
+        step("parity")
         if photo_size is None:
-            report = parity_report(model, files, images=parity_images)
+            report = parity_report(model, files, images=parity_images, progress=progress)
         else:
-            report = photo_parity_report(model, files, photo_size, images=parity_images)
+            report = photo_parity_report(model, files, photo_size, images=parity_images, progress=progress)
         write_json(report, out_dir / f"parity{tag}.json")
+        stage.update(1)
     return {"files": files, "parity": report}
