@@ -6,8 +6,12 @@ Steps (each one is the same `keras-iqa` command a user would type; the demo prin
    `pseudo_msssim` (MOS = 100 x MS-SSIM) and `pseudo_ssim` (MOS = 100 x SSIM), split by reference;
 3. train MetaIQA (meta-train on the distortion-type tasks of `pseudo_ssim`, fine-tune on `pseudo_msssim`), REQA (micro-batches
    and curriculum, short schedule) and HCL (restoration on the pairs, CQAC over the two pseudo-MOS sets, fine-tune);
-4. evaluate each on the held-out references of `pseudo_msssim` (same split for all), side-by-side report;
-5. export the best to a SavedModel and a TFLite int8 model and score a few images with both.
+4. evaluate each on the held-out references of `pseudo_msssim` (same split for all), side-by-side table
+   (`reports/comparison.md`);
+5. export the best to a SavedModel and a TFLite int8 model and score a few images with both;
+6. write `report.md` (`keras_iqa.evaluation.reports.demo_report_markdown`): what ran, each method's held-out SROCC / PLCC /
+   MAE against the held-out MOS spread, sentences whose verdict follows the numbers (learned / weak / did NOT learn; on the
+   MOS scale or not), the plots inline, what the numbers do not show, and the time per step; paths relative to report.md.
 
 It is a small-budget run on pseudo-labels: the numbers show the machinery works end to end, they are NOT a reproduction of any
 paper (no human scores, tiny networks, minutes of CPU).
@@ -27,13 +31,23 @@ from pathlib import Path
 import numpy as np
 
 BUDGETS = {
-    # small: tiny networks (keras-iqa models reqa-tiny ...) at 96-px crops, a few epochs: minutes on 2 CPU cores.
-    "small": dict(types="1,2,9,10,11,16,19,21", crop=96, max_long_side=256, refs=None, reqa_model="reqa-tiny",
-                  meta_model="metaiqa-tiny", hcl_model="hcl-tiny", epochs=5, meta_epochs=2, hcl_epochs=1, steps=8,
-                  export_quantize=("int8",)),
+    # small: tiny random-init networks (keras-iqa models reqa-tiny ...) at 96-px crops, a few epochs: minutes on 2 CPU cores.
+    # The `*_set` dicts are passed as `--set key=value` to the train commands (printed with each command).
+    "small": dict(types="1,2,9,10,11,16,19,21", crop=96, max_long_side=256, reqa_model="reqa-tiny",
+                  meta_model="metaiqa-tiny", hcl_model="hcl-tiny", epochs=10, meta_epochs=2, reqa_epochs=8, hcl_epochs=1,
+                  hcl_finetune_epochs=8, steps=20, export_quantize=("int8",),
+                  # learning rates: the papers' (MetaIQA fine-tuning 1e-5, HCL 1e-4 / 1e-5) assume ImageNet-initialised
+                  # backbones; the tiny random-init networks need ~1e-3 to move in a few hundred steps (measured on this demo)
+                  meta_set={"inner_steps": 2, "tasks_per_batch": 4, "batch_size": 16, "finetune_lr": 3e-3},
+                  # REQA: 20 micro-batch steps per epoch (about one pass over the 320 training images), 2 epochs per
+                  # curriculum stage; the official final ReLU is off (a random-init tiny head can start dead)
+                  reqa_set={"steps_per_epoch": 20, "stage_epochs": 2, "model_overrides": "{final_relu: false}"},
+                  hcl_set={"restoration.epochs": 1, "synthetic.epochs": 1, "finetune.epochs": 8, "finetune.lr": 1e-3,
+                           "finetune.backbone_lr": 1e-3}),
     # full: the papers' networks at 224 px (ImageNet weights if the presets are in the cache), all 25 types; hours on CPU.
-    "full": dict(types="all", crop=224, max_long_side=512, refs=None, reqa_model="reqa", meta_model="metaiqa",
-                 hcl_model="hcl", epochs=40, meta_epochs=100, hcl_epochs=20, steps=0, export_quantize=("none", "fp16", "int8")),
+    "full": dict(types="all", crop=224, max_long_side=512, reqa_model="reqa", meta_model="metaiqa", hcl_model="hcl",
+                 epochs=None, meta_epochs=100, reqa_epochs=40, hcl_epochs=20, hcl_finetune_epochs=20, steps=0,
+                 export_quantize=("none", "fp16", "int8"), meta_set={}, reqa_set={}, hcl_set={}),
 }
 
 
@@ -47,12 +61,14 @@ def _banner(i: int, n: int, title: str, t0: float) -> None:
     print(f"\n=== [{i}/{n}] {title}  (elapsed {time.time() - t0:.0f}s)", flush=True)
 
 
-def _run_cli(argv: list, tolerate: tuple = ()) -> int:
+def _run_cli(argv: list, tolerate: tuple = (), cwd=None) -> int:
     """Runs one `keras-iqa` command in its own process, as a user would (no global Keras/TF state leaks between steps).
 
-    `tolerate`: exit statuses that are reported but do not stop the demo (export's 1 = a parity target missed)."""
-    print("$ keras-iqa " + " ".join(shlex.quote(a) for a in argv), flush=True)
-    rc = subprocess.run([sys.executable, "-m", "keras_iqa.cli", *argv]).returncode
+    `tolerate`: exit statuses that are reported but do not stop the demo (export's 1 = a parity target missed); `cwd`: run it
+    from that folder (printed as a `cd`)."""
+    print(("$ cd " + shlex.quote(str(cwd)) + " && " if cwd else "$ ") + "keras-iqa " + " ".join(shlex.quote(a) for a in argv),
+          flush=True)
+    rc = subprocess.run([sys.executable, "-m", "keras_iqa.cli", *argv], cwd=cwd).returncode
     if rc and rc not in tolerate:
         raise RuntimeError(f"`keras-iqa {' '.join(argv)}` failed with exit status {rc}")
     return rc
@@ -112,8 +128,40 @@ def _srocc(results_path: Path) -> float:
         return float("nan")
 
 
+def _methods(b: dict, reports: Path) -> list:
+    """The three methods of the report: label, card, evaluate folder and one sentence on how the budget trained them."""
+    crop, ft = b["crop"], b["epochs"] or "the preset's"
+    return [
+        dict(name="metaiqa", label="MetaIQA", card=b["meta_model"], report_dir=reports / "metaiqa",
+             training=f"meta-trained for {b['meta_epochs']} epochs on one task per distortion type of the SSIM pseudo-MOS set, "
+                      f"then fine-tuned for {ft} epochs on the MS-SSIM training images ({crop}-px crops)."),
+        dict(name="reqa", label="REQA", card=b["reqa_model"], report_dir=reports / "reqa",
+             training=f"trained for {b['reqa_epochs']} epochs of {b['steps'] or 'all'} steps on micro-batches of 5 images from "
+                      f"5 quality bins with the coarse-to-fine losses and the curriculum ({crop}-px crops)."),
+        dict(name="hcl", label="HCL (reconstruction)", card=b["hcl_model"], report_dir=reports / "hcl",
+             training=f"restoration pre-training on the (distorted, reference) pairs for {b['hcl_epochs']} epoch(s), CQAC over "
+                      f"the two pseudo-MOS sets for {b['hcl_epochs']} epoch(s), then {b['hcl_finetune_epochs']} epochs of "
+                      f"fine-tuning on the MS-SSIM training images ({crop}-px crops)."),
+    ]
+
+
+def _split_counts(data: Path, csv: Path, split: str = "split_00") -> tuple:
+    """(train, test) reference counts of a prepared dataset's split column, references from the adapter's CSV ("?" when
+    unreadable)."""
+    try:
+        import pandas as pd
+
+        sp = pd.read_csv(data / "splits.csv").merge(pd.read_csv(csv)[["image", "reference"]], left_on="image_id",
+                                                       right_on="image")
+        return tuple(int(sp.loc[sp[split] == s, "reference"].nunique()) for s in ("train", "test"))
+    except Exception:  # noqa: BLE001 - the report then says "?"
+        return ("?", "?")
+
+
 def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dict:
     """Runs the demo (see the module docstring) into `out`; returns the summary dict also written to `out/summary.json`."""
+    from keras_iqa.evaluation import reports as R
+
     if budget not in BUDGETS:
         raise ValueError(f"--budget must be one of {sorted(BUDGETS)}, got {budget!r}")
     b = BUDGETS[budget]
@@ -123,17 +171,27 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dic
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n = 9
+    steps = []  # (title, seconds)
+    clock = [t0]
+
+    def step(i: int, title: str, short: str):
+        if steps:
+            steps[-1] = (steps[-1][0], time.time() - clock[0])
+        clock[0] = time.time()
+        steps.append((short, 0.0))
+        _banner(i, n, title, t0)
+
     print(f"keras-iqa demo ({budget} budget) -> {out_p}\n"
           "Small-budget run on full-reference pseudo-labels of the photos bundled with scikit-image: it shows the whole chain\n"
           "working; its numbers are not a reproduction of any paper.", flush=True)
 
-    _banner(1, n, "synthesize distorted images and pairs from the embedded photos", t0)
+    step(1, "synthesize distorted images and pairs from the embedded photos", "1. synthesize")
     synth = data / "synth"
     _run_cli(["synthesize", "--pristine", "embedded", "--out", str(data), "--name", "synth", "--types", b["types"],
               "--levels", "1-5", "--pseudo-label", "ms-ssim", "--max-long-side", str(b["max_long_side"]),
               "--num-splits", "1", "--seed", str(seed)])
 
-    _banner(2, n, "pseudo-MOS datasets through the folder+CSV adapter (MS-SSIM and SSIM scoring rules)", t0)
+    step(2, "pseudo-MOS datasets through the folder+CSV adapter (MS-SSIM and SSIM scoring rules)", "2. pseudo-MOS + prepare")
     folders = write_pseudo_mos_folders(synth, data)
     print(f"{folders['count']} images with pseudo-MOS written to {folders['folder']}")
     _run_cli(_prepare_argv(folders["folder"], data, folders["msssim_csv"], "pseudo_msssim"))
@@ -142,47 +200,38 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dic
 
     crop = str(b["crop"])
     common = ["--split", "split_00", "--seed", str(seed)]
-    _banner(3, n, "MetaIQA: meta-train on distortion-type tasks (pseudo_ssim), fine-tune on pseudo_msssim", t0)
+    sets = lambda kv: [a for k, v in kv.items() for a in ("--set", f"{k}={v}")]  # noqa: E731
+    step(3, "MetaIQA: meta-train on distortion-type tasks (pseudo_ssim), fine-tune on pseudo_msssim", "3. train MetaIQA")
     meta_run = runs / "metaiqa"
     _run_cli(["train", "metaiqa", "--model", b["meta_model"], "--meta-data", str(second), "--data", str(target),
               "--out", str(meta_run), "--crop-size", crop, "--meta-epochs", str(b["meta_epochs"]),
-              "--finetune-epochs", str(b["epochs"]), "--quiet", *common, "--set", "inner_steps=2", "--set", "tasks_per_batch=4",
-              # the paper's fine-tuning LR (1e-5) assumes an ImageNet-initialised ResNet-18; the tiny random-init network of the
-              # small budget needs a larger one to move in 5 epochs
-              "--set", "batch_size=8", "--set", "finetune_lr=1e-3"] if budget == "small" else
-             ["train", "metaiqa", "--meta-data", str(second), "--data", str(target), "--out", str(meta_run), *common])
+              *(["--finetune-epochs", str(b["epochs"])] if b["epochs"] else []), "--quiet", *common,
+              *sets(b.get("meta_set", {}))])
 
-    _banner(4, n, "REQA: 5-image micro-batches, coarse-to-fine losses, curriculum (short schedule)", t0)
+    step(4, "REQA: 5-image micro-batches, coarse-to-fine losses, curriculum (short schedule)", "4. train REQA")
     reqa_run = runs / "reqa"
     reqa_argv = ["train", "reqa", "--model", b["reqa_model"], "--data", str(target), "--out", str(reqa_run),
-                 "--crop-size", crop, "--epochs", str(b["epochs"]), "--quiet", *common]
-    if b["steps"]:
-        # Tiny random-init REQA with the official final ReLU often starts with every output at 0 (dead ReLU, zero gradient);
-        # the small budget drops that ReLU (config `final_relu`). The full budget keeps the paper/code head.
-        reqa_argv += ["--set", f"steps_per_epoch={b['steps']}", "--set", "stage_epochs=1",
-                      "--set", "model_overrides={final_relu: false}"]
+                 "--crop-size", crop, "--epochs", str(b["reqa_epochs"]), "--quiet", *common, *sets(b.get("reqa_set", {}))]
     _run_cli(reqa_argv)
 
-    _banner(5, n, "HCL (reconstruction): restoration -> CQAC over two scoring rules -> fine-tune", t0)
+    step(5, "HCL (reconstruction): restoration -> CQAC over two scoring rules -> fine-tune", "5. train HCL")
     hcl_run = runs / "hcl"
     hcl_argv = ["train", "hcl", "--model", b["hcl_model"], "--stages", "all", "--pairs", f"{synth}_pairs",
                 "--synthetic", str(target), "--synthetic", str(second), "--data", str(target), "--out", str(hcl_run),
-                *common, "--set", f"model.crop_size={crop}"]
-    if budget == "small":
-        for stage in ("restoration", "synthetic", "finetune"):
-            hcl_argv += ["--set", f"{stage}.epochs={b['hcl_epochs'] if stage != 'finetune' else b['epochs']}"]
+                *common, "--set", f"model.crop_size={crop}", *sets(b.get("hcl_set", {}))]
     _run_cli(hcl_argv)
 
-    _banner(6, n, "evaluate each model on the held-out references of pseudo_msssim", t0)
+    step(6, "evaluate each model on the held-out references of pseudo_msssim", "6. evaluate")
     sources = {"metaiqa": meta_run, "reqa": reqa_run, "hcl": hcl_run / "3-finetune"}
     for name, src in sources.items():
         _run_cli(["evaluate", str(src), "--data", str(target), "--protocol", "splits", "--splits", "split_00",
                   "--report", str(reports / name)])
-    _run_cli(["report", *(str(reports / k) for k in sources), "--out", str(out_p / "report.md")])
+    # relative run names in the table: run from inside reports/
+    _run_cli(["report", *sources, "--out", "comparison.md", "--csv", "comparison.csv"], cwd=reports)
 
     scores = {name: _srocc(reports / name / "results.json") for name in sources}
     best = max(scores, key=lambda k: -np.inf if np.isnan(scores[k]) else scores[k])
-    _banner(7, n, f"export the best model ({best}, SROCC {scores[best]:.3f}) to a SavedModel and TFLite", t0)
+    step(7, f"export the best model ({best}, SROCC {scores[best]:.3f}) to a SavedModel and TFLite", "7. export")
     sm_root = exports / "savedmodel" / best
     _run_cli(["export", str(sources[best]), "--format", "savedmodel", "--out", str(sm_root), "--overwrite", "--version", "1"])
     tfl_dir = exports / "tflite"
@@ -193,7 +242,7 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dic
         print("note: the TFLite model was written but missed a parity target (see parity.json): tiny demo models give\n"
               "scores that barely vary across images, so int8 rounding reorders them; see README, Deployment.")
 
-    _banner(8, n, "score a few images with the SavedModel and the TFLite model", t0)
+    step(8, "score a few images with the SavedModel and the TFLite model", "8. score")
     samples = out_p / "samples"
     samples.mkdir(exist_ok=True)
     from data_pipeline import distortions as D
@@ -210,17 +259,33 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dic
     if tflites:
         _run_cli(["score", str(tflites[-1]), str(samples), "--out", str(out_p / "scores_tflite.csv"), "--quiet"])
 
-    _banner(9, n, "summary", t0)
-    summary = {"budget": budget, "out": str(out_p), "seconds": round(time.time() - t0, 1), "srocc_on_held_out": scores,
-               "best": best, "savedmodel": str(sm_root), "tflite": [str(p) for p in tflites],
+    step(9, "report and summary", "9. report")
+    methods = _methods(b, reports)
+    facts = {m["name"]: R.method_facts(m["report_dir"]) for m in methods}
+    for m in methods:
+        m["facts"] = facts[m["name"]]
+    info = {"budget": budget, "seed": seed, "images": folders["count"], "references": _split_counts(target, folders["msssim_csv"]),
+            "types": len(b["types"].split(",")) if b["types"] != "all" else 25, "levels": 5, "crop": b["crop"], "best": best,
+            "exports": {"SavedModel": sm_root, **{f"TFLite ({p.stem})": p for p in tflites}}, "parity_missed": parity_missed,
+            "scores": [p for p in (out_p / "scores_savedmodel.csv", out_p / "scores_tflite.csv") if p.exists()]}
+    steps[-1] = (steps[-1][0], time.time() - clock[0])
+    info["steps"], info["seconds"] = steps, time.time() - t0
+    report = R.write_demo_report(out_p, methods, info)
+    keep = ("srocc", "plcc", "krocc", "mae", "mos_std", "constant_mae", "pred_min", "pred_max", "n")
+    summary = {"budget": budget, "seed": seed, "out": str(out_p), "seconds": round(time.time() - t0, 1),
+               "srocc_on_held_out": scores, "best": best,
+               "methods": {k: {**{q: (None if isinstance(f[q], float) and not np.isfinite(f[q]) else f[q]) for q in keep},
+                               "verdict": R.learned_verdict(f["srocc"]), "on_scale": R.on_scale(f)} for k, f in facts.items()},
+               "steps_seconds": {t: round(s, 1) for t, s in steps},
+               "savedmodel": os.path.relpath(sm_root, out_p), "tflite": [os.path.relpath(p, out_p) for p in tflites],
                "tflite_parity_missed": parity_missed,
                "note": "small-budget run on full-reference pseudo-labels; not a reproduction of the papers"}
     (out_p / "summary.json").write_text(json.dumps(summary, indent=2))
-    print((out_p / "report.md").read_text() if (out_p / "report.md").exists() else "")
+    print(report.read_text())
     for f in ("scores_savedmodel.csv", "scores_tflite.csv"):
         if (out_p / f).exists():
             print(f"--- {f}\n{(out_p / f).read_text()}")
-    print(f"Done in {summary['seconds']:.0f}s. Report: {out_p / 'report.md'}; plots under {reports}; models under {exports}.\n"
+    print(f"Done in {summary['seconds']:.0f}s. Report: {report}; plots under {reports}; models under {exports}.\n"
           "Next, with real data: see README 'From the demo to real data'.")
     return summary
 
