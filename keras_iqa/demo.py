@@ -158,8 +158,11 @@ def _split_counts(data: Path, csv: Path, split: str = "split_00") -> tuple:
         return ("?", "?")
 
 
-def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dict:
-    """Runs the demo (see the module docstring) into `out`; returns the summary dict also written to `out/summary.json`."""
+def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progress: bool = False) -> dict:
+    """Runs the demo (see the module docstring) into `out`; returns the summary dict also written to `out/summary.json`.
+
+    progress: a bar over the steps on stderr (elapsed and ETA, redrawn as each step starts); the commands it runs show their
+    own bars."""
     from keras_iqa.evaluation import reports as R
 
     if budget not in BUDGETS:
@@ -171,6 +174,9 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dic
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n = 9
+    from keras_iqa.progress import progress as make_bar
+
+    bar = make_bar(n, "demo", progress, unit="step", mininterval=0)
     steps = []  # (title, seconds)
     clock = [t0]
 
@@ -180,6 +186,9 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dic
         clock[0] = time.time()
         steps.append((short, 0.0))
         _banner(i, n, title, t0)
+        bar.n = i - 1  # steps done so far; redraws with elapsed and ETA
+        bar.set_postfix_str(short, refresh=False)
+        bar.refresh()
 
     print(f"keras-iqa demo ({budget} budget) -> {out_p}\n"
           "Small-budget run on full-reference pseudo-labels of the photos bundled with scikit-image: it shows the whole chain\n"
@@ -281,6 +290,8 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0) -> dic
                "tflite_parity_missed": parity_missed,
                "note": "small-budget run on full-reference pseudo-labels; not a reproduction of the papers"}
     (out_p / "summary.json").write_text(json.dumps(summary, indent=2))
+    bar.n = n
+    bar.close()
     print(report.read_text())
     for f in ("scores_savedmodel.csv", "scores_tflite.csv"):
         if (out_p / f).exists():

@@ -25,5 +25,5 @@ def register(sub):
 def run(args):
     from keras_iqa.demo import run_demo
 
-    run_demo(args.out, args.budget, args.seed)
+    run_demo(args.out, args.budget, args.seed, progress=not getattr(args, "quiet", False))
     return 0
