@@ -14,9 +14,17 @@ $(STAMP): $(BIN)/python setup.py
 	$(BIN)/python -m pip install -q --no-cache-dir -e ".[dev]"
 	touch $(STAMP)
 
+# `make demo` installs only the demo extra (Beam + LiteRT, no torch): its own stamp, so `make test` still installs [dev].
+# A .venv that already has [dev] has everything the demo needs and is reused as it is.
+DEMO_STAMP := $(VENV)/.installed-demo-$(shell cat setup.py | sha1sum | cut -c1-12)
+
+$(DEMO_STAMP): $(BIN)/python setup.py
+	if [ -f $(STAMP) ]; then :; else $(BIN)/python -m pip install -q --no-cache-dir -e ".[demo]"; fi
+	touch $(DEMO_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/keras-iqa demo --out demo_out --budget small
 
 # pytest exits 5 when it collected no test: that is a failure here, as any non-zero status.

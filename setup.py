@@ -24,6 +24,9 @@ EXTRAS = {
     "torch": ["torch==2.13.0"],  # only for `keras-iqa convert metaiqa-official` and the bench peer
     "docs": ["mkdocs==1.6.1", "mkdocstrings-python==2.0.11"],  # the MkDocs site under docs/ (mkdocs.yml)
 }
+# demo: what `keras-iqa demo` (`make demo`) runs: Beam for synthesize/prepare (DirectRunner), the LiteRT interpreter for the
+# TFLite export's parity check and `score` on the .tflite. No torch, notebooks, serving API, pytest or docs.
+EXTRAS["demo"] = sorted({d for k in ("beam", "lite") for d in EXTRAS[k]})
 # dev includes torch so the official-checkpoint converter tests run (the CPU wheel torch==2.13.0 installs here)
 EXTRAS["dev"] = sorted(
     {"pytest", "hypothesis"} | {d for k in ("beam", "lite", "serving", "notebooks", "torch", "docs") for d in EXTRAS[k]}
