@@ -1,12 +1,26 @@
 """`keras-iqa`: the command line. One module per subcommand in `keras_iqa/commands/` (each defines `register(subparsers)`).
 
-Heavy imports (TensorFlow, Beam) happen inside the commands, so `keras-iqa --help` is instant.
+Heavy imports (TensorFlow, Beam) happen inside the commands, so `keras-iqa --help` and `keras-iqa models` never import
+TensorFlow or Keras (tests/keras_iqa/test_cli_rules.py checks it). Flag names mean one thing in every subcommand: the rule
+and the table are in `keras_iqa/commands/__init__.py`.
+
+Start-up noise: TensorFlow's shared objects log through absl from static initializers when they are loaded (oneDNN on,
+"Could not find cuda drivers"), before `absl::InitializeLog()`, so TF_CPP_MIN_LOG_LEVEL does not reach them; and the lines
+came twice because two of them carry their own copy of those initializers (`_pywrap_cpu_feature_guard` with the framework,
+then `_pywrap_profiler_plugin` while `tensorflow/__init__` builds its API). `main` therefore loads TensorFlow's extension
+modules with file descriptor 2 pointed at /dev/null, and sets TF_CPP_MIN_LOG_LEVEL=2 and the absl / tensorflow / Beam
+loggers to ERROR, all unless `--verbose`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
 import os
 import sys
 
@@ -16,9 +30,9 @@ EPILOG = """\
 A typical session:
   keras-iqa prepare koniq10k --root /data/koniq10k --out records/      # official layout -> TFRecords + manifest + splits
   keras-iqa train reqa --data records/koniq10k --split split_00 --out runs/reqa-koniq
-  keras-iqa evaluate runs/reqa-koniq --data records/koniq10k --protocol splits --report reports/reqa
+  keras-iqa evaluate runs/reqa-koniq --data records/koniq10k --protocol splits --out reports/reqa
   keras-iqa export runs/reqa-koniq --format savedmodel --out saved_models/reqa
-  keras-iqa score saved_models/reqa/1 photos/ --recursive --out scores.csv
+  keras-iqa score saved_models/reqa/1 photos/ --recursive --scores scores.csv
 No data at hand? `keras-iqa demo` runs the whole chain on photos that ship with scikit-image.
 Every subcommand has its own --help with examples.
 """
@@ -35,7 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"keras_iqa.commands.{name}").register(sub)
+    from keras_iqa.commands import add_output_args
+
+    for leaf in leaf_parsers(parser):  # every runnable subcommand: -q/--quiet and -v/--verbose
+        add_output_args(leaf)
     return parser
+
+
+def leaf_parsers(parser: argparse.ArgumentParser, path=()):
+    """The runnable subcommand parsers under `parser` (those that set `func`), depth first."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if child.get_default("func") is not None:
+                    out.append(child)
+                out.extend(leaf_parsers(child, (*path, name)))
+    return out
 
 
 def _version() -> str:
@@ -47,11 +77,126 @@ def _version() -> str:
         return "keras-iqa (not installed)"
 
 
-def main(argv=None) -> int:
-    # TensorFlow's C++ info lines (oneDNN, CUDA probing) drown the progress output; TF_CPP_MIN_LOG_LEVEL=0 brings them back.
+@contextlib.contextmanager
+def _stderr_fd_silenced():
+    """Points file descriptor 2 at /dev/null (C/C++ writers included) for the duration of the block."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class _QuietLoader:
+    """Wraps an extension-module loader: loading (dlopen + static initializers) and init run with fd 2 silenced."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        with _stderr_fd_silenced():
+            return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _stderr_fd_silenced():
+            return self._loader.exec_module(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Loads TensorFlow's C extension modules (`tensorflow*`) with stderr silenced, hiding the start-up lines that
+    TF_CPP_MIN_LOG_LEVEL cannot reach. Python-level errors still propagate (and print once stderr is back)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if not name.startswith("tensorflow"):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is None:
+                continue
+            if spec.loader is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
+                spec.loader = _QuietLoader(spec.loader)
+            return spec
+        return None
+
+
+_NOISY_LOGGERS = ("absl", "tensorflow", "apache_beam", "h5py", "jax")
+
+
+def quiet_startup(verbose: bool = False) -> None:
+    """Hide TensorFlow / absl / oneDNN / CUDA / Beam start-up and info lines (call before anything imports TensorFlow);
+    `verbose=True` leaves them on. An explicit TF_CPP_MIN_LOG_LEVEL in the environment is kept either way."""
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, QuietTensorFlowFinder)]
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if not any(isinstance(f, QuietTensorFlowFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, QuietTensorFlowFinder())
+    for name in _NOISY_LOGGERS:
+        if name == "absl" and "absl.logging" not in sys.modules:
+            continue  # absl installs its own logger class on import; set below through its API once loaded
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "absl.logging" in sys.modules:
+        sys.modules["absl.logging"].set_verbosity("error")
+    else:
+        _after_import("absl.logging", lambda m: m.set_verbosity("error"))
+
+
+def _after_import(name: str, hook) -> None:
+    """Runs hook(module) right after `name` is first imported (a one-shot meta path finder)."""
+
+    class _Once(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            real = spec.loader
+
+            class _Loader(_QuietLoader):
+                def create_module(self, s):
+                    return real.create_module(s)
+
+                def exec_module(self, module):
+                    real.exec_module(module)
+                    try:
+                        hook(module)
+                    except Exception:  # never let a logging tweak break an import
+                        pass
+
+            spec.loader = _Loader(real)
+            return spec
+
+    sys.meta_path.insert(0, _Once())
+
+
+def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_startup(verbose=bool(getattr(args, "verbose", False)))
+    if getattr(args, "quiet", False):
+        logging.getLogger("keras_iqa").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

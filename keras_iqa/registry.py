@@ -80,6 +80,51 @@ _REGISTRY: dict[str, ModelCard] = {}
 _loaded = False
 
 
+@dataclass(frozen=True)
+class CardEntry:
+    """A card's listing fields, readable without importing its model module (and so without TensorFlow / Keras)."""
+
+    name: str
+    family: str
+    score_range: tuple
+    higher_better: bool
+    description: str
+
+
+# What `keras-iqa models` lists: the built-in cards' names, families, score ranges, directions and descriptions, kept in
+# step with the registered cards by tests/keras_iqa/test_cli_rules.py (change both when a card changes).
+CARD_INDEX: dict[str, CardEntry] = {e.name: e for e in (
+    CardEntry("hcl", "keras_iqa.models.hcl", (0.0, 100.0), True,
+              "HCL (reconstruction): ResNet-50 U-Net restoration features + K subnetworks + CQAC + fused head"),
+    CardEntry("hcl-tiny", "keras_iqa.models.hcl", (0.0, 100.0), True,
+              "tiny HCL (reconstruction) (width 0.125, one block per stage, 64 px, K=2) for tests and smoke runs"),
+    CardEntry("metaiqa", "keras_iqa.models.metaiqa", (0.0, 1.0), True,
+              "MetaIQA, ResNet-18 + GAP + FC + FC (paper head); meta-train with `keras-iqa train metaiqa`"),
+    CardEntry("metaiqa-official", "keras_iqa.models.metaiqa", (0.0, 1.0), True,
+              "MetaIQA with the released code's head (FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout 0.5, sigmoid)"),
+    CardEntry("metaiqa-tiny", "keras_iqa.models.metaiqa", (0.0, 1.0), True,
+              "tiny MetaIQA (width 0.125, one block per stage, 64 px) for tests and smoke runs"),
+    CardEntry("reqa", "keras_iqa.models.reqa", (0.0, 100.0), True,
+              "REQA: ResNet-50 + ConvLSTM feedback (T=4) + quality transformer, coarse-to-fine; `keras-iqa train reqa` "
+              "(paper protocol: micro-batches of 5, 4-stage curriculum)"),
+    CardEntry("reqa-official", "keras_iqa.models.reqa", (0.0, 100.0), True,
+              "REQA with the official-code training preset (same network; train with `keras-iqa train reqa --preset "
+              "official`: batches of 16, whole-batch RankLoss1, constant weights 0.25/0.125/0.25/0.375)"),
+    CardEntry("reqa-tiny", "keras_iqa.models.reqa", (0.0, 100.0), True,
+              "a tiny REQA (64 px, 1/8-width ResNet) for tests and smoke runs"),
+)}
+
+
+def card_index() -> list:
+    """The listing of every card, sorted by name, WITHOUT importing the model families: the built-in `CARD_INDEX`
+    plus any card registered at run time (those are already imported)."""
+    entries = dict(CARD_INDEX)
+    for name, card in _REGISTRY.items():
+        entries[name] = CardEntry(name, getattr(card.builder, "__module__", ""), tuple(card.score_range),
+                                  card.higher_better, card.description)
+    return [entries[k] for k in sorted(entries)]
+
+
 def register(card: ModelCard) -> ModelCard:
     """Adds a card (re-registering the same name replaces it, so module reloads are harmless)."""
     _REGISTRY[card.name] = card

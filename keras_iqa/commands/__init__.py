@@ -1,6 +1,32 @@
-"""Subcommands of `keras-iqa`; each module defines `register(subparsers)` and keeps heavy imports inside its `run`."""
+"""Subcommands of `keras-iqa`; each module defines `register(subparsers)` and keeps heavy imports inside its `run`.
+
+One meaning per flag name, in every subcommand (tests/keras_iqa/test_cli_rules.py walks the parser and enforces it):
+
+  --out DIR            the folder the command writes into (a run directory for `train`, the report folder for `evaluate`,
+                       the dataset parent for `prepare` / `synthesize`, the model root for `export`). Commands whose whole
+                       output is one file name it after its format instead: `score --scores FILE.csv|.jsonl`,
+                       `report --md FILE.md --csv FILE.csv`, `synthesize --preview FILE.png`.
+  --data DIR           one prepared dataset (TFRecords + manifest + splits.csv) per flag; repeat the flag where several
+                       are allowed (`evaluate --protocol cross`, `train hcl --stage synthetic`).
+  --split COL[,COL]    split column(s) of splits.csv (`train ... --split split_03`, `evaluate --split split_00,split_01`).
+  --num-splits N       how many random split columns to write (`prepare`, `synthesize`).
+  --levels SPEC        distortion levels 1..5 (`synthesize`); gMAD's defender levels are `evaluate --gmad-levels N`.
+  --batch-size N       IMAGES per step or forward pass everywhere (`evaluate` multiplies by the test crops per image).
+  --precision P        auto | fp32 | bf16 (Keras dtype policy; auto = mixed_bfloat16 on CPUs with native bf16), every
+                       `train` method.
+  --distribute S       auto | mirrored | multiworker (tf.distribute strategy), every `train` method.
+  --seed N             the command's random seed.
+  -q, --quiet          no progress bars or per-step lines: results, warnings and errors only (every subcommand).
+  -v, --verbose        also TensorFlow's / absl's / Beam's own start-up and info lines (hidden by default; every subcommand).
+
+Flags that take several values take one per flag (`action="append"`, "repeatable" in the help), never `nargs="+"`, so a
+flag can never swallow the positionals after it (`keras-iqa evaluate --data records/x runs/y`).
+"""
 
 import argparse
+
+PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("auto", "mirrored", "multiworker")
 
 
 def formatter():
@@ -12,3 +38,24 @@ def add_config_args(p) -> None:
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML/JSON override file (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, dotted keys for sections, e.g. --set epochs=40 (repeatable)")
+
+
+def add_output_args(p) -> None:
+    """-q/--quiet and -v/--verbose; `keras_iqa.cli.build_parser` adds them to every subcommand."""
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars or per-step lines: results, warnings and errors only")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="also show TensorFlow's, absl's and Beam's own start-up and info lines (hidden by default)")
+
+
+def add_precision_arg(p, default=None, note: str = "") -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default=default, metavar="{auto,fp32,bf16}",
+                   help="dtype policy: auto (mixed_bfloat16 on CPUs with native bf16, else fp32; the GPU's policy as set), "
+                        "fp32, or bf16 (mixed_bfloat16)" + note)
+
+
+def add_distribute_arg(p, note: str = "") -> None:
+    p.add_argument("--distribute", choices=STRATEGIES, default=None, metavar="{auto,mirrored,multiworker}",
+                   help="tf.distribute strategy: auto (the default, one device), mirrored (all local GPUs), multiworker "
+                        "(the hosts of TF_CONFIG)" + note)

@@ -16,9 +16,9 @@ def register(sub):
         "  keras-iqa demo --out /tmp/d --budget full   # the papers' networks at 224 px, all 25 types (hours on CPU)",
         formatter_class=formatter(),
     )
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     p.add_argument("--budget", choices=("small", "full"), default="small", help="small (minutes, tiny networks) or full")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the synthesis, splits and training (default 0)")
     p.set_defaults(func=run)
 
 

@@ -18,10 +18,10 @@ score_normalized), image_tensor (uint8 [B,H,W,3]), predict_crops (float32 [B,c,c
 
 TFLite (phones): OUT is a folder (one <name>_<variant>.tflite + sidecar .json per variant, parity.json) or a .tflite
 path for a single variant. Every file is run with the ai-edge-litert interpreter and compared with the Keras model.
-  keras-iqa export runs/reqa-koniq --format tflite --out exports/reqa --quantize none fp16 int8 --data records/koniq10k
+  keras-iqa export runs/reqa-koniq --format tflite --out exports/reqa --quantize none,fp16,int8 --data records/koniq10k
   keras-iqa export model.keras --format tflite --out reqa_fp16.tflite --quantize fp16
   # whole-photo model for a camera app: uint8 1024x768 photo in, score out (crops and mean inside the model)
-  keras-iqa export runs/reqa-koniq --format tflite --out exports/reqa --photo-size 768x1024 --quantize none int8
+  keras-iqa export runs/reqa-koniq --format tflite --out exports/reqa --photo-size 768x1024 --quantize none,int8
 
 Exit status 1 when a parity target is missed (the files are still written; see parity.json), 2 on errors.
 """
@@ -40,20 +40,36 @@ def _photo_size(text: str) -> tuple:
     return h, w
 
 
+QUANTIZE = ("none", "fp16", "dynamic", "int8")
+
+
+def _quantize_kinds(values) -> list:
+    """--quantize values (repeatable, comma-separated) -> the list of variants, in order, without repeats."""
+    kinds = [k.strip() for v in (values or ["none"]) for k in str(v).split(",") if k.strip()]
+    bad = [k for k in kinds if k not in (*QUANTIZE, "all")]
+    if bad:
+        raise ValueError(f"--quantize {','.join(bad)}: choose from {', '.join(QUANTIZE)} or all")
+    if "all" in kinds:
+        return list(QUANTIZE)
+    return list(dict.fromkeys(kinds))
+
+
 def register(sub):
     p = sub.add_parser("export", help="SavedModel (TF Serving) and TFLite export",
                        description="Export a trained model as a TF Serving SavedModel or as TFLite files for phones.",
                        epilog=EPILOG, formatter_class=formatter())
     p.add_argument("model", metavar="RUN_OR_MODEL", help="run directory, .keras file or registered model name")
     p.add_argument("--format", "-f", choices=("savedmodel", "tflite"), required=True, help="what to write")
-    p.add_argument("--out", "-o", required=True, metavar="PATH",
-                   help="savedmodel: model root saved_models/NAME; tflite: folder or .tflite file")
+    p.add_argument("--out", "-o", required=True, metavar="DIR",
+                   help="output folder: savedmodel: the model root saved_models/NAME (versions go below it); tflite: the "
+                        "folder for the .tflite files and their .json sidecars (a path ending in .tflite is still taken "
+                        "as the file name of a single variant)")
     p.add_argument("--version", type=int, metavar="N", help="savedmodel version folder (default: next free, 1 for a new root)")
     p.add_argument("--name", help="model name (default: the --out folder name for savedmodel, the model's name for tflite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing savedmodel version folder")
-    p.add_argument("--max-batch-size", type=int, default=32, help="max_batch_size in batching_parameters.txt (default 32)")
-    p.add_argument("--quantize", nargs="+", default=["none"], choices=("none", "fp16", "dynamic", "int8", "all"),
-                   help="tflite variants (several allowed; 'all' = none fp16 dynamic int8; default none)")
+    p.add_argument("--max-batch-size", type=int, default=32, metavar="N", help="max_batch_size in batching_parameters.txt (default 32)")
+    p.add_argument("--quantize", action="append", metavar="KIND[,KIND]",
+                   help="tflite variants (none, fp16, dynamic, int8 or all; comma-separated or repeatable; 'all' = none,fp16,dynamic,int8; default none)")
     p.add_argument("--data", metavar="DIR", help="prepared dataset (records) for int8 calibration (default: embedded "
                    "pristine photos, else synthetic images)")
     p.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="int8 calibration crops (default 128)")
@@ -114,7 +130,7 @@ def run(args):
         return 0
     from keras_iqa.export.tflite import export_tflite
 
-    quantize = ["none", "fp16", "dynamic", "int8"] if "all" in args.quantize else args.quantize
+    quantize = _quantize_kinds(args.quantize)
     images = None
     if args.parity_images:
         from data_pipeline.images import ImageDecodeError, load_image

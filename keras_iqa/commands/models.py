@@ -1,4 +1,7 @@
-"""`keras-iqa models`: the model registry (names, score ranges, input contracts, citations)."""
+"""`keras-iqa models`: the model registry (names, score ranges, input contracts, citations).
+
+The list reads `keras_iqa.registry.card_index()` and never imports TensorFlow; `keras-iqa models NAME` builds the full card.
+"""
 
 import json
 
@@ -13,7 +16,7 @@ def register(sub):
         epilog="Examples:\n  keras-iqa models\n  keras-iqa models reqa",
         formatter_class=formatter(),
     )
-    p.add_argument("name", nargs="?", help="a model name to show in full")
+    p.add_argument("name", nargs="?", help="a model name to show in full (its config defaults: imports the model)")
     p.set_defaults(func=run)
 
 
@@ -23,8 +26,7 @@ def run(args):
     if args.name:
         print(json.dumps(registry.get_card(args.name).summary(), indent=2))
         return 0
-    for name in registry.list_models():
-        card = registry.get_card(name)
+    for card in registry.card_index():  # names, ranges and descriptions without importing the models (no TensorFlow)
         lo, hi = card.score_range
-        print(f"{name:24s} score {lo:g}..{hi:g} ({'higher' if card.higher_better else 'lower'} = better)  {card.description}")
+        print(f"{card.name:24s} score {lo:g}..{hi:g} ({'higher' if card.higher_better else 'lower'} = better)  {card.description}")
     return 0

@@ -54,8 +54,8 @@ def register(sub):
     p.add_argument("dataset", help="dataset name: koniq10k, clive, bid, spaq, cid2013, kadid10k, tid2013, live, csiq, "
                                    "kadis700k or csv (aliases: koniq, livechallenge, kadid, tid, ...)")
     p.add_argument("--root", required=True, help="the dataset's root folder in its official layout")
-    p.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/<name>/")
-    p.add_argument("--splits", type=int, default=20, metavar="N",
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder; the dataset goes to OUT/<name>/")
+    p.add_argument("--num-splits", type=int, default=20, metavar="N",
                    help="random split columns split_00.. (default 20: REQA's 20 train-test iterations; MetaIQA uses 10)")
     p.add_argument("--train-ratio", type=float, default=0.8, help="train fraction of images, or of references for synthetic "
                                                                    "sets (default 0.8)")
@@ -68,7 +68,6 @@ def register(sub):
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="extra Beam pipeline argument passed through (repeatable; write --beam-arg=--flag=value)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke runs)")
-    p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=run)
 
 
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     runner = None if args.runner.lower() in ("inline", "none") else args.runner
-    m = prepare(args.dataset, args.root, args.out, options=_parse_options(args.option), num_splits=args.splits,
+    m = prepare(args.dataset, args.root, args.out, options=_parse_options(args.option), num_splits=args.num_splits,
                 train_ratio=args.train_ratio, seed=args.seed, runner=runner, pipeline_args=args.beam_arg,
                 num_shards=args.num_shards, limit=args.limit, progress=not getattr(args, "quiet", False))
     rejects = m["rejects"]

@@ -51,7 +51,7 @@ def register(sub):
                    help="downscale references to this long side before distorting (0 = keep; KADIS used 512x384)")
     p.add_argument("--restretch", action="store_true",
                    help="apply the MATLAB generator's min-max stretch (mapmm) to input and output, as the official code does")
-    p.add_argument("--splits", "--num-splits", dest="splits", type=int, default=10, metavar="N",
+    p.add_argument("--num-splits", type=int, default=10, metavar="N",
                    help="random reference-grouped split columns split_00.. (default 10)")
     p.add_argument("--train-ratio", type=float, default=0.8, help="train fraction of the references (default 0.8)")
     g = p.add_argument_group("Beam runner")
@@ -114,7 +114,7 @@ def run(args) -> int:
         args.pristine, args.out, name=args.name, types=args.types, levels=args.levels,
         per_image_types=args.per_image_types, seed=args.seed, pseudo_label=args.pseudo_label, pairs=not args.no_pairs,
         runner=None if args.runner.lower() in ("inline", "none") else args.runner, pipeline_args=_runner_args(args), num_shards=args.num_shards,
-        max_long_side=args.max_long_side, restretch=args.restretch, num_splits=args.splits,
+        max_long_side=args.max_long_side, restretch=args.restretch, num_splits=args.num_splits,
         train_ratio=args.train_ratio, progress=not getattr(args, "quiet", False))
     failed = False
     for kind, manifest in result.items():

@@ -1,6 +1,6 @@
 """`keras-iqa train hcl`: HCL (reconstruction), three curricula, one stage at a time or all in sequence."""
 
-from keras_iqa.commands import add_config_args, formatter
+from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
 
 DESCRIPTION = """\
 Train HCL (reconstruction) (Wang et al., IJCV 2023; the paper body is unavailable, so this follows the design in README, HCL).
@@ -50,11 +50,10 @@ def register(sub):
     p.add_argument("--init", metavar="RUN", help="run directory (or .keras file) of the previous stage")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write (resumes if it exists)")
     p.add_argument("--model", default="hcl", choices=("hcl", "hcl-tiny"), help="architecture card (default: hcl)")
-    p.add_argument("--split", help="split column of splits.csv for every stage (default split_00)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--distribute", choices=("auto", "mirrored", "multiworker"), help="tf.distribute strategy")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="CPU compute precision (auto: bf16 on CPUs with native bf16, else fp32; fp32 on GPUs)")
+    p.add_argument("--split", metavar="COL", help="split column of splits.csv for every stage (default split_00)")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
+    add_distribute_arg(p, note=": every curriculum builds, compiles and fits its model under it")
+    add_precision_arg(p, default="auto")
     add_config_args(p)
     p.set_defaults(func=run)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from keras_iqa.commands import add_config_args, formatter
+from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
 
 
 @dataclass
@@ -52,6 +52,8 @@ class MetaIQATrainConfig:
     held_out: Optional[list] = None        # lodo: restrict to these distortion names / types
     baseline_epochs: int = 10              # baseline: epochs of plain Adam on the synthetic images
     seed: int = 0
+    precision: str = "fp32"                 # auto | fp32 | bf16 (fp32 by default: the second-order meta-updates)
+    distribute: str = "auto"                # only auto: the meta-training loop runs on one device
 
 
 PRESETS = {
@@ -94,14 +96,15 @@ def register(sub):
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper defaults or the released code's")
     p.add_argument("--protocol", choices=("meta", "lodo", "baseline"), help="meta (default) | lodo | baseline")
     p.add_argument("--meta-target", choices=("normalized", "pseudo", "mos"), help="meta-training target (default normalized)")
-    p.add_argument("--split", help="split column of the target's splits.csv (default split_00)")
+    p.add_argument("--split", metavar="COL", help="split column of the target's splits.csv (default split_00)")
     p.add_argument("--held-out", action="append", metavar="TYPE", help="lodo: held-out distortion name or type (repeatable)")
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--meta-epochs", type=int)
-    p.add_argument("--finetune-epochs", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--crop-size", type=int, metavar="PX", help="training crop size (default: the card's, 224)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per fine-tuning / baseline step")
+    p.add_argument("--meta-epochs", type=int, metavar="N", help="meta-training epochs")
+    p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs on --data")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
+    add_precision_arg(p, note=" (default fp32 here)")
+    add_distribute_arg(p, note=": only auto so far; the meta-training loop (MetaLearner) runs on one device")
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -111,11 +114,21 @@ def _config(args) -> MetaIQATrainConfig:
 
     flags = {"model": args.model, "protocol": args.protocol, "meta_target": args.meta_target, "split": args.split,
              "held_out": args.held_out, "crop_size": args.crop_size, "batch_size": args.batch_size,
-             "meta_epochs": args.meta_epochs, "finetune_epochs": args.finetune_epochs, "seed": args.seed}
+             "meta_epochs": args.meta_epochs, "finetune_epochs": args.finetune_epochs, "seed": args.seed,
+             "precision": args.precision, "distribute": args.distribute}
     overrides = {**PRESETS[args.preset], **{k: v for k, v in flags.items() if v is not None}}
     cfg = load_config(MetaIQATrainConfig, files=args.config, sets=args.set, overrides=overrides)
     if cfg.protocol not in ("meta", "lodo", "baseline"):
         raise ValueError(f"protocol must be meta, lodo or baseline, got {cfg.protocol!r}")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    if cfg.distribute not in ("auto", "mirrored", "multiworker"):
+        raise ValueError(f"distribute must be auto, mirrored or multiworker, got {cfg.distribute!r}")
+    if cfg.distribute != "auto":
+        raise NotImplementedError(
+            f"--distribute {cfg.distribute}: train metaiqa runs on one device only (its meta-training loop, MetaLearner's "
+            "per-task inner Adam steps and outer update, is a custom loop not written for tf.distribute yet, and the "
+            "fine-tuning reuses that model); --distribute mirrored|multiworker works with train reqa and train hcl")
     if cfg.eval_mode not in ("random", "grid", "resize"):
         raise ValueError(f"eval_mode must be random, grid or resize, got {cfg.eval_mode!r}")
     if cfg.finetune_resize is None and cfg.resize:
@@ -237,6 +250,9 @@ def run(args) -> int:
         raise ValueError("--meta-data DIR is required (a prepared synthetic dataset with distortion types, e.g. kadid10k)")
     if cfg.protocol == "baseline" and not args.data:
         raise ValueError("--protocol baseline needs --data (the target set to fine-tune and test on)")
+    from keras_iqa.training.cpu import configure_cpu
+
+    cpu = configure_cpu(cfg.precision)  # dtype policy (--precision) and the benchmarked CPU thread defaults
     verbose = 0 if args.quiet else 1
     run_dir = RunDir.create(args.out, config={**to_dict(cfg), "meta_data": args.meta_data, "data": args.data}, seed=cfg.seed)
     build = _with_test_contract(_builder(cfg), cfg)
@@ -251,7 +267,7 @@ def run(args) -> int:
     ft_lr = resolve_lr(cfg.finetune_lr, M.FINETUNE_PRESETS[cfg.finetune_preset]["lr"], RANDOM_INIT["metaiqa"]["finetune_lr"],
                        is_pretrained(build.backbone_weights), "metaiqa")  # lr=auto (docs/heads.md)
     tune_kw = dict(preset=cfg.finetune_preset, epochs=cfg.finetune_epochs, lr=ft_lr, verbose=verbose)
-    results = {"protocol": cfg.protocol, "config": to_dict(cfg)}
+    results = {"protocol": cfg.protocol, "config": to_dict(cfg), "cpu": cpu}
 
     if cfg.protocol == "lodo":
         df = M.leave_one_distortion_out(tasks, build, held_out=cfg.held_out, meta=meta_kw, fit=fit_kw, tune=tune_kw,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from keras_iqa.commands import add_config_args, formatter
+from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
 
 
 @dataclass
@@ -50,6 +50,7 @@ class REQATrainConfig:
     split: str = "split_00"
     repetitions: int = 20                   # paper: "20 train-test iterations" (split_00 .. split_19; --split all runs them)
     precision: str = "auto"                 # auto (bf16 on CPUs with AVX512-BF16/AMX, measured 1.67x faster) | fp32 | bf16
+    distribute: str = "auto"                # tf.distribute strategy: auto | mirrored | multiworker (Keras fit under it)
     seed: int = 0
 
 
@@ -89,16 +90,16 @@ def register(sub):
     )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (keras-iqa prepare ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (re-run to resume)")
-    p.add_argument("--split", help="split column of splits.csv (default split_00), or 'all': the paper's 20 train-test "
+    p.add_argument("--split", metavar="COL", help="split column of splits.csv (default split_00), or 'all': the paper's 20 train-test "
                    "iterations (split_00 .. split_19, `--set repetitions=N`), one run directory each, median in results.json")
     p.add_argument("--model", help="registry card (reqa | reqa-official | reqa-tiny)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper protocol (default) or the released code's")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="auto (default: mixed_bfloat16 on CPUs with native bf16, else fp32; fp32 on GPUs), fp32 or bf16")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_precision_arg(p)
+    add_distribute_arg(p, note=": the model is built, compiled and fit under it (the global batch is split over the "
+                       "replicas; keep it a multiple of 5 x replicas with the coarse micro-batches)")
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default 40; official preset 30)")
+    p.add_argument("--crop-size", type=int, metavar="PX", help="training crop size (default: the card's, 224; reqa-tiny 64)")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -106,14 +107,16 @@ def register(sub):
 def _config(args) -> REQATrainConfig:
     from keras_iqa.config import load_config
 
-    flags = {"model": args.model, "split": args.split, "precision": args.precision, "epochs": args.epochs,
+    flags = {"model": args.model, "split": args.split, "precision": args.precision, "distribute": args.distribute,
+             "epochs": args.epochs,
              "crop_size": args.crop_size, "seed": args.seed}
     overrides = {**PRESETS[args.preset], **{k: v for k, v in flags.items() if v is not None}}
     cfg = load_config(REQATrainConfig, files=args.config, sets=args.set, overrides=overrides)
     checks = {"sampler": ("microbatch", "batch"), "coarse": ("paper", "official"), "curriculum": ("paper", "official"),
               "lr_schedule": ("paper", "official", "constant"), "eval_mode": (None, "random", "grid", "resize"),
               "sampler_epoch": ("balanced", "pass"),
-              "precision": ("auto", "fp32", "bf16"), "bins": ("acr", "quantile")}
+              "precision": ("auto", "fp32", "bf16"), "bins": ("acr", "quantile"),
+              "distribute": ("auto", "mirrored", "multiworker")}
     for key, allowed in checks.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"config {key}={getattr(cfg, key)!r} is not one of {allowed} (set it with --set {key}=...)")
@@ -244,19 +247,27 @@ def run(args) -> int:
 
 
 def _run_one(args, cfg: REQATrainConfig, out) -> int:
-    import json
-
     from data_pipeline.input import RecordReader
     from keras_iqa.config import to_dict
     from keras_iqa.training import runner
-    from keras_iqa.training.curriculum import CurriculumSchedule
     from keras_iqa.training.cpu import configure_cpu
 
     cpu = configure_cpu(cfg.precision)  # the benchmarked CPU defaults (README, Benchmarks)
     run_dir = runner.RunDir.create(out, config={**to_dict(cfg), "data": args.data}, seed=cfg.seed)
     train_reader = RecordReader(args.data, split=cfg.split, subset="train", target=TARGET)
     test_reader = RecordReader(args.data, split=cfg.split, subset="test", target=TARGET)
-    model = build_model(cfg)  # its test-time contract (test_resize, test_crops, crop_policy) is set from cfg here
+    # --distribute: model, optimizer and fit under the strategy (auto: the default one-device strategy); Keras's fit
+    # distributes the dataset and runs REQA's train_step per replica
+    with runner.get_strategy(cfg.distribute).scope():
+        model = build_model(cfg)  # its test-time contract (test_resize, test_crops, crop_policy) is set from cfg here
+        return _train_and_report(args, cfg, run_dir, train_reader, test_reader, model, cpu, runner)
+
+
+def _train_and_report(args, cfg, run_dir, train_reader, test_reader, model, cpu, runner) -> int:
+    import json
+
+    from keras_iqa.training.curriculum import CurriculumSchedule
+
     from keras_iqa.training.lr import RANDOM_INIT, is_pretrained, resolve_lr
 
     pre = is_pretrained(model.backbone_weights)  # lr=auto: paper rates need ImageNet weights (docs/heads.md)

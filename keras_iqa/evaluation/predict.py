@@ -101,7 +101,8 @@ def _score_batches(batches, score, ids, targets, preds, bar):
 
 
 def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optional[str] = None, batch_size: int = 32,
-                   seed: int = 0, contract=None, progress: bool = False, desc: Optional[str] = None):
+                   seed: int = 0, contract=None, progress: bool = False, desc: Optional[str] = None,
+                   batch_images: Optional[int] = None):
     """Predictions of `model` on every image `reader` yields: DataFrame(image_id, target, pred).
 
     The crops and the averaging are the model's test-time contract (`data_pipeline.test_time.TestTimeCrops.from_model`),
@@ -115,6 +116,7 @@ def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optiona
         num_crops: crops per image (default: `model.test_crops`; 1 for mode "resize").
         mode: "random", "grid" or "resize" (default: `model.crop_policy`).
         batch_size: crops per forward pass.
+        batch_images: images per forward pass instead (all their crops together; `keras-iqa evaluate --batch-size`).
         seed: seed of the "random" crop positions (default 0, as every export).
         progress: a per-image bar on stderr (`desc` names it; default the reader's dataset and split).
 
@@ -126,6 +128,10 @@ def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optiona
 
     if contract is None:
         contract = TestTimeCrops.from_model(model, num_crops=num_crops, policy=mode, seed=seed)
+    if batch_images is not None:
+        if int(batch_images) < 1:
+            raise ValueError(f"--batch-size must be >= 1 image, got {batch_images}")
+        batch_size = int(batch_images) * max(1, int(contract.num_crops))
     ds = reader.eval_dataset(contract=contract)
     if desc is None:
         name = os.path.basename(os.path.normpath(str(getattr(reader, "data_dir", "") or ""))) or "images"
