@@ -114,7 +114,7 @@ def write_pseudo_mos_folders(synth_dir: Path, out_root: Path) -> dict:
 def _prepare_argv(folder: Path, data: Path, csv: Path, name: str) -> list:
     opts = [f"csv={csv}", "image_dir=images", "image_column=image", "score_column=mos", "score_range=0,100",
             "reference_column=reference", "type_column=type", "level_column=level", f"name={name}"]
-    argv = ["prepare", "csv", "--root", str(folder), "--out", str(data), "--splits", "1", "--seed", "0"]
+    argv = ["prepare", "csv", "--root", str(folder), "--out", str(data), "--num-splits", "1", "--seed", "0"]
     for o in opts:
         argv += ["--option", o]
     return argv
@@ -233,10 +233,10 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
     step(6, "evaluate each model on the held-out references of pseudo_msssim", "6. evaluate")
     sources = {"metaiqa": meta_run, "reqa": reqa_run, "hcl": hcl_run / "3-finetune"}
     for name, src in sources.items():
-        _run_cli(["evaluate", str(src), "--data", str(target), "--protocol", "splits", "--splits", "split_00",
-                  "--report", str(reports / name)])
+        _run_cli(["evaluate", str(src), "--data", str(target), "--protocol", "splits", "--split", "split_00",
+                  "--out", str(reports / name)])
     # relative run names in the table: run from inside reports/
-    _run_cli(["report", *sources, "--out", "comparison.md", "--csv", "comparison.csv"], cwd=reports)
+    _run_cli(["report", *sources, "--md", "comparison.md", "--csv", "comparison.csv"], cwd=reports)
 
     scores = {name: _srocc(reports / name / "results.json") for name in sources}
     best = max(scores, key=lambda k: -np.inf if np.isnan(scores[k]) else scores[k])
@@ -245,7 +245,7 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
     _run_cli(["export", str(sources[best]), "--format", "savedmodel", "--out", str(sm_root), "--overwrite", "--version", "1"])
     tfl_dir = exports / "tflite"
     rc = _run_cli(["export", str(sources[best]), "--format", "tflite", "--out", str(tfl_dir), "--quantize",
-                   *b["export_quantize"], "--data", str(target)], tolerate=(1,))
+                   ",".join(b["export_quantize"]), "--data", str(target)], tolerate=(1,))
     parity_missed = rc == 1
     if parity_missed:
         print("note: the TFLite model was written but missed a parity target (see parity.json): tiny demo models give\n"
@@ -263,10 +263,10 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
         (samples / f"chelsea_blur_L{level}.png").write_bytes(encode_png(D.distort(ref, 1, level, np.random.default_rng(0))))
     (samples / "chelsea.png").write_bytes(encode_png(ref))
     (samples / "broken.jpg").write_bytes(b"not an image")
-    _run_cli(["score", str(sm_root), str(samples), "--out", str(out_p / "scores_savedmodel.csv"), "--quiet"])
+    _run_cli(["score", str(sm_root), str(samples), "--scores", str(out_p / "scores_savedmodel.csv"), "--quiet"])
     tflites = sorted(tfl_dir.glob("*.tflite"))
     if tflites:
-        _run_cli(["score", str(tflites[-1]), str(samples), "--out", str(out_p / "scores_tflite.csv"), "--quiet"])
+        _run_cli(["score", str(tflites[-1]), str(samples), "--scores", str(out_p / "scores_tflite.csv"), "--quiet"])
 
     step(9, "report and summary", "9. report")
     methods = _methods(b, reports)
