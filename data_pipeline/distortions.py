@@ -1,4 +1,4 @@
-"""The 25 KADID-10k / KADIS-700k distortion types x 5 levels (spec/distortions.md section 5).
+"""The 25 KADID-10k / KADIS-700k distortion types x 5 levels (docs/distortions.md, Level table).
 
 Every distortion is a pure function ``fn(image, level, rng, **options) -> image``:
 
@@ -11,7 +11,7 @@ Every distortion is a pure function ``fn(image, level, rng, **options) -> image`
 Use :func:`distort` for the registry by KADID number, :data:`DISTORTIONS` for the table (id, name, short key, levels,
 function) and :func:`ssim` / :func:`ms_ssim` for the full-reference pseudo-labels.
 
-Implementation notes (numbers refer to the KADID ids; everything else follows the table in spec/distortions.md):
+Implementation notes (numbers refer to the KADID ids; everything else follows the table in docs/distortions.md):
 
 - Internally images are float64 RGB in [0, 1]. ``distort(..., restretch=True)`` reproduces the generator's ``mapmm`` min-max
   stretch of the input and of the output (the official code); the default ``restretch=False`` keeps the distortion as

@@ -2,7 +2,7 @@
 
 - `write_tiny_records(out_dir, kind=...)` writes a PREPARED dataset (records + manifest.json + splits.csv) directly, through the
   same shard writer as `keras-iqa prepare` but without Beam.
-- `make_<dataset>(root, ...)` functions write tiny copies of the OFFICIAL on-disk layouts (spec/datasets.md) with generated images
+- `make_<dataset>(root, ...)` functions write tiny copies of the OFFICIAL on-disk layouts (docs/datasets.md) with generated images
   and score files, including their awkward parts (CLIVE .mat cells, TID2013 mixed-case names, KADID `dmos.csv`, ...).
 
 Generated images carry a learnable quality signal: a smooth random "content" image, degraded by noise and blur whose strength

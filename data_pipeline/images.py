@@ -1,4 +1,4 @@
-"""The ONE image decode policy (DESIGN.md section 6), used by the writer, training, the CLI and serving.
+"""The ONE image decode policy (docs/data-pipeline.md, Decode policy), used by the writer, training, the CLI and serving.
 
 Policy, applied in this order:
 1. first frame of animated formats;

@@ -1,4 +1,4 @@
-"""tf.train.Example feature specs of the three record kinds (DESIGN.md section 4).
+"""tf.train.Example feature specs of the three record kinds (docs/data-pipeline.md, Record format).
 
 Feature keys are part of the public format; bump `SCHEMA_VERSION` (written to every manifest) when they change.
 

@@ -1,4 +1,4 @@
-"""Seeded train/test splits stored as columns of `splits.csv` (DESIGN.md section 4).
+"""Seeded train/test splits stored as columns of `splits.csv` (docs/data-pipeline.md, Record format).
 
 `splits.csv` holds `image_id, split_00 .. split_NN` (values `train` | `test`) and, where the dataset has one, `official`
 (`train` | `validation` | `test`). Splits are never baked into the records: readers filter by id.

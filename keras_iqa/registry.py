@@ -5,8 +5,9 @@ Each model family registers its cards at import time with `register(ModelCard(..
 
 Example:
 >>> import keras_iqa
->>> keras_iqa.list_models()
->>> model = keras_iqa.create_model("reqa-tiny", feedback_steps=2)
+>>> "reqa-tiny" in keras_iqa.list_models()
+True
+>>> model = keras_iqa.create_model("reqa-tiny", steps=2)
 """
 
 from __future__ import annotations

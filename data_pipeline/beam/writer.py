@@ -1,4 +1,4 @@
-"""Sharded, atomic, resumable TFRecord writer on Apache Beam (DESIGN.md sections 4, 6, 7).
+"""Sharded, atomic, resumable TFRecord writer on Apache Beam (docs/data-pipeline.md).
 
 `write_records(rows, to_examples, out_dir, ...)` turns rows into `out_dir/records-XXXXX-of-NNNNN.tfrecord` + `manifest.json` +
 `splits.csv`. `out_dir` is the dataset's own directory (the `<out>/<name>` of docs/CONTRACTS.md).

@@ -1,4 +1,4 @@
-"""Dataset adapters: one per dataset, reading the OFFICIAL on-disk layout (spec/datasets.md), plus a generic folder + CSV.
+"""Dataset adapters: one per dataset, reading the OFFICIAL on-disk layout (docs/datasets.md), plus a generic folder + CSV.
 
 `get_source(name)(root, **options).rows()` -> (validated rows, rejects). Names and aliases: `SOURCES`.
 """

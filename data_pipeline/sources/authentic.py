@@ -1,4 +1,4 @@
-"""Adapters of the authentic-distortion datasets: KonIQ-10k, LIVE Challenge (CLIVE), BID, SPAQ, CID2013 (spec/datasets.md 4.1-4.5)."""
+"""Adapters of the authentic-distortion datasets: KonIQ-10k, LIVE Challenge (CLIVE), BID, SPAQ, CID2013 (docs/datasets.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Adapters of the synthetic-distortion datasets: KADID-10k, TID2013, LIVE IQA release 2, CSIQ, and the KADIS-700k references
-(spec/datasets.md 4.6-4.10). Rows carry distortion type, name, level and the reference id (splits are grouped by reference)."""
+(docs/datasets.md). Rows carry distortion type, name, level and the reference id (splits are grouped by reference)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import re
 
 from data_pipeline.sources.base import MetadataError, Source, cell_str, check_columns, load_mat
 
-#: KADID-10k / KADIS-700k type names, ids 1..25 (Waterloo list strings, spec/distortions.md).
+#: KADID-10k / KADIS-700k type names, ids 1..25 (Waterloo list strings, docs/distortions.md).
 KADID_TYPES = ("GBLUR", "Lens_Blur", "Motion_Blur", "Color_Diffusion", "Color_Shift", "Color_Quantization", "Saturation_Dist._HSV",
                "Saturation_Dist._Lab", "JP2K", "JPEG", "AWGN", "AWGN_YCbCr", "Impulse_Noise", "Multiplicative_Noise", "Denoising",
                "Brighten", "Darken", "Mean_Shift", "Jitter", "Non-eccentricity_patch", "Pixelate", "Quantization", "Color_Block",
                "High_Sharpen", "Contrast_Dist.")
-#: TID2013 type names, ids 1..24 (spec/datasets.md 4.7; names 21 and 24 unverified there).
+#: TID2013 type names, ids 1..24 (docs/datasets.md; names 21 and 24 unverified).
 TID_TYPES = ("AWGN", "Additive_noise_in_color_components", "Spatially_correlated_noise", "Masked_noise", "High_frequency_noise",
              "Impulse_noise", "Quantization_noise", "Gaussian_blur", "Image_denoising", "JPEG", "JPEG2000",
              "JPEG_transmission_errors", "JPEG2000_transmission_errors", "Non_eccentricity_pattern_noise",

@@ -16,7 +16,7 @@ Bad rows (missing file, NaN or out-of-range score, duplicate id) and undecodable
 with the score file and row; the command exits non-zero only if nothing could be prepared. Shards are written atomically: a
 re-run skips verified shards, so an interrupted run can simply be started again.
 
-Datasets and expected layouts (spec/datasets.md; README, Data pipeline has details):
+Datasets and expected layouts (docs/datasets.md; docs/data-pipeline.md has details):
   koniq10k   ROOT/1024x768/*.jpg (or 512x384/), koniq10k_scores_and_distributions.csv, koniq10k_distributions_sets.csv
              options: resolution=1024x768|512x384, score_column=MOS_zscore|MOS
   clive      ROOT/Images/, ROOT/Data/AllImages_release.mat, AllMOS_release.mat, AllStdDev_release.mat (first 7 dropped)

@@ -552,7 +552,7 @@ def per_distortion(predictions, data_dir=None, metadata=None) -> list:
 
 
 def best_epoch_selection(sources, metrics: Sequence[str] = ("srocc", "plcc")) -> Optional[dict]:
-    """REQA official-code numbers (spec/reqa.md 1.10): per run, the best test SROCC and the best test PLCC over epochs, taken
+    """REQA official-code numbers (docs/protocols.md): per run, the best test SROCC and the best test PLCC over epochs, taken
     independently (possibly from different epochs), from each run's history.csv (columns test_<m>, else val_<m>); median and
     mean over runs. This is test-set model selection: reported beside, never instead of, the final-model numbers."""
     import pandas as pd

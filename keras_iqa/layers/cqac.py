@@ -1,4 +1,4 @@
-"""HCL (reconstruction) curriculum 2 building blocks: K per-dataset subnetworks and the CQAC module (spec/hcl.md 3.3).
+"""HCL (reconstruction) curriculum 2 building blocks: K per-dataset subnetworks and the CQAC module (docs/methods/hcl.md, Design (ours)).
 
 The HCL paper's body is not available; everything here is OUR design built from its abstract ("multiple lightweight
 subnetworks" each learning one synthetic dataset's scoring rule, tied by a "cross-dataset quality assessment correlation"
@@ -33,7 +33,7 @@ def head_correlation_matrix(scores, eps=1e-8):
 
 
 def cqac_loss(scores, targets, dataset_id, lam=0.1, num_datasets=None):
-    """Correlation-consistency loss of CQAC (spec/hcl.md 3.3 step 3); returns (total, mse, corr).
+    """Correlation-consistency loss of CQAC (docs/methods/hcl.md, Curriculum 2); returns (total, mse, corr).
 
     Every batch comes from ONE dataset k (`multi_dataset` guarantees it); k is read from `dataset_id[0]`.
     mse = mean_b (s_k(b) - y(b))^2 (only head k is held to dataset k's scale);
@@ -59,7 +59,7 @@ def cqac_loss(scores, targets, dataset_id, lam=0.1, num_datasets=None):
 class DatasetSubnetworks(keras.layers.Layer):
     """K lightweight subnetworks applied to the same feature vector: q [B, F] -> z [B, K, units[-1]].
 
-    S_k = Dense(units[0]) + ReLU + Dropout(dropout) + Dense(units[1]) (spec/hcl.md 3.3), stacked as [K, F, U] kernels and
+    S_k = Dense(units[0]) + ReLU + Dropout(dropout) + Dense(units[1]) (docs/methods/hcl.md, Design (ours)), stacked as [K, F, U] kernels and
     evaluated with one einsum per layer.
 
     Args:
@@ -106,7 +106,7 @@ class DatasetSubnetworks(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
 class CQAC(keras.layers.Layer):
-    """Cross-dataset quality assessment correlation module (HCL reconstruction, our design; spec/hcl.md 3.3).
+    """Cross-dataset quality assessment correlation module (HCL reconstruction, our design; docs/methods/hcl.md, Design (ours)).
 
     z [B, K, D] -> (z' [B, K, D], scores [B, K]) with z'_k = LN(z_k + MHA(z)_k) (self-attention across the K dataset
     embeddings of one image) and s_k = w_k . z'_k + b_k (one affine head per dataset). With `attention=False` (ablation

@@ -3,7 +3,7 @@
 The paper's body is not available: this is OUR reconstruction from its abstract (three curricula: restoration on
 distorted-reference pairs; lightweight per-dataset subnetworks tied by a CQAC module on synthetic IQA datasets; fine-tuning on
 an authentic dataset), with curriculum 1 built on the same authors' public TeacherIQA restoration network and a CQAC module of
-our own design (spec/hcl.md 3.3, README, HCL). Every number produced with it is "HCL (reconstruction)".
+our own design (docs/methods/hcl.md, Design (ours)). Every number produced with it is "HCL (reconstruction)".
 
 - `RestorationNet` (curriculum 1): ResNet-50 v1.5 encoder (taps e0 = stem 112x112x64 before max-pool, e1..e3 = stages 1-3,
   bottom = stage 4 7x7x2048) + U-Net decoder: 5 up-steps Conv2DTranspose(k2, s2) 2048->1024->512->256->64->64, the first 4
@@ -135,7 +135,7 @@ class ConvBlock(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
 class InceptionConv(keras.layers.Layer):
-    """TeacherIQA's InceptionConv (spec/hcl.md 3.2): Inception(in -> out) + BN + ReLU.
+    """TeacherIQA's InceptionConv (docs/methods/hcl.md, Curriculum 1): Inception(in -> out) + BN + ReLU.
 
     Branches of out/4 channels each, h = out/8: 1x1; 1x1(h)+BN+ReLU+grouped 5x5 (groups h); 1x1(h)+BN+ReLU+depthwise 3x3+BN+ReLU
     +1x1; 3x3 max-pool (stride 1) + 1x1; concatenated.
@@ -259,7 +259,7 @@ class RestorationNet(keras.Model):
             self.built = True
 
     def quality_features(self, images, training=None):
-        """q(x) = concat[GAP(bottom), GAP(dec 14x14), GAP(dec 28x28), GAP(dec 56x56)] (spec/hcl.md 3.3)."""
+        """q(x) = concat[GAP(bottom), GAP(dec 14x14), GAP(dec 28x28), GAP(dec 56x56)] (docs/methods/hcl.md, Design (ours))."""
         d = self.decode(images, training=training, full=False)
         return ops.concatenate([self.gap(d["bottom"])] + [self.gap(m) for m in d["decoder"]], axis=-1)
 
@@ -288,7 +288,7 @@ def restoration_l1(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
 class RestorationLoss(keras.losses.Loss):
-    """L = pixel(restored, reference) + ssim_weight * (1 - SSIM(restored, reference)) (spec/hcl.md 3.3; SSIM term optional).
+    """L = pixel(restored, reference) + ssim_weight * (1 - SSIM(restored, reference)) (docs/methods/hcl.md, Curriculum 1; SSIM term optional).
 
     pixel = "l1" (spec: mean absolute error per image) or "psnr" (our option: 10 log10(MSE + 1e-5) per image, i.e. minus
     the PSNR that the held-out check `keras_iqa.training.hcl.restoration_report` averages; the log weights each image's
@@ -421,7 +421,7 @@ class HeadCorrelation(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
 class HCLSynthetic(_TwoLRMixin, keras.Model):
-    """Curriculum 2: q(x) -> K subnetworks -> CQAC -> per-dataset scores [B, K] (spec/hcl.md 3.3).
+    """Curriculum 2: q(x) -> K subnetworks -> CQAC -> per-dataset scores [B, K] (docs/methods/hcl.md, Design (ours)).
 
     Inputs: `(images [B, H, W, 3] in [0, 255], dataset_id int32 [B])` (as `multi_dataset` yields) or images alone (scores
     only). Targets: the batch dataset's normalised scores in [0, 1]. The loss is `cqac_loss` (MSE on the own head + lambda *
@@ -500,7 +500,7 @@ class HCLSynthetic(_TwoLRMixin, keras.Model):
 @keras.saving.register_keras_serializable(package="keras_iqa")
 class HCL(_TwoLRMixin, IQAModel):
     """HCL (reconstruction), the deployable model: q(x) -> K subnetworks -> CQAC -> concat z'_1..z'_K -> Dense(128) + ReLU
-    -> Dense(1) = the target dataset's score on `score_range` (spec/hcl.md 3.3, curriculum 3). `call` returns [B, 1].
+    -> Dense(1) = the target dataset's score on `score_range` (docs/methods/hcl.md, Curriculum 3). `call` returns [B, 1].
 
     Args:
         restoration: dict of `RestorationNet` arguments.

@@ -4,7 +4,7 @@ The network is ResNet-18 (keras-hub, torchvision v1.5 layout) + global average p
 
 - head "paper" (default, Sec. 3.1 / 4.2): GAP -> FC -> FC -> one score ("FC + another FC"; the paper gives no width, we use
   `head_units=512` with ReLU and a linear output; scores are trained on targets normalised to [0, 1]).
-- head "official" (the released code, spec/metaiqa.md 2.1): GAP -> ImageNet FC 512->1000 -> FC 1000->1024 -> BatchNorm -> PReLU
+- head "official" (the released code, docs/methods/metaiqa.md): GAP -> ImageNet FC 512->1000 -> FC 1000->1024 -> BatchNorm -> PReLU
   (one shared slope, init 0.25) -> Dropout 0.5 -> FC 1024->512 -> BatchNorm -> PReLU -> Dropout 0.5 -> FC 512->1 -> sigmoid.
 
 Input: float32 RGB in [0, 255], any square size; ImageNet normalisation is inside the model. Test time (docs/methods/
@@ -206,7 +206,7 @@ def official_weight_map(model: MetaIQA, prefix: str = "resnet_layer.") -> list:
 
     The official checkpoint is `Net(resnet_layer=torchvision resnet18, net=BaselineModel1)`: keys `resnet_layer.conv1.weight`,
     `resnet_layer.layer2.0.downsample.0.weight`, `resnet_layer.fc.weight`, `net.fc1.weight`, `net.bn1.running_mean`,
-    `net.relu1.weight` (PReLU), ... (spec/metaiqa.md 2.1).
+    `net.relu1.weight` (PReLU), ... (docs/methods/metaiqa.md).
     """
     if model.head != "official":
         raise ValueError("official checkpoints need the official head: build the model with head='official' "

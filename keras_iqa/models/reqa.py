@@ -1,6 +1,6 @@
 """REQA (Li & Huo, "Coarse-to-fine Assessment of Image Quality to Alleviate the Range Effect").
 
-Forward pass (spec/reqa.md 1.1): ImageNet normalisation -> ResNet-50 v1.5 taps stage1..stage4 ->
+Forward pass (docs/methods/reqa.md, Model): ImageNet normalisation -> ResNet-50 v1.5 taps stage1..stage4 ->
 - feedback network (FN): one `FeedbackBlock` (ConvLSTM, 1x1 conv+BN gates) per scale d = 1, 2, 3 with hidden 16 / 32 / 64, run T
   steps on the same tap; each step's hidden state pooled (7/7) and projected to 32 -> v_{d,t};
 - transformer encoder (TE): `QualityTransformer` on stage 4 -> v_m (128), shared by all steps;
@@ -49,7 +49,7 @@ COARSE_MODES = ("paper", "official")
 
 @dataclass
 class REQAConfig:
-    """Model config of REQA (defaults = paper / official architecture, spec/reqa.md 1.2-1.5).
+    """Model config of REQA (defaults = paper / official architecture, docs/methods/reqa.md, Model).
 
     Args:
         depth, backbone_weights, width, blocks: ResNet backbone (`keras_iqa.backbones.resnet_features`); width/blocks shrink it

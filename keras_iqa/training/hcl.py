@@ -1,6 +1,6 @@
 """HCL (reconstruction) stage runner: the three curricula, the weight hand-off between them, and the ablation switches.
 
-Stages (spec/hcl.md 3.3; each writes its own run directory with `model.keras`, which the next stage's `init` loads):
+Stages (docs/methods/hcl.md, Stages and hand-off; each writes its own run directory with `model.keras`, which the next stage's `init` loads):
 
 1. `restoration`: `RestorationNet` on (distorted, reference) pair batches (same crop on both), target reference / 255, L1
    (+ optional 0.2 * (1 - SSIM)), Adam 1e-4 with cosine decay. Writes `results.json` with PSNR/SSIM of restored vs reference
