@@ -8,8 +8,8 @@ Start-up noise: TensorFlow's shared objects log through absl from static initial
 "Could not find cuda drivers"), before `absl::InitializeLog()`, so TF_CPP_MIN_LOG_LEVEL does not reach them; and the lines
 came twice because two of them carry their own copy of those initializers (`_pywrap_cpu_feature_guard` with the framework,
 then `_pywrap_profiler_plugin` while `tensorflow/__init__` builds its API). `main` therefore loads TensorFlow's extension
-modules with file descriptor 2 pointed at /dev/null, and sets TF_CPP_MIN_LOG_LEVEL=2 and the absl / tensorflow / Beam
-loggers to ERROR, all unless `--verbose`.
+modules with file descriptor 2 pointed at /dev/null, and sets TF_CPP_MIN_LOG_LEVEL=3 (an explicit value is kept) and the absl /
+tensorflow / Beam loggers to ERROR, all unless `--verbose`.
 """
 
 from __future__ import annotations
@@ -140,15 +140,28 @@ class QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
 _NOISY_LOGGERS = ("absl", "tensorflow", "apache_beam", "h5py", "jax")
 
 
+class _ThirdPartyRootFilter(logging.Filter):
+    """Drops records below ERROR that TensorFlow / Beam / absl code logs straight on the root logger."""
+
+    _PARTS = tuple(f"{os.sep}{name}{os.sep}" for name in ("tensorflow", "apache_beam", "absl", "tensorflow_text"))
+
+    def filter(self, record):
+        return record.levelno >= logging.ERROR or not any(p in (record.pathname or "") for p in self._PARTS)
+
+
 def quiet_startup(verbose: bool = False) -> None:
     """Hide TensorFlow / absl / oneDNN / CUDA / Beam start-up and info lines (call before anything imports TensorFlow);
     `verbose=True` leaves them on. An explicit TF_CPP_MIN_LOG_LEVEL in the environment is kept either way."""
     if verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, QuietTensorFlowFinder)]
+        for f in [f for f in logging.root.filters if isinstance(f, _ThirdPartyRootFilter)]:
+            logging.root.removeFilter(f)
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # 3: also CUDA probing errors ("failed call to cuInit")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if not any(isinstance(f, _ThirdPartyRootFilter) for f in logging.root.filters):
+        logging.root.addFilter(_ThirdPartyRootFilter())  # e.g. Beam's logging.warning("apitools not found ...")
     if not any(isinstance(f, QuietTensorFlowFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, QuietTensorFlowFinder())
     for name in _NOISY_LOGGERS:

@@ -20,7 +20,7 @@ CSV_ARGS = ["--option", "csv=scores.csv", "--option", "image_dir=photos", "--opt
 
 
 def _prepare(name, root, out, *extra):
-    return main(["prepare", name, "--root", str(root), "--out", str(out), "--splits", "3", "--quiet", *extra])
+    return main(["prepare", name, "--root", str(root), "--out", str(out), "--num-splits", "3", "--quiet", *extra])
 
 
 def _records(data_dir, kind):
@@ -115,7 +115,7 @@ def test_rejects_bad_files_and_rows(tmp_path, capsys):
     lines[4] = ",".join(cells)
     lines.append(lines[5])  # duplicate of image 5
     csv.write_text("\n".join(lines) + "\n")
-    assert main(["prepare", "koniq10k", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--splits", "2"]) == 0
+    assert main(["prepare", "koniq10k", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--num-splits", "2"]) == 0
     m = json.loads((tmp_path / "out" / "koniq10k" / "manifest.json").read_text())
     assert m["count"] == 8 - 4
     reasons = {os.path.basename(r["path"]): r["reason"] for r in m["rejects"]}

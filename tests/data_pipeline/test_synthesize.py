@@ -44,7 +44,7 @@ def _read(data_dir, kind):
 def cli_run(pristine_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("records")
     argv = ["synthesize", "--pristine", str(pristine_dir), "--out", str(out), "--name", "syn", "--types",
-            ",".join(map(str, TYPES)), "--levels", "1-5", "--seed", "3", "--pseudo-label", "ssim", "--splits", "3",
+            ",".join(map(str, TYPES)), "--levels", "1-5", "--seed", "3", "--pseudo-label", "ssim", "--num-splits", "3",
             "--train-ratio", "0.5"]
     rc = cli.main(argv)
     return rc, out, argv

@@ -321,11 +321,11 @@ def test_cli_evaluate_and_report(dataset, tmp_path, capsys):
     d, df = dataset
     csv = tmp_path / "preds.csv"
     _preds(df, 5.0).to_csv(csv, index=False)
-    assert main(["evaluate", str(csv), "--data", str(d), "--protocol", "official", "--report", str(tmp_path / "r1")]) == 0
+    assert main(["evaluate", str(csv), "--data", str(d), "--protocol", "official", "--out", str(tmp_path / "r1")]) == 0
     assert (tmp_path / "r1" / "results.json").is_file()
-    assert main(["report", str(tmp_path / "r1"), "--out", str(tmp_path / "cmp.md")]) == 0
+    assert main(["report", str(tmp_path / "r1"), "--md", str(tmp_path / "cmp.md")]) == 0
     assert "official" in (tmp_path / "cmp.md").read_text()
-    assert main(["evaluate", str(tmp_path / "nope"), "--data", str(d), "--report", str(tmp_path / "r2")]) != 0
+    assert main(["evaluate", str(tmp_path / "nope"), "--data", str(d), "--out", str(tmp_path / "r2")]) != 0
     assert "nope" in capsys.readouterr().err
     # significance against a baseline: one F-test per split + Wilcoxon over the splits
     good, bad = [], []
@@ -334,11 +334,11 @@ def test_cli_evaluate_and_report(dataset, tmp_path, capsys):
         _preds(df, 3.0, seed=i).to_csv(good[-1], index=False)
         bad.append(tmp_path / f"bad{i}.csv")
         _preds(df, 40.0, seed=10 + i).to_csv(bad[-1], index=False)
-    assert main(["evaluate", *map(str, good), "--compare", *map(str, bad), "--data", str(d), "--protocol", "splits",
-                 "--report", str(tmp_path / "r3"), "--no-plots"]) == 0
+    assert main(["evaluate", *map(str, good), *[a for b in bad for a in ("--compare", str(b))], "--data", str(d), "--protocol", "splits",
+                 "--out", str(tmp_path / "r3"), "--no-plots"]) == 0
     sig = json.loads((tmp_path / "r3" / "results.json").read_text())["significance"]
     assert len(sig) == 4 and all("good" in s["verdict"] for s in sig[:3]) and sig[3]["test"].startswith("Wilcoxon")
-    assert main(["evaluate", str(csv), "--data", str(d), "--protocol", "lodo", "--report", str(tmp_path / "r4")]) == 2
+    assert main(["evaluate", str(csv), "--data", str(d), "--protocol", "lodo", "--out", str(tmp_path / "r4")]) == 2
     assert "held_out_distortion" in capsys.readouterr().err
 
 
@@ -374,7 +374,7 @@ def test_end_to_end_run_dirs_real_reader(tmp_path):
     pd.DataFrame({"epoch": [0, 1, 2], "test_srocc": [0.5, 0.9, 0.7], "test_plcc": [0.6, 0.5, 0.8]}).to_csv(
         tmp_path / "run0" / "history.csv", index=False)
     rep = tmp_path / "rep"
-    assert main(["evaluate", *runs, "--data", str(data), "--protocol", "splits", "--report", str(rep), "--no-plots",
+    assert main(["evaluate", *runs, "--data", str(data), "--protocol", "splits", "--out", str(rep), "--no-plots",
                  "--best-epoch"]) == 0
     res = json.loads((rep / "results.json").read_text())
     assert [r["row"] for r in res["rows"]] == ["split_01", "split_00"]  # from each run's config.json
@@ -388,7 +388,7 @@ def test_end_to_end_run_dirs_real_reader(tmp_path):
                                "plcc": 0.8, "plcc_epoch": 2, "plcc_column": "test_plcc"}]
     with open(tmp_path / "run0" / "config.json", "w") as f:
         json.dump({"held_out_distortion": 2}, f)
-    assert main(["evaluate", runs[0], "--data", str(data), "--protocol", "lodo", "--report", str(tmp_path / "lodo"),
+    assert main(["evaluate", runs[0], "--data", str(data), "--protocol", "lodo", "--out", str(tmp_path / "lodo"),
                  "--no-plots"]) == 0
     meta = P.read_metadata(data)
     lodo = pd.read_csv(tmp_path / "lodo" / "predictions.csv", dtype={"image_id": str})
@@ -400,8 +400,8 @@ def test_end_to_end_run_dirs_real_reader(tmp_path):
     pool.mkdir()
     for i in range(6):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(pool / f"p{i}.png")
-    assert main(["evaluate", runs[0], "--protocol", "gmad", "--against", runs[1], "--pool", str(pool), "--levels", "2",
-                 "--tol", "0.3", "--report", str(tmp_path / "gm")]) == 0
+    assert main(["evaluate", runs[0], "--protocol", "gmad", "--against", runs[1], "--pool", str(pool), "--gmad-levels", "2",
+                 "--tol", "0.3", "--out", str(tmp_path / "gm")]) == 0
     assert json.loads((tmp_path / "gm" / "gmad.json").read_text())["pairs"]
     assert (tmp_path / "gm" / "gmad_sheet.png").stat().st_size > 1000
 

@@ -67,7 +67,7 @@ def test_score_cli_folder_with_good_and_bad_files(setup, capsys):
 
     model, root, folder, run_dir = setup
     out = root / "scores.csv"
-    rc = main(["score", str(run_dir), str(folder), "--recursive", "--out", str(out), "--batch-size", "4"])
+    rc = main(["score", str(run_dir), str(folder), "--recursive", "--scores", str(out), "--batch-size", "4"])
     err = capsys.readouterr().err
     assert rc == 0, err
     import pandas as pd
@@ -83,7 +83,7 @@ def test_score_cli_folder_with_good_and_bad_files(setup, capsys):
         assert row["score_normalized"] == pytest.approx(np.clip(1 - want / 10, 0, 1), abs=1e-5)  # lower = better
         assert row["crops"] == 4
     # without --recursive only the top folder
-    rc = main(["score", str(run_dir), str(folder), "--out", str(root / "top.jsonl"), "-q"])
+    rc = main(["score", str(run_dir), str(folder), "--scores", str(root / "top.jsonl"), "-q"])
     rows = [json.loads(line) for line in (root / "top.jsonl").read_text().splitlines()]
     assert rc == 0 and len(rows) == 4 and all("sub/" not in r["path"] for r in rows)
 
@@ -120,7 +120,7 @@ def test_nothing_scored_exits_nonzero_and_bad_model_paths(setup, tmp_path, capsy
     (tmp_path / "half_run" / "checkpoints").mkdir(parents=True)
     assert main(["score", str(tmp_path / "half_run"), str(folder)]) == 2
     assert "without model.keras" in capsys.readouterr().err
-    assert main(["score", str(run_dir), str(folder), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert main(["score", str(run_dir), str(folder), "--scores", str(tmp_path / "x.parquet")]) == 2
     assert main(["score", str(run_dir), str(folder), "--batch-size", "0"]) == 2
 
 
