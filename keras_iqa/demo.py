@@ -42,7 +42,9 @@ BUDGETS = {
                   # REQA: 20 micro-batch steps per epoch (about one pass over the 320 training images), 2 epochs per
                   # curriculum stage; the official final ReLU is off (a random-init tiny head can start dead)
                   reqa_set={"steps_per_epoch": 20, "stage_epochs": 2, "model_overrides": "{final_relu: false}"},
-                  hcl_set={"restoration.epochs": 1, "synthetic.epochs": 1, "finetune.epochs": 8, "finetune.lr": 1e-3,
+                  # HCL fine-tuning: head 1e-2 / backbone 1e-3 (the random-init rates of lr=auto); with a 1e-3 head the
+                  # predictions stayed near one value (held-out MAE 15.4 vs MOS std 8.9), at 1e-2 MAE 5.2 (measured here)
+                  hcl_set={"restoration.epochs": 1, "synthetic.epochs": 1, "finetune.epochs": 8, "finetune.lr": 1e-2,
                            "finetune.backbone_lr": 1e-3}),
     # full: the papers' networks at 224 px (ImageNet weights if the presets are in the cache), all 25 types; hours on CPU.
     "full": dict(types="all", crop=224, max_long_side=512, reqa_model="reqa", meta_model="metaiqa", hcl_model="hcl",
