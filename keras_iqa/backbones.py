@@ -99,8 +99,11 @@ def resnet_features(
             about 1.6x faster bf16 training on CPU, see README, Benchmarks). False keeps keras-hub's plain Keras layers.
 
     Example:
+    >>> import numpy as np
     >>> feats = resnet_features(depth=18, width=0.25, blocks=(1, 1, 1, 1))
-    >>> {k: v.shape for k, v in feats(np.zeros((1, 64, 64, 3))).items()}
+    >>> {k: tuple(v.shape) for k, v in feats(np.zeros((1, 64, 64, 3))).items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'stem': (1, 32, 32, 64), 'stage1': (1, 16, 16, 64), 'stage2': (1, 8, 8, 32), 'stage3': (1, 4, 4, 64),
+     'stage4': (1, 2, 2, 128)}
     """
     if depth not in _ARCH:
         raise ValueError(f"depth must be 18 or 50, got {depth!r}")

@@ -68,7 +68,8 @@ class DatasetSubnetworks(keras.layers.Layer):
         dropout: dropout after the hidden layer.
 
     Example:
-    >>> DatasetSubnetworks(3)(np.zeros((2, 3840), "float32")).shape
+    >>> import numpy as np
+    >>> tuple(DatasetSubnetworks(3)(np.zeros((2, 3840), "float32")).shape)
     (2, 3, 64)
     """
 
@@ -118,8 +119,9 @@ class CQAC(keras.layers.Layer):
         attention: use the attention + LayerNorm refinement.
 
     Example:
+    >>> import numpy as np
     >>> z2, s = CQAC(3)(np.zeros((2, 3, 64), "float32"))
-    >>> z2.shape, s.shape
+    >>> tuple(z2.shape), tuple(s.shape)
     ((2, 3, 64), (2, 3))
     """
 

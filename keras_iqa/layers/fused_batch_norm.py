@@ -13,7 +13,10 @@ turned back into the biased one Keras uses), moving statistics at inference. Sam
 kernel does not apply (not rank 4, axis not last, masks, renorm, synchronized, other backends).
 
 Example:
->>> feats = fuse_batch_norm(resnet_backbone_model)  # every BatchNormalization -> FusedBatchNormalization, weights kept
+>>> from keras_iqa.backbones import resnet_features
+>>> feats = fuse_batch_norm(resnet_features(depth=18, width=0.25, blocks=(1, 1, 1, 1)))  # BN -> fused BN, weights kept
+>>> sorted({type(layer).__name__ for layer in feats.layers if "Normalization" in type(layer).__name__})
+['FusedBatchNormalization']
 """
 
 from __future__ import annotations

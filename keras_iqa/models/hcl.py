@@ -21,9 +21,11 @@ the restoration network 1/10 of the head learning rate (or 0 while frozen).
 Registry cards: "hcl" (full size, 224 px) and "hcl-tiny" (tiny encoder/decoder, 64 px, for tests and smoke runs).
 
 Example:
+>>> import numpy as np
+>>> import keras_iqa
 >>> model = keras_iqa.create_model("hcl-tiny", num_datasets=2)
->>> model.score(np.zeros((2, 64, 64, 3), "float32")).shape
-TensorShape([2])
+>>> tuple(model.score(np.zeros((2, 64, 64, 3), "float32")).shape)
+(2,)
 """
 
 from __future__ import annotations
@@ -188,8 +190,9 @@ class RestorationNet(keras.Model):
         depth, backbone_weights, width, blocks, decoder_filters, decoder_block, input_norm: see `HCLModelConfig`.
 
     Example:
+    >>> import numpy as np
     >>> net = RestorationNet(width=0.125, blocks=(1, 1, 1, 1), decoder_filters=(32, 16, 16, 8, 8))
-    >>> net(np.zeros((1, 64, 64, 3))).shape
+    >>> tuple(net(np.zeros((1, 64, 64, 3))).shape)
     (1, 64, 64, 3)
     """
 
@@ -433,9 +436,10 @@ class HCLSynthetic(_TwoLRMixin, keras.Model):
         lambda_corr: weight of the correlation-consistency term (0.1; forced to 0 when `cqac=False`).
 
     Example:
+    >>> import numpy as np
     >>> m = HCLSynthetic(restoration=dict(width=0.125, blocks=(1, 1, 1, 1), decoder_filters=(32, 16, 16, 8, 8)),
     ...                  num_datasets=3)
-    >>> m((np.zeros((2, 64, 64, 3)), np.zeros((2,), "int32"))).shape
+    >>> tuple(m((np.zeros((2, 64, 64, 3)), np.zeros((2,), "int32"))).shape)
     (2, 3)
     """
 
@@ -508,9 +512,10 @@ class HCL(_TwoLRMixin, IQAModel):
         **kwargs: `IQAModel` arguments (score_range, higher_better, crop_size, test_crops, crop_policy, name).
 
     Example:
+    >>> import numpy as np
     >>> m = HCL(restoration=dict(width=0.125, blocks=(1, 1, 1, 1), decoder_filters=(32, 16, 16, 8, 8)), num_datasets=2,
     ...         crop_size=64)
-    >>> m(np.zeros((2, 64, 64, 3))).shape
+    >>> tuple(m(np.zeros((2, 64, 64, 3))).shape)
     (2, 1)
     """
 

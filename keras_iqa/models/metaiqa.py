@@ -17,9 +17,11 @@ Registry cards: "metaiqa" (paper head), "metaiqa-official" (official head; `kera
 PyTorch checkpoints into it), "metaiqa-tiny" (a tiny network for tests and smoke runs).
 
 Example:
+>>> import numpy as np
+>>> import keras_iqa
 >>> model = keras_iqa.create_model("metaiqa-tiny")
->>> model.score(np.zeros((2, 64, 64, 3), "float32")).shape
-TensorShape([2])
+>>> tuple(model.score(np.zeros((2, 64, 64, 3), "float32")).shape)
+(2,)
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ class MetaIQA(IQAModel):
         **kwargs: `IQAModel` arguments (score_range, crop_size, test_crops, crop_policy, name).
 
     Example:
+    >>> import numpy as np
     >>> m = MetaIQA(width=0.125, blocks=(1, 1, 1, 1), crop_size=64)
-    >>> m(np.zeros((1, 64, 64, 3))).shape
+    >>> tuple(m(np.zeros((1, 64, 64, 3))).shape)
     (1, 1)
     """
 

@@ -18,10 +18,21 @@ Training (`compile` + `fit`): a custom `train_step` for (images [5M], targets [5
 2e-4) with coupled L2 weight decay (5e-4 · w added to each gradient, as torch `Adam(weight_decay=...)`).
 
 Example:
+>>> import tempfile
+>>> import keras_iqa
+>>> from data_pipeline.fixtures import write_tiny_records
+>>> from data_pipeline.input import RecordReader
+>>> from keras_iqa.training.curriculum import CurriculumSchedule
+>>> data_dir = tempfile.mkdtemp()  # a tiny prepared dataset; a real one comes from `keras-iqa prepare`
+>>> write_tiny_records(data_dir, kind="authentic", n=20)["count"]
+20
+>>> reader = RecordReader(data_dir, split="split_00", subset="train", target="normalized100")
 >>> model = keras_iqa.create_model("reqa-tiny")
 >>> model.compile()
->>> model.fit(reader.reqa_microbatches(3, crop_size=64), steps_per_epoch=10, epochs=2,
-...           callbacks=[CurriculumSchedule.preset("paper", stage_epochs=1)])
+>>> history = model.fit(reader.reqa_microbatches(3, crop_size=64), steps_per_epoch=2, epochs=2, verbose=0,
+...                     callbacks=[CurriculumSchedule.preset("paper", stage_epochs=1)])
+>>> len(history.history["loss"]), sorted(k for k in history.history if k.startswith("w_"))
+(2, ['w_1', 'w_2', 'w_3', 'w_4'])
 """
 
 from __future__ import annotations
