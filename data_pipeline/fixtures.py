@@ -119,7 +119,8 @@ def write_tiny_records(out_dir: str, kind: str = "authentic", n: int = 20, size=
     Good/Excellent images, to exercise the REQA empty-bin fallback). `n_bad` records get undecodable image bytes (reader robustness tests).
 
     Example:
-        >>> write_tiny_records("/tmp/tiny", kind="synthetic", n=30)["count"]
+        >>> import tempfile
+        >>> write_tiny_records(tempfile.mkdtemp(), kind="synthetic", n=30)["count"]
         30
     """
     from data_pipeline.beam.writer import write_records

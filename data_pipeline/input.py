@@ -102,8 +102,16 @@ class RecordReader:
             decodes whole images (benchmarks).
 
     Example:
-        >>> reader = RecordReader("prepared/koniq10k", split="split_00", subset="train", target="normalized100")
-        >>> model.fit(reader.train_dataset(16, repeat=True), steps_per_epoch=reader.count // 16, epochs=40)
+        >>> import tempfile
+        >>> from data_pipeline.fixtures import write_tiny_records
+        >>> data_dir = tempfile.mkdtemp()  # a tiny prepared dataset; a real one comes from `keras-iqa prepare`
+        >>> write_tiny_records(data_dir, kind="authentic", n=20)["count"]
+        20
+        >>> reader = RecordReader(data_dir, split="split_00", subset="train", target="normalized100")
+        >>> images, targets = next(iter(reader.train_dataset(4, crop_size=32)))
+        >>> tuple(images.shape), images.dtype.name, tuple(targets.shape), targets.dtype.name
+        ((4, 32, 32, 3), 'float32', (4,), 'float32')
+        >>> # training: model.fit(reader.train_dataset(16, repeat=True), steps_per_epoch=reader.count // 16, epochs=40)
     """
 
     def __init__(self, data_dir: str, split: str = "split_00", subset: Optional[str] = None, target: str = "mos",

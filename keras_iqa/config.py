@@ -4,8 +4,24 @@ Nested dataclasses are addressed with dots: `--set optimizer.lr=1e-4`. Values gi
 scalars/lists (`epochs=40`, `milestones=[10,20,30]`, `weights=null`). Unknown keys are errors that list the valid ones.
 
 Example:
->>> cfg = load_config(REQAConfig, files=["my.yaml"], sets=["epochs=2", "model.feedback_steps=3"])
+>>> import tempfile
+>>> from pathlib import Path
+>>> from keras_iqa.commands.train_reqa import REQATrainConfig
+>>> from keras_iqa.config import load_config, to_dict
+>>> from keras_iqa.training.hcl import HCLTrainConfig
+>>> from keras_iqa.training.runner import save_json
+>>> run_dir = Path(tempfile.mkdtemp())
+>>> _ = (run_dir / "my.yaml").write_text("model: reqa-tiny\\nepochs: 3\\n")
+>>> cfg = load_config(REQATrainConfig, files=[str(run_dir / "my.yaml")], sets=["epochs=2", "model_overrides={steps: 3}"])
+>>> cfg.model, cfg.epochs, cfg.model_overrides
+('reqa-tiny', 2, {'steps': 3})
+>>> load_config(HCLTrainConfig, sets=["synthetic.epochs=5"]).synthetic.epochs  # nested dataclasses: dotted keys
+5
 >>> save_json(to_dict(cfg), run_dir / "config.json")
+>>> load_config(REQATrainConfig, sets=["epoch=2"])
+Traceback (most recent call last):
+...
+ValueError: Unknown config key 'epoch' for REQATrainConfig; valid keys: ...
 """
 
 from __future__ import annotations

@@ -14,8 +14,24 @@ crops and the same mean as evaluation, the SavedModel signatures and TFLite). Un
 reason and skipped. `score_images` scores decoded arrays the same way.
 
 Example:
->>> scorer = load_scorer("saved_models/reqa/1")
->>> rows, bad = score_paths(scorer, ["photos/"], recursive=True, batch_size=32)
+>>> import tempfile
+>>> from pathlib import Path
+>>> import numpy as np
+>>> from PIL import Image
+>>> import keras_iqa
+>>> from keras_iqa.scoring import load_scorer, score_images, score_paths
+>>> tmp = Path(tempfile.mkdtemp())
+>>> keras_iqa.create_model("metaiqa-tiny").save(tmp / "model.keras")  # or a run directory, a SavedModel, a .tflite
+>>> scorer = load_scorer(tmp / "model.keras")
+>>> (tmp / "photos").mkdir()
+>>> photo = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+>>> Image.fromarray(photo).save(tmp / "photos" / "a.png")
+>>> _ = (tmp / "photos" / "b.jpg").write_bytes(b"not a JPEG")
+>>> rows, bad = score_paths(scorer, [tmp / "photos"], recursive=True, batch_size=32, progress=False)
+>>> [(Path(r["path"]).name, r["crops"]) for r in rows], [Path(p).name for p, _ in bad]
+([('a.png', 4)], ['b.jpg'])
+>>> bool(np.isclose(score_images(scorer, [photo])[0], rows[0]["score"], atol=1e-4))
+True
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ stride of a bottleneck block on its 3x3 convolution (He et al. 2016 put it on th
 for convolutions, BN gamma 1 / beta 0), as on our side: the benchmark measures speed, not accuracy.
 
 Example:
->>> net = resnet(50, num_outputs=1)
->>> net(torch.zeros(2, 3, 224, 224)).shape
+>>> import torch
+>>> from bench.peers.resnet_torch import resnet
+>>> net = resnet(50, num_outputs=1).eval()
+>>> with torch.no_grad():
+...     net(torch.zeros(2, 3, 64, 64)).shape
 torch.Size([2, 1])
 """
 

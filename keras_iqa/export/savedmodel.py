@@ -9,7 +9,14 @@ Signatures (all return `score` on the model's `score_range` and `score_normalize
 - `predict_crops`: `crops` float32 [B, c, c, 3] RGB in [0, 255] -> per-crop scores (for clients cropping themselves).
 
 Example:
->>> export_savedmodel(model, "saved_models/reqa")          # -> saved_models/reqa/1/ + models.config + batching_parameters.txt
+>>> import tempfile
+>>> from pathlib import Path
+>>> import keras_iqa
+>>> from keras_iqa.export.savedmodel import export_savedmodel
+>>> root = Path(tempfile.mkdtemp()) / "saved_models" / "metaiqa"
+>>> version_dir = export_savedmodel(keras_iqa.create_model("metaiqa-tiny"), root)
+>>> version_dir.name, sorted(p.name for p in root.iterdir())
+('1', ['1', 'batching_parameters.txt', 'models.config'])
 """
 
 from __future__ import annotations

@@ -18,8 +18,14 @@ Ablations (`HCLTrainConfig.ablation`): `skip_restoration` (stages 2/3 start from
 `single_head=True` (K = 1: every synthetic dataset pooled under one subnetwork).
 
 Example:
+>>> from keras_iqa.config import load_config
+>>> from keras_iqa.training.hcl import HCLTrainConfig, run_all
 >>> cfg = load_config(HCLTrainConfig, sets=["synthetic.epochs=5"])
->>> run_all(cfg, pairs="records/pairs", synthetic=["records/kadid10k", "records/tid2013"], data="records/clive", out="runs/hcl")
+>>> cfg.synthetic.epochs
+5
+>>> # needs prepared datasets (`keras-iqa prepare`) and hours of training:
+>>> run_all(cfg, pairs="records/pairs", synthetic=["records/kadid10k", "records/tid2013"], data="records/clive",
+...         out="runs/hcl")  # doctest: +SKIP
 """
 
 from __future__ import annotations

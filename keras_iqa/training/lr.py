@@ -8,7 +8,13 @@ and warns once per process and family that the paper rates assume ImageNet weigh
 (the warning is still given once when the backbone is random). See docs/heads.md for the measurements behind `RANDOM_INIT`.
 
 Example:
->>> lr = resolve_lr("auto", paper=2e-4, random_init=RANDOM_INIT["reqa"]["lr"], pretrained=False, family="reqa")
+>>> from keras_iqa.training.lr import RANDOM_INIT, resolve_lr
+>>> resolve_lr("auto", paper=2e-4, random_init=RANDOM_INIT["reqa"]["lr"], pretrained=False, family="reqa")
+0.003
+>>> resolve_lr("auto", paper=2e-4, random_init=RANDOM_INIT["reqa"]["lr"], pretrained=True, family="reqa")
+0.0002
+>>> resolve_lr(1e-3, paper=2e-4, random_init=RANDOM_INIT["reqa"]["lr"], pretrained=True, family="reqa")
+0.001
 """
 
 from __future__ import annotations

@@ -28,9 +28,20 @@ fine-tuning (`finetune`, presets "paper" / "official"), evaluation helpers, and 
 (Table 3) and `baseline_then_finetune` (Table 4).
 
 Example:
->>> learner = MetaLearner(model, inner_steps=6, inner_lr=1e-4, outer_lr=1e-2)
->>> learner.meta_step([{"support_x": xs, "support_y": ys, "query_x": xq, "query_y": yq}, ...])
->>> learner.fit_meta(reader.metaiqa_tasks(batch_size=32), epochs=100, checkpoint_dir="runs/meta/state")
+>>> import numpy as np
+>>> import keras_iqa
+>>> model = keras_iqa.create_model("metaiqa-tiny")
+>>> learner = MetaLearner(model, inner_steps=2, inner_lr=1e-4, outer_lr=1e-2)  # paper: inner_steps=6
+>>> rng = np.random.default_rng(0)
+>>> def batch(n):  # n crops in [0, 255] and their scores
+...     return rng.uniform(0, 255, (n, 64, 64, 3)).astype("float32"), rng.uniform(0, 1, (n, 1)).astype("float32")
+>>> (xs, ys), (xq, yq) = batch(4), batch(4)
+>>> task = {"support_x": xs, "support_y": ys, "query_x": xq, "query_y": yq}
+>>> loss = learner.meta_step([task, task])  # k = 2 tasks; the mean query loss
+>>> isinstance(loss, float) and loss >= 0
+True
+>>> # one task per distortion type of a prepared synthetic dataset (`keras-iqa prepare`):
+>>> learner.fit_meta(reader.metaiqa_tasks(batch_size=32), epochs=100, checkpoint_dir="runs/meta/state")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -109,8 +120,13 @@ class MetaLearner:
             (one Adam state carried across phases and tasks, as the official code's single optimiser).
 
     Example:
-    >>> learner = MetaLearner(keras.Sequential([keras.layers.Dense(1)]), inner_steps=2)
-    >>> loss = learner.meta_step([{"support_x": x, "support_y": y, "query_x": xq, "query_y": yq}])
+    >>> import keras
+    >>> import numpy as np
+    >>> x, y = np.ones((4, 3), "float32"), np.zeros((4, 1), "float32")
+    >>> learner = MetaLearner(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]), inner_steps=2)
+    >>> loss = learner.meta_step([{"support_x": x, "support_y": y, "query_x": x, "query_y": y}])
+    >>> type(loss).__name__
+    'float'
     """
 
     def __init__(self, model: keras.Model, inner_steps: int = 6, inner_lr: float = 1e-4, outer_lr: float = 1e-2,

@@ -10,10 +10,21 @@ A killed run restarted with the same run directory resumes at the epoch after it
 (`keras.callbacks.BackupAndRestore`), without duplicated history rows.
 
 Example:
->>> run = RunDir.create("runs/reqa-koniq", config=cfg, seed=42)
+>>> import tempfile
+>>> from pathlib import Path
+>>> import keras
+>>> import numpy as np
+>>> from keras_iqa.training.runner import RunDir, fit, get_strategy
+>>> run = RunDir.create(Path(tempfile.mkdtemp()) / "runs" / "demo", config={"epochs": 2}, seed=42)
+>>> sorted(p.name for p in run.path.iterdir())
+['checkpoints', 'config.json', 'run_info.json']
 >>> with get_strategy("auto").scope():
-...     model = build(...)
->>> fit(model, train_ds, epochs=40, run=run, validation_data=val_ds)
+...     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+...     model.compile(optimizer="adam", loss="mse")
+>>> x, y = np.ones((8, 4), "float32"), np.zeros((8, 1), "float32")
+>>> history = fit(model, (x, y), epochs=2, run=run, verbose=0, tensorboard=False)
+>>> len(history.history["loss"]), (run.path / "history.csv").exists()
+(2, True)
 """
 
 from __future__ import annotations
