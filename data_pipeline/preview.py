@@ -1,8 +1,13 @@
 """Contact sheet: one reference through every distortion type (rows) x level (columns), for a person to look at.
 
 Example:
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from data_pipeline import preview, pristine
-    >>> preview.contact_sheet(pristine.load_embedded("chelsea"), "sheet.png", size=64)  # doctest: +SKIP
+    >>> out = Path(tempfile.mkdtemp()) / "sheet.png"
+    >>> sheet = preview.contact_sheet(pristine.load_embedded("chelsea"), out, size=64, types=[1, 10])  # default: all types
+    >>> sheet.size, out.exists()  # label column + reference + 5 levels, one row per type
+    ((546, 146), True)
 """
 
 from __future__ import annotations

@@ -135,9 +135,19 @@ class TestTimeCrops:
         seed: seed of the "random" positions.
 
     Example:
+        >>> import numpy as np
+        >>> import keras_iqa
+        >>> model = keras_iqa.create_model("metaiqa-tiny")
+        >>> image_uint8 = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
         >>> contract = TestTimeCrops.from_model(model)
+        >>> contract
+        TestTimeCrops(crop_size=64, num_crops=4, policy='random', resize=None, seed=0)
         >>> crops = contract.crops(image_uint8)             # [n, c, c, 3] float32
-        >>> score = contract.image_score(model.score(crops))
+        >>> tuple(crops.shape), crops.dtype.name
+        ((4, 64, 64, 3), 'float32')
+        >>> score = contract.image_score(model.score(crops))  # the mean of the crops' scores
+        >>> tuple(np.shape(score))
+        ()
     """
 
     __test__ = False  # not a pytest class, whatever its name

@@ -14,8 +14,12 @@ and the work spreads over Beam workers. Randomness is derived per (seed, referen
 ``numpy.random.SeedSequence``, so outputs do not depend on the runner, the number of workers or the order of work.
 
 Example:
+    >>> import os, tempfile
     >>> from data_pipeline.beam.synthesize import synthesize
-    >>> synthesize("embedded:astronaut,chelsea", "records/", name="demo_synth", types="1,10", levels="1-5")  # doctest: +SKIP
+    >>> out_dir = tempfile.mkdtemp()
+    >>> made = synthesize("embedded:astronaut,chelsea", out_dir, name="demo_synth", types="1,10", levels="1-5", num_splits=2)
+    >>> made["synthetic"]["count"], made["pair"]["count"], sorted(os.listdir(out_dir))  # 2 photos x 2 types x 5 levels
+    (20, 20, ['demo_synth', 'demo_synth_pairs'])
 """
 
 from __future__ import annotations

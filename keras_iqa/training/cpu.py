@@ -14,10 +14,12 @@ README, Benchmarks):
   environment is reported). It only acts if set before TensorFlow is imported, so the CLI calls this first thing in `run()`.
 
 Example:
->>> from keras_iqa.training.cpu import configure_cpu
->>> applied = configure_cpu("auto")      # before building models
->>> applied["policy"]
-'mixed_bfloat16'
+>>> from keras_iqa.training.cpu import configure_cpu, resolve_precision
+>>> resolve_precision("auto", flags={"avx512_bf16"}), resolve_precision("auto", flags=set())  # this CPU: flags=None
+('bf16', 'fp32')
+>>> applied = configure_cpu("fp32")      # before building models; "auto" picks by the CPU flags as above
+>>> applied["policy"], applied["precision"]
+('float32', 'fp32')
 """
 
 from __future__ import annotations
