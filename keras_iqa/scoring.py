@@ -30,7 +30,8 @@ Example:
 >>> rows, bad = score_paths(scorer, [tmp / "photos"], recursive=True, batch_size=32, progress=False)
 >>> [(Path(r["path"]).name, r["crops"]) for r in rows], [Path(p).name for p, _ in bad]
 ([('a.png', 4)], ['b.jpg'])
->>> bool(np.isclose(score_images(scorer, [photo])[0], rows[0]["score"], atol=1e-4))
+>>> (row,) = rows
+>>> bool(np.isclose(score_images(scorer, [photo])[0], row["score"], atol=1e-4))  # arrays score as their files do
 True
 """
 
