@@ -179,7 +179,8 @@ def test_savedmodel_rest_request_in_fresh_process_and_cli_show(tmp_path):
     assert 'name: "tiny"' in (root / "models.config").read_text()
     assert "max_batch_size { value: 32 }" in (root / "batching_parameters.txt").read_text()
     contract = json.loads((root / "1" / "assets.extra" / "keras_iqa.json").read_text())
-    assert contract["served_crop_policy"] == "grid" and contract["crop_policy"] == "random" and contract["served_crops"] == 5
+    tt = contract["test_time"]
+    assert contract["crop_policy"] == "random" and (tt["policy"], tt["num_crops"], len(tt["positions"])) == ("random", 5, 5)
 
     show = subprocess.run([str(VENV_BIN / "saved_model_cli"), "show", "--dir", str(root / "1"), "--all"],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

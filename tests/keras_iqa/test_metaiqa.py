@@ -269,7 +269,7 @@ def _metaiqa_cfg(preset, *sets):
 
     args = argparse.Namespace(preset=preset, config=[], set=list(sets), model=None, protocol=None, meta_target=None,
                               split=None, held_out=None, crop_size=None, batch_size=None, meta_epochs=None,
-                              finetune_epochs=None, seed=None)
+                              finetune_epochs=None, seed=None, precision=None, distribute=None)
     return _config(args)
 
 
