@@ -56,12 +56,38 @@ def make_score_fn(model, crop_size: int, fold_bn: bool = True, reuse: bool = Fal
     return score
 
 
+def float32_twin(model):
+    """`model` itself when it computes in float32; else a float32 copy of it (same config, built under the float32
+    policy) holding its current weights: made once per model, its weights rewritten on every later call."""
+    import keras
+
+    if getattr(model, "compute_dtype", "float32") == "float32":
+        return model
+    twin = getattr(model, "_kiqa_float32_twin", None)
+    if twin is None:
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            twin = model.__class__.from_config(model.get_config())
+            c = int(getattr(model, "crop_size", 224))
+            twin(np.zeros((1, c, c, 3), "float32"), training=False)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        object.__setattr__(model, "_kiqa_float32_twin", twin)  # not a tracked Keras attribute
+    twin.set_weights(model.get_weights())
+    for attr in ("test_crops", "crop_policy", "test_resize", "score_range", "higher_better"):
+        if hasattr(model, attr):
+            setattr(twin, attr, getattr(model, attr))
+    return twin
+
+
 def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[int] = None, progress: bool = False,
                     total: Optional[int] = None, desc: str = "predict"):
     """Scores a dataset of (crops [N, c, c, 3], target, image_id) elements; returns a DataFrame(image_id, target, pred).
 
     `batch_size` is the number of CROPS per forward pass (images per pass = max(1, batch_size // N)), so memory does not grow
-    with the number of test crops. `progress`: a per-image bar on stderr (`keras_iqa.progress`; `total` images if known).
+    with the number of test crops. A mixed-precision model is scored in float32 (`float32_twin`), as it is saved and
+    deployed. `progress`: a per-image bar on stderr (`keras_iqa.progress`; `total` images if known).
     """
     import pandas as pd
 
@@ -72,7 +98,10 @@ def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[in
         raise ValueError(f"expected elements (crops, target, image_id) as RecordReader.eval_dataset yields, got {spec}")
     n_crops = spec[0].shape[0]
     c = int(crop_size or spec[0].shape[1] or getattr(model, "crop_size", 224))
-    score = make_score_fn(model, c, reuse=True)  # one trace per model: repeated validation passes refresh its weights
+    # the saved model.keras, `score`, the SavedModel and TFLite run float32: a mixed-precision model under training is
+    # scored through its float32 twin, so its validation and test numbers are the deployed model's
+    scored = float32_twin(model)
+    score = make_score_fn(scored, c, reuse=True)  # one trace per model: repeated validation passes refresh its weights
     per_pass = max(1, int(batch_size) // int(n_crops)) if n_crops else 1
     ids, targets, preds = [], [], []
     bar = make_bar(total, desc, progress, unit="image", leave=False)

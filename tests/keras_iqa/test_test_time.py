@@ -239,3 +239,35 @@ def test_bad_item_in_a_batch_is_named_by_index(photo_data, tmp_path):
     ok = open(root / "photos" / "ordinary.png", "rb").read()
     with pytest.raises(tf.errors.InvalidArgumentError, match="input index.*2"):
         served(images=tf.constant([ok, ok, b"not an image", ok]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_precision_model_is_scored_as_it_is_saved(family, photo_data, tmp_path):
+    """A model trained under mixed_bfloat16 is saved (and exported) as float32: its validation / test passes score it in
+    float32 too, so the training run's own numbers are the ones `evaluate` and `score` give for the saved model."""
+    import keras
+
+    import keras_iqa
+    from data_pipeline.images import load_image
+    from data_pipeline.input import RecordReader
+    from keras_iqa.evaluation.predict import predict_reader
+    from keras_iqa.scoring import load_keras_model
+
+    _, data_dir = photo_data
+    reader = RecordReader(data_dir, subset=None, target="mos")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras_iqa.create_model(family)
+        assert model.compute_dtype == "bfloat16"
+        root, _ = photo_data
+        _spread(model, [load_image(str(f)) for f in sorted((root / "photos").iterdir())])
+        in_training = predict_reader(model, reader).set_index("image_id").pred
+        model.save(tmp_path / "m.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    saved = load_keras_model(tmp_path / "m.keras")
+    assert saved.compute_dtype == "float32"
+    evaluated = predict_reader(saved, reader).set_index("image_id").pred
+    lo, hi = model.score_range
+    assert np.max(np.abs(in_training - evaluated.reindex(in_training.index))) <= TOL * (hi - lo)
