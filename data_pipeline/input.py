@@ -496,11 +496,12 @@ class RecordReader:
         return tasks
 
     def _resized_images(self, ids, crop_size: int = 224):
+        whole = TestTimeCrops(crop_size=crop_size, num_crops=1, policy="resize")  # the whole image at crop_size
+
         def decode(x, rnd):
             p = self._parse(x)
             img, ok = try_decode_image_tensor(p["image/encoded"], self.policy)
-            img = tf.clip_by_value(tf.image.resize(tf.cast(img, tf.float32), [crop_size, crop_size], antialias=True), 0.0, 255.0)
-            return tf.ensure_shape(img, [crop_size, crop_size, 3]), tf.cast(self._target(p), tf.float32), ok
+            return whole.crops(img)[0], tf.cast(self._target(p), tf.float32), ok
 
         ds = self._records(ids, shuffle=False, repeat=False, seed=0)
         ds = ds.map(self._counted(decode), num_parallel_calls=AUTOTUNE).ignore_errors()

@@ -302,6 +302,18 @@ def _matrix_resize(img, size_in, size_out, method: str, antialias: bool):
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
+def scale_to_photo_size(image, photo_size) -> np.ndarray:
+    """A uint8 [H, W, 3] image scaled (Pillow bilinear) to the (h, w) a whole-photo model takes; unchanged when it
+    already has that size. What `keras-iqa score` and the photo parity report do before a whole-photo TFLite call."""
+    from PIL import Image
+
+    h, w = (int(v) for v in photo_size)
+    image = np.asarray(image, np.uint8)
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
 @functools.lru_cache(maxsize=32)
 def _crop_function(contract: TestTimeCrops):
     import tensorflow as tf

@@ -152,14 +152,10 @@ def load_scorer(path: os.PathLike) -> Scorer:
 
 def _photo_scores(tfl) -> Callable[[list], np.ndarray]:
     """Scores decoded images with a whole-photo .tflite: each scaled to its photo size (bilinear) when it differs."""
-    from PIL import Image
-
-    h, w = tfl.photo_size
+    from data_pipeline.test_time import scale_to_photo_size
 
     def run(images):
-        photos = [img if img.shape[:2] == (h, w) else
-                  np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR)) for img in images]
-        return tfl.score_photos(photos).astype(np.float64)
+        return tfl.score_photos([scale_to_photo_size(img, tfl.photo_size) for img in images]).astype(np.float64)
 
     return run
 

@@ -100,17 +100,14 @@ def photo_parity_report(model, tflite_files: dict, photo_size, images: Optional[
     """Parity of whole-photo .tflite files: each photo (the images scaled to `photo_size`, bilinear) scored by the Keras
     model through the test-time contract (as `keras-iqa score`) and by one call of each .tflite. Same fields and targets as
     `parity_report`, per image instead of per crop."""
-    from PIL import Image
-
-    from data_pipeline.test_time import TestTimeCrops
+    from data_pipeline.test_time import TestTimeCrops, scale_to_photo_size
     from keras_iqa.export.samples import synthetic_images
     from keras_iqa.export.tflite import TFLiteScorer
 
     h, w = (int(v) for v in photo_size)
     if images is None:
         images = synthetic_images(num_images, size=(h, w), seed=1234)
-    photos = [np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
-              if np.asarray(im).shape[:2] != (h, w) else np.asarray(im, np.uint8) for im in images]
+    photos = [scale_to_photo_size(im, (h, w)) for im in images]
     contract = TestTimeCrops.from_model(model)
     fn = contract.crop_function()
     crops = np.concatenate([np.asarray(fn(p)) for p in photos])

@@ -92,7 +92,7 @@ def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: 
 def calibration_photos(photo_size, n: int = 16, seed: int = 0) -> tuple[np.ndarray, str]:
     """uint8 [n, H, W, 3] whole photos of `photo_size` for int8 calibration of a whole-photo TFLite model: the embedded
     pristine photos and synthetic degraded scenes, resized (bilinear) to (H, W)."""
-    from PIL import Image
+    from data_pipeline.test_time import scale_to_photo_size
 
     h, w = (int(v) for v in photo_size)
     images, source = [], "synthetic"
@@ -102,6 +102,5 @@ def calibration_photos(photo_size, n: int = 16, seed: int = 0) -> tuple[np.ndarr
     except Exception as e:
         logger.info("embedded pristine photos unavailable (%s); using synthetic calibration images", e)
     images = images + synthetic_images(max(1, n - len(images)), size=(h, w), seed=seed)
-    photos = [np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
-              for im in images[:n]]
+    photos = [scale_to_photo_size(im, (h, w)) for im in images[:n]]
     return np.stack(photos).astype(np.uint8), source
