@@ -21,7 +21,7 @@ EXTRAS = {
     "lite": ["ai-edge-litert"],
     "serving": ["tensorflow-serving-api==2.21.*"],
     "notebooks": ["nbclient", "nbformat", "ipykernel"],
-    "torch": ["torch==2.13.0"],  # only for `keras-iqa convert metaiqa-official` and the bench peer
+    "torch": ["torch==2.13.0", "safetensors"],  # `keras-iqa convert` (checkpoints, .safetensors) and the bench peers
     "docs": ["mkdocs==1.6.1", "mkdocstrings-python==2.0.11"],  # the MkDocs site under docs/ (mkdocs.yml)
 }
 # demo: what `keras-iqa demo` (`make demo`) runs: Beam for synthesize/prepare (DirectRunner), the LiteRT interpreter for the
