@@ -3,4 +3,14 @@
 from keras_iqa.registry import create_model, get_card, list_models
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "get_card", "list_models", "__version__"]
+__all__ = ["create_model", "from_preset", "get_card", "list_models", "__version__"]
+
+_LAZY = {"from_preset": "keras_iqa.presets"}  # imported on first use: `import keras_iqa` stays free of TensorFlow
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'keras_iqa' has no attribute {name!r}")

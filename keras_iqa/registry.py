@@ -165,4 +165,6 @@ def create_model(name: str, /, config: Optional[Any] = None, **overrides):
     """Builds a registered model: `create_model("reqa", feedback_steps=3)`; `config` replaces the card's config entirely."""
     card = get_card(name)
     cfg = config if config is not None else card.config(**overrides)
-    return card.builder(cfg)
+    model = card.builder(cfg)
+    model.card_name = name  # the card a preset saved from this model names (keras_iqa.presets)
+    return model

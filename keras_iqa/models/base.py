@@ -49,6 +49,13 @@ class IQAModel(keras.Model):
         x = ops.clip((scores - lo) / (hi - lo), 0.0, 1.0)
         return x if self.higher_better else 1.0 - x
 
+    def save_to_preset(self, preset_dir, metadata=None):
+        """Writes this model as a preset folder (config.json, model.weights.h5, metadata.json), keras-hub's layout;
+        `keras_iqa.from_preset(preset_dir)` loads it. See `keras_iqa.presets.save_to_preset` (docs/presets.md)."""
+        from keras_iqa.presets import save_to_preset
+
+        return save_to_preset(self, preset_dir, metadata=metadata)
+
     def get_config(self):
         return {
             "score_range": list(self.score_range),
