@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 
-COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "models", "demo")
+COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "preset", "models", "demo")
 
 EPILOG = """\
 A typical session:

@@ -695,7 +695,7 @@ def metadata_from_run(run_dir: os.PathLike) -> dict:
     data = res.get("data") or cfg.get("data")
     training = {k: v for k, v in {
         "data": data, "split": res.get("split") or cfg.get("split"), "protocol": res.get("protocol") or cfg.get("protocol"),
-        "run": str(run), "command": " ".join(info["argv"]) if isinstance(info.get("argv"), list) else None,
+        "run": str(run), "command": _command(info.get("argv")),
         "seed": info.get("seed"), "started": info.get("started"), "precision": res.get("precision"),
     }.items() if v is not None}
     test = res.get("test") if isinstance(res.get("test"), dict) else {}
@@ -711,6 +711,13 @@ def metadata_from_run(run_dir: os.PathLike) -> dict:
     if card:
         out["card"] = card
     return out
+
+
+def _command(argv) -> Optional[str]:
+    """The command line of a run (run_info.json "argv"), its program as its file name (`keras-iqa train ...`)."""
+    if not isinstance(argv, list) or not argv:
+        return None
+    return " ".join([Path(str(argv[0])).name, *(str(a) for a in argv[1:])])
 
 
 def _maybe_json(path: Path) -> dict:

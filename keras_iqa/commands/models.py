@@ -1,6 +1,8 @@
-"""`keras-iqa models`: the model registry (names, score ranges, input contracts, citations).
+"""`keras-iqa models`: the model registry (names, score ranges, input contracts, citations) and the presets.
 
-The list reads `keras_iqa.registry.card_index()` and never imports TensorFlow; `keras-iqa models NAME` builds the full card.
+The list reads `keras_iqa.registry.card_index()` and `keras_iqa.presets.list_presets()` (the preset registry and the
+preset cache: which presets are on this machine) and never imports TensorFlow; `keras-iqa models NAME` builds the full
+card, or prints a preset's model card.
 """
 
 import json
@@ -12,21 +14,40 @@ def register(sub):
     p = sub.add_parser(
         "models",
         help="list registered models and their model cards",
-        description="List the model registry. With a NAME, print that model card (config defaults, input contract, score range).",
-        epilog="Examples:\n  keras-iqa models\n  keras-iqa models reqa",
+        description="List the model registry (cards: architectures, random weights until trained) and the presets "
+                    "(trained weights; which ones are in the local cache). With a NAME, print that model card (config "
+                    "defaults, input contract, score range) or that preset's registry entry.",
+        epilog="Examples:\n  keras-iqa models\n  keras-iqa models reqa\nPresets: docs/presets.md; the cache is "
+               "$KERAS_IQA_CACHE (default ~/.keras/keras_iqa/presets).",
         formatter_class=formatter(),
     )
-    p.add_argument("name", nargs="?", help="a model name to show in full (its config defaults: imports the model)")
+    p.add_argument("name", nargs="?", help="a model card to show in full (its config defaults: imports the model), or a "
+                                           "registered preset name (its entry)")
     p.set_defaults(func=run)
 
 
 def run(args):
-    from keras_iqa import registry
+    from keras_iqa import presets, registry
 
     if args.name:
+        entries = presets.registered_presets()
+        if args.name in entries and args.name not in registry.CARD_INDEX:
+            local = presets.local_dir(args.name)
+            print(json.dumps({**entries[args.name], "local": str(local) if local else None}, indent=2))
+            return 0
         print(json.dumps(registry.get_card(args.name).summary(), indent=2))
         return 0
+    print("cards (architectures; random weights until trained: keras-iqa train METHOD ...):")
     for card in registry.card_index():  # names, ranges and descriptions without importing the models (no TensorFlow)
         lo, hi = card.score_range
         print(f"{card.name:24s} score {lo:g}..{hi:g} ({'higher' if card.higher_better else 'lower'} = better)  {card.description}")
+    rows = presets.list_presets()  # registry + cache: plain Python, no hashing, no network
+    print(f"\npresets (trained weights: keras_iqa.from_preset(NAME), keras-iqa score NAME PHOTOS; cache {presets.cache_dir()}):")
+    if not rows:
+        print("  none registered or cached yet: a preset is added with the command that trained or converted it, its "
+              "handle and SHA-256 (docs/presets.md); `keras-iqa preset save RUN --out DIR` makes one from your own run")
+    for r in rows:
+        metric = " ".join(f"{k.upper()} {r[k]:.3f}" for k in ("srocc", "plcc") if isinstance(r.get(k), (int, float)))
+        print(f"{r['name']:24s} {'local' if r['local'] else 'remote':6s}  card {r['card'] or '?'}  {r['dataset'] or ''}  "
+              f"{metric}  {r['handle']}".rstrip())
     return 0
