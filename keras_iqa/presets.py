@@ -54,6 +54,7 @@ import re
 import shutil
 import sys
 import tempfile
+import urllib.error
 import urllib.parse
 from pathlib import Path
 from typing import Optional
@@ -306,6 +307,11 @@ def _fetch_url(handle: str, name: str, target_dir: Path, expected: Optional[str]
                 f"{url}: {name} failed its SHA-256 check (corrupted, truncated or replaced): expected {expected}, got "
                 f"{actual}. Nothing was cached.", name, expected or "", actual) from e
         except Exception as e:  # keras wraps URLError/HTTPError (and short reads) as "URL fetch failure on URL: ..."
+            if isinstance(e.__context__, urllib.error.ContentTooShortError):  # the server sent fewer bytes than it said
+                raise PresetHashError(
+                    f"{url}: {name} was truncated in transit ({e.__context__}); expected SHA-256 "
+                    f"{expected or '(from metadata.json)'}, got an incomplete file (removed). Nothing was cached; "
+                    "download it again.", name, expected or "", "incomplete download") from e
             raise _Unreachable(f"downloading {url} failed: {e}") from e
     return Path(path)
 
@@ -356,7 +362,8 @@ def _fetch_one(handle: str, name: str, target_dir: Path, expected: Optional[str]
     scheme = _scheme(handle)
     if scheme in ("http", "https"):
         return _fetch_url(handle, name, target_dir, expected)
-    path = _fetch_kaggle(handle, name, target_dir) if scheme == "kaggle" else _fetch_hf(handle, name, target_dir)
+    with contextlib.redirect_stdout(sys.stderr):  # kagglehub prints failed requests on stdout
+        path = _fetch_kaggle(handle, name, target_dir) if scheme == "kaggle" else _fetch_hf(handle, name, target_dir)
     if expected:
         _verify(target_dir, {name: expected}, handle, [name])
     return path
@@ -364,7 +371,7 @@ def _fetch_one(handle: str, name: str, target_dir: Path, expected: Optional[str]
 
 def _unavailable(handle: str, target: Path, reason: str, stale: str = "") -> PresetUnavailableError:
     return PresetUnavailableError(
-        f"preset {handle!r} is not available: {reason}.{stale} It is not in the cache either: {target} "
+        f"preset {handle!r} is not available: {reason.rstrip('. ')}.{stale} It is not in the cache either: {target} "
         f"(needs {', '.join(PRESET_FILES)}). To use it offline, download those three files where there is network "
         f"(from {handle}, or `keras-iqa preset fetch {handle}` there and copy its cache folder) and copy them into "
         f"{target}/ (or set {CACHE_ENV} to a folder holding {target.name}/), or pass the local preset folder instead "

@@ -34,6 +34,7 @@ DOCTEST_MODULES = (
     "keras_iqa.models.hcl",
     "keras_iqa.models.metaiqa",
     "keras_iqa.models.reqa",
+    "keras_iqa.presets",
     "keras_iqa.registry",
     "keras_iqa.scoring",
     "keras_iqa.training.cpu",
