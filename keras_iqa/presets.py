@@ -698,8 +698,8 @@ def metadata_from_run(run_dir: os.PathLike) -> dict:
     cfg = _maybe_json(run / "config.json")
     res = _maybe_json(run / "results.json")
     info = _maybe_json(run / "run_info.json")
-    card = res.get("model") or cfg.get("model")
-    data = res.get("data") or cfg.get("data")
+    card = _run_card(res.get("model"), cfg.get("model"))
+    data = res.get("data") or cfg.get("data") or info.get("data") or res.get("dataset")
     training = {k: v for k, v in {
         "data": data, "split": res.get("split") or cfg.get("split"), "protocol": res.get("protocol") or cfg.get("protocol"),
         "run": str(run), "command": _command(info.get("argv")),
@@ -718,6 +718,32 @@ def metadata_from_run(run_dir: os.PathLike) -> dict:
     if card:
         out["card"] = card
     return out
+
+
+def _run_card(*candidates) -> Optional[str]:
+    """The card name of a run: a card name recorded as "model" (REQA, MetaIQA runs), or the card whose config equals
+    the run's "model" section (HCL runs record the model config itself)."""
+    from keras_iqa.registry import CARD_INDEX
+
+    for c in candidates:
+        if isinstance(c, str) and c in CARD_INDEX:
+            return c
+    for c in candidates:
+        if isinstance(c, dict):
+            import dataclasses
+
+            from keras_iqa import registry
+
+            for name in registry.list_models():
+                card = registry.get_card(name)
+                try:
+                    defaults = json.loads(json.dumps(dataclasses.asdict(card.config()), default=list))
+                except TypeError:
+                    continue
+                if {k: c.get(k) for k in defaults if k != "backbone_weights"} == \
+                        {k: v for k, v in defaults.items() if k != "backbone_weights"}:
+                    return name
+    return None
 
 
 def _command(argv) -> Optional[str]:

@@ -74,6 +74,8 @@ def _load_source(text: str):
     from keras_iqa.scoring import load_keras_model
 
     p = Path(text)
+    if p.is_dir() and not (p / "model.keras").is_file() and (p / "3-finetune" / "model.keras").is_file():
+        p = p / "3-finetune"  # `keras-iqa train hcl --stages all`: the deployable model is the last curriculum's
     if p.is_dir():
         if not (p / "model.keras").is_file():
             raise FileNotFoundError(f"{p}: no model.keras (a run directory holds it once training finished)")

@@ -357,3 +357,24 @@ def test_models_lists_presets_and_local_ones_without_tensorflow(served, tmp_path
     assert "reqa-tiny" in lines
     assert "remote" in lines["test_registered_remote"] and "SROCC 0.900" in lines["test_registered_remote"]
     assert "local" in lines["good"] and "card metaiqa-tiny" in lines["good"]
+
+
+def test_metadata_from_an_hcl_run_finds_its_card_from_the_model_config(tmp_path):
+    import dataclasses
+
+    from keras_iqa import registry
+    from keras_iqa.config import to_dict
+    from keras_iqa.training.runner import RunDir, save_json
+
+    model_cfg = to_dict(registry.get_card("hcl-tiny").config())
+    run = RunDir.create(tmp_path / "3-finetune", config={"model": model_cfg, "seed": 0}, seed=None,
+                        extra={"stage": "finetune", "data": "records/clive"})
+    save_json({"stage": "finetune", "model": "HCL (reconstruction)", "dataset": "clive", "split": "split_00",
+               "test": {"n": 232, "srocc": 0.125, "plcc": 0.25}}, run.path / "results.json")
+    meta = presets.metadata_from_run(run.path)
+    assert meta["card"] == "hcl-tiny"
+    assert meta["training"]["data"] == "records/clive" and meta["training"]["split"] == "split_00"
+    assert meta["metrics"]["srocc"] == 0.125 and meta["metrics"]["n"] == 232
+    other = dataclasses.replace(registry.get_card("hcl-tiny").config(), crop_size=96)  # matches no card
+    save_json({"model": to_dict(other)}, run.path / "config.json")
+    assert "card" not in presets.metadata_from_run(run.path)
