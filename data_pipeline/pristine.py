@@ -74,16 +74,23 @@ def from_folder(directory: str | os.PathLike, recursive: bool = True) -> list[tu
 
 
 def list_folder(directory: str | os.PathLike, recursive: bool = True) -> list[str]:
-    """Sorted image file paths under ``directory``."""
+    """Sorted image file paths under ``directory``: a local folder or a URI (gs://, s3://, ...; one listing, no image read)."""
+    from data_pipeline import fs
     from data_pipeline.images import is_image_file
 
-    d = Path(directory)
-    if not d.is_dir():
-        raise FileNotFoundError(f"pristine folder {str(d)!r} does not exist (pass a folder of reference photos, or 'embedded')")
-    it = d.rglob("*") if recursive else d.iterdir()
-    paths = sorted(str(p) for p in it if p.is_file() and is_image_file(str(p)))
+    d = fs.abspath(directory) if fs.is_uri(directory) else str(directory)
+    if not fs.is_uri(d):
+        p = Path(d)
+        if not p.is_dir():
+            raise FileNotFoundError(f"pristine folder {d!r} does not exist (pass a folder of reference photos, or 'embedded')")
+        it = p.rglob("*") if recursive else p.iterdir()
+        paths = sorted(str(q) for q in it if q.is_file() and is_image_file(str(q)))
+    elif recursive:
+        paths = [q for q in fs.walk_files(d) if is_image_file(q)]
+    else:
+        paths = [fs.join(d, n) for n, size in sorted(fs.scan(d).items()) if size is not None and is_image_file(n)]
     if not paths:
-        raise FileNotFoundError(f"no image files (.jpg, .png, .bmp, .tif, ...) found in pristine folder {str(d)!r}")
+        raise FileNotFoundError(f"no image files (.jpg, .png, .bmp, .tif, ...) found in pristine folder {d!r}")
     return paths
 
 
@@ -124,10 +131,14 @@ def load_reference(source: str, max_long_side: int = 0, encode: bool = True):
         if max_long_side and max(pixels.shape[:2]) > max_long_side:
             pixels = load_image(encode_png(pixels), policy)
         return (pixels, encode_png(pixels), "png") if encode else (pixels, None, None)
-    pixels = load_image(source, policy)
-    if not encode:
-        return pixels, None, None
-    data, fmt, h, w = canonical_bytes(source)
+    from data_pipeline import fs
+
+    raw = fs.read_image(source)  # local or URI, read once
+    with fs.named_errors(source):
+        pixels = load_image(raw, policy)
+        if not encode:
+            return pixels, None, None
+        data, fmt, h, w = canonical_bytes(raw)
     if (h, w) != pixels.shape[:2]:
         return pixels, encode_png(pixels), "png"
     return pixels, data, fmt

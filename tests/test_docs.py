@@ -21,6 +21,7 @@ DOCTEST_MODULES = (
     "bench.peers.resnet_torch",
     "data_pipeline.beam.synthesize",
     "data_pipeline.fixtures",
+    "data_pipeline.fs",
     "data_pipeline.input",
     "data_pipeline.preview",
     "data_pipeline.pristine",

@@ -1,10 +1,12 @@
 """The "prepare" pipeline: dataset adapter rows -> validated, decoded-once Examples -> sharded TFRecords + manifest + splits.
 
-`prepare(dataset, root, out)` runs the adapter (metadata validation: rejects with file and row), then `writer.write_records` on
-Beam: each image is decoded once under the decode policy to validate it and find its size; the ORIGINAL bytes are stored for
-plain JPEG/PNG/BMP (never re-encode lossy: it changes the quality being measured), anything else (TIFF, CMYK/16-bit/alpha, EXIF
-rotation, GIF...) as a lossless PNG of the policy's pixels (`data_pipeline.images.canonical_bytes`). SPAQ's optional short-side
-resize happens here too (bicubic, stored as lossless PNG).
+`prepare(dataset, root, out)` runs the adapter on the driver (metadata validation: rejects with file and row; it reads the
+score files and lists the image folders, never an image), then `writer.write_records` on Beam: a worker expands the same
+rows again from the score file (`SourceIndex`), and each image is decoded once under the decode policy to validate it and
+find its size; the ORIGINAL bytes are stored for plain JPEG/PNG/BMP (never re-encode lossy: it changes the quality being
+measured), anything else (TIFF, CMYK/16-bit/alpha, EXIF rotation, GIF...) as a lossless PNG of the policy's pixels
+(`data_pipeline.images.canonical_bytes`). SPAQ's optional short-side resize happens here too (bicubic, stored as lossless PNG).
+`root` and `out` may be local folders or URIs (gs://, s3://, hdfs://: `data_pipeline.fs`; docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import os
 import time
 from typing import Optional, Sequence
 
-from data_pipeline import schema
+from data_pipeline import fs, schema
+from data_pipeline.beam.writer import RowIndex
 from data_pipeline.images import canonical_bytes, load_image
 from data_pipeline.splits import SplitConfig
 
@@ -26,8 +28,14 @@ logger = logging.getLogger(__name__)
 def row_to_examples(row: dict, kind: str, dataset: str, score_range, higher_better: bool):
     """One adapter row -> [(image_id, serialized Example)]; raises ImageDecodeError / ValueError for a bad image."""
     path = row["path"]
+    raw = fs.read_image(path)  # local or URI, read once
+    with fs.named_errors(path):
+        return _examples(raw, row, kind, dataset, score_range, higher_better)
+
+
+def _examples(raw: bytes, row: dict, kind: str, dataset: str, score_range, higher_better: bool):
     side = row.get("resize_short_side")
-    arr = load_image(path) if side else None  # decode once: truncated / corrupt data fails here, not in training
+    arr = load_image(raw) if side else None  # decode once: truncated / corrupt data fails here, not in training
     if side and min(arr.shape[:2]) > side:
         import numpy as np
         from PIL import Image
@@ -39,7 +47,7 @@ def row_to_examples(row: dict, kind: str, dataset: str, score_range, higher_bett
         Image.fromarray(arr).save(buf, format="PNG")  # resized pixels: stored losslessly
         encoded, fmt, h, w = buf.getvalue(), "png", arr.shape[0], arr.shape[1]
     else:
-        encoded, fmt, h, w = canonical_bytes(path)
+        encoded, fmt, h, w = canonical_bytes(raw)
         if arr is None:
             load_image(encoded)
     mos = row.get("mos")
@@ -55,6 +63,28 @@ def row_to_examples(row: dict, kind: str, dataset: str, score_range, higher_bett
     return [(row["id"], schema.make_example(kind, fields).SerializeToString())]
 
 
+class SourceIndex(RowIndex):
+    """The rows of a dataset adapter, expanded where it runs: on the driver, and again on the Beam worker that feeds the
+    shard writers (it reads the score file itself, so no row travels through the job graph). Picklable."""
+
+    def __init__(self, dataset: str, root: str, options: Optional[dict] = None, limit: Optional[int] = None):
+        self.dataset, self.root, self.options, self.limit = dataset, root, dict(options or {}), limit
+
+    def source(self):
+        from data_pipeline.sources import get_source
+
+        return get_source(self.dataset)(self.root, **self.options)
+
+    def expand(self):
+        """`(source, rows, rejects)`; `rows` cut to `limit`."""
+        src = self.source()
+        rows, rejects = src.rows()
+        return src, (rows[: int(self.limit)] if self.limit else rows), rejects
+
+    def rows(self) -> list[dict]:
+        return self.expand()[1]
+
+
 def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, num_splits: int = 20, train_ratio: float = 0.8,
             seed: int = 0, runner: Optional[str] = "DirectRunner", pipeline_args: Sequence[str] = (),
             num_shards: Optional[int] = None, limit: Optional[int] = None, progress: bool = False) -> dict:
@@ -62,11 +92,13 @@ def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, n
 
     Args:
         dataset: adapter name (`data_pipeline.sources.SOURCES`, aliases accepted).
-        root: the dataset's root folder in its official layout.
+        root: the dataset's root folder in its official layout: a local folder or a URI (gs://, s3://, ...).
+        out: the parent folder of the dataset written (local or URI).
         options: adapter options (e.g. `{"resolution": "512x384"}` for KonIQ, `{"short_side": 512}` for SPAQ).
         num_splits, train_ratio, seed: `splits.csv` (reference-grouped for synthetic sets; KonIQ adds `official`; CID2013:
             4 of its 6 image sets train, `train_ratio` unused). 20 columns: REQA's 20 train-test iterations.
-        runner, pipeline_args: Beam runner and extra pipeline arguments (None = inline, no Beam).
+        runner, pipeline_args: Beam runner and extra pipeline arguments (None = inline, no Beam). The driver's own reads
+            and writes use `pipeline_args` too (e.g. `--s3_endpoint_url=...`).
         limit: only the first `limit` rows (smoke runs).
         progress: a per-image bar on stderr (see `writer.write_records`).
 
@@ -74,22 +106,21 @@ def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, n
         MetadataError / ValueError: unreadable score files, unknown dataset or option; RuntimeError: nothing could be prepared.
     """
     from data_pipeline.beam.writer import write_records
-    from data_pipeline.sources import get_source
 
     t0 = time.time()
-    src = get_source(dataset)(root, **(options or {}))
-    rows, rejects = src.rows()
-    if limit:
-        rows = rows[: int(limit)]
+    fs.configure(pipeline_args)  # the driver reaches root and out with the pipeline's options (S3 endpoint, keys, ...)
+    index = SourceIndex(dataset, fs.abspath(root), options, limit)
+    src, rows, rejects = index.expand()
     if not rows:
         reasons = "; ".join(f"{r['path']}: {r['reason']}" for r in rejects[:5])
         raise RuntimeError(f"{src.name}: no usable image under {src.root} ({len(rejects)} rejected{': ' + reasons if reasons else ''}); "
                            f"expected layout: {src.layout}")
     fn = functools.partial(row_to_examples, kind=src.kind, dataset=src.name, score_range=tuple(src.score_range),
                            higher_better=src.higher_better)
-    out_dir = os.path.join(out, src.name)
+    out_dir = fs.join(fs.abspath(out), src.name)
     extra = {"rejects": rejects, "source": src.describe(), "pseudo_label": None}
     manifest = write_records(rows, fn, out_dir, src.kind, src.name, src.score_range, src.higher_better, num_shards=num_shards,
+                             index=index,
                              runner=runner, pipeline_args=pipeline_args, manifest_extra=extra,
                              splits=SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed),
                              progress=progress, progress_desc=f"prepare {src.name}", progress_unit="image")

@@ -12,6 +12,8 @@ resumable). Splits are grouped by reference: every distorted version of a refere
 One work item (row) is one (reference, distortion type) with all requested levels, so a reference is decoded once per type
 and the work spreads over Beam workers. Randomness is derived per (seed, reference id, type, level) with
 ``numpy.random.SeedSequence``, so outputs do not depend on the runner, the number of workers or the order of work.
+The rows are planned from a listing of the pristine folder (a local folder or a URI: gs://, s3://, ...), on the driver and
+again on a Beam worker (:class:`PlanIndex`), so no row travels through the job graph; workers read the photos themselves.
 
 Example:
     >>> import os, tempfile
@@ -25,14 +27,14 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import zlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from data_pipeline import distortions as D
-from data_pipeline import pristine
+from data_pipeline import fs, pristine
+from data_pipeline.beam.writer import RowIndex, iter_records
 
 PSEUDO_LABELS = {"ssim": "SSIM (Wang et al. 2004) on BT.601 luma, 11x11 Gaussian window sigma 1.5",
                  "ms-ssim": "MS-SSIM (Wang et al. 2003), 5 scales, weights 0.0448/0.2856/0.3001/0.2363/0.1333, on BT.601 luma"}
@@ -157,17 +159,21 @@ class PairsFromSynthetic:
         if self._pending is not None:
             rec, self._pending = self._pending, None
             return rec
-        return next(self._it, None)
+        try:
+            return next(self._it, None)
+        except ValueError:  # a corrupt synthetic shard: distort again (fallback) for this and the following rows
+            self._it = iter(())
+            return None
 
     def _take(self, shard_file: str, ids: list[str]):
         import tensorflow as tf
 
         if self._file != shard_file:
-            path = os.path.join(self.synthetic_dir, shard_file)
-            if not tf.io.gfile.exists(path):
+            path = fs.join(self.synthetic_dir, shard_file)
+            if not fs.exists(path):
                 return None
             self._file, self._pending = shard_file, None
-            self._it = iter(tf.data.TFRecordDataset(path).as_numpy_iterator())
+            self._it = iter_records(path)
         out = []
         for iid in ids:
             rec = self._next()
@@ -200,6 +206,31 @@ class PairsFromSynthetic:
             yield iid, ex.SerializeToString()
 
 
+class PlanIndex(RowIndex):
+    """The synthesize rows (:func:`plan`) of a pristine spec, expanded where it runs: on the driver and on the Beam worker
+    that feeds the shard writers (it lists the pristine folder itself). Picklable.
+
+    ``shard_files`` (the pair pass): the synthetic dataset's shard files in shard order; row i gets
+    ``shard_file = shard_files[i % len(shard_files)]``, the synthetic shard holding its records.
+    """
+
+    def __init__(self, pristine_spec, types, levels, per_image_types: int = 0, seed: int = 0, settings: str = "",
+                 shard_files: Optional[Sequence[str]] = None):
+        self.pristine_spec = list(pristine_spec) if isinstance(pristine_spec, (list, tuple)) else str(pristine_spec)
+        self.types, self.levels = [int(t) for t in types], [int(lv) for lv in levels]
+        self.per_image_types, self.seed, self.settings = int(per_image_types), int(seed), settings
+        self.shard_files = list(shard_files) if shard_files else None
+
+    def rows(self) -> list[dict]:
+        spec = self.pristine_spec
+        srcs = list(spec) if isinstance(spec, list) else pristine.sources(spec)
+        rows = plan(srcs, self.types, self.levels, self.per_image_types, self.seed, self.settings)
+        if self.shard_files:
+            n = len(self.shard_files)
+            rows = [dict(r, shard_file=self.shard_files[i % n]) for i, r in enumerate(rows)]
+        return rows
+
+
 def manifest_extra(types, levels, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec) -> dict:
     return {
         "pseudo_label": pseudo_label,
@@ -221,23 +252,28 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
     """Runs the synthesize pipeline; returns ``{"synthetic": manifest, "pair": manifest or None}``.
 
     Args:
-        pristine_spec: a folder of reference photos, ``"embedded"`` or ``"embedded:astronaut,coffee"``, or a list of sources.
-        out_dir: parent folder; writes ``out_dir/name`` and ``out_dir/name_pairs``.
+        pristine_spec: a folder of reference photos (local or a URI: gs://, s3://, ...), ``"embedded"`` or
+            ``"embedded:astronaut,coffee"``, or a list of sources.
+        out_dir: parent folder (local or URI); writes ``out_dir/name`` and ``out_dir/name_pairs``.
         types, levels: ``"all"`` / ``"1,3,10"`` / ``"1-5"`` (see :func:`data_pipeline.distortions.parse_types`).
         per_image_types: K random types per reference (0 = all selected types).
         pseudo_label: None, "ssim" or "ms-ssim" (stored under ``score/pseudo``, never ``score/mos``).
         pairs: also write the pair dataset.
         runner, pipeline_args, num_shards: passed to the writer (Beam runner and its options; ``runner=None`` writes
             inline without Beam). The writer parallelises over shards, so the default gives every DirectRunner worker one.
+            The driver's own reads and writes use ``pipeline_args`` too (e.g. ``--s3_endpoint_url=...``).
         num_splits, train_ratio: reference-grouped random splits in ``splits.csv`` (column k seeded by ``seed + k``).
         progress: per-image bars on stderr, one per dataset written (see ``writer.write_records``).
     """
-    from data_pipeline.beam.writer import default_num_shards, shard_name, write_records
+    from data_pipeline.beam.writer import default_num_shards, write_records
     from data_pipeline.splits import SplitConfig
 
+    fs.configure(pipeline_args)  # the driver lists the pristine folder and writes with the pipeline's options
     type_ids, level_ids = D.parse_types(types), D.parse_levels(levels)
-    srcs = list(pristine_spec) if isinstance(pristine_spec, (list, tuple)) else pristine.sources(pristine_spec)
-    rows = plan(srcs, type_ids, level_ids, per_image_types, seed, settings(seed, pseudo_label, max_long_side, restretch))
+    embedded = str(pristine_spec) == "embedded" or str(pristine_spec).startswith("embedded:")
+    spec = pristine_spec if isinstance(pristine_spec, (list, tuple)) or embedded else fs.abspath(pristine_spec)
+    index = PlanIndex(spec, type_ids, level_ids, per_image_types, seed, settings(seed, pseudo_label, max_long_side, restretch))
+    rows = index.rows()
     # the writer groups the splits by reference/id for synthetic and pair records
     splits = SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed, group_by_reference=True)
     if num_shards is None:  # ~500 distorted images per shard, and at least one shard per DirectRunner worker
@@ -245,21 +281,25 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
         num_shards = min(len(rows), max(default_num_shards(len(rows) * len(level_ids)), workers)) or 1
     extra = manifest_extra(type_ids, level_ids, per_image_types, seed, pseudo_label, restretch, max_long_side, pristine_spec)
     result = {}
-    syn_dir = os.path.join(os.fspath(out_dir), name)
+    out_dir = fs.abspath(out_dir)
+    syn_dir = fs.join(out_dir, name)
     syn_fn = DistortedExamples("synthetic", name, pseudo_label, seed, max_long_side, restretch)
     kw = dict(score_range=(0.0, 1.0), higher_better=True, num_shards=num_shards, runner=runner,
               pipeline_args=tuple(pipeline_args), manifest_extra=extra, splits=splits, progress=progress,
               progress_unit="image", row_weight=_levels_of)
-    result["synthetic"] = write_records(rows, syn_fn, syn_dir, kind="synthetic", dataset_name=name,
+    result["synthetic"] = write_records(rows, syn_fn, syn_dir, kind="synthetic", dataset_name=name, index=index,
                                         progress_desc=f"synthesize {name}", **kw)
     if not pairs:
         result["pair"] = None
         return result
     pair_name = f"{name}_pairs"
     fallback = DistortedExamples("pair", pair_name, pseudo_label, seed, max_long_side, restretch)
-    pair_rows = [dict(r, shard_file=shard_name(i % num_shards, num_shards)) for i, r in enumerate(rows)]
+    # pair shard k streams synthetic shard k (same rows, same shard count): rows name the file the manifest committed
+    files = [s["file"] for s in result["synthetic"]["shards"]]
+    pair_index = PlanIndex(spec, type_ids, level_ids, per_image_types, seed, index.settings, shard_files=files)
+    pair_rows = [dict(r, shard_file=files[i % len(files)]) for i, r in enumerate(rows)]
     result["pair"] = write_records(pair_rows, PairsFromSynthetic(syn_dir, pair_name, fallback),
-                                   os.path.join(os.fspath(out_dir), pair_name), kind="pair", dataset_name=pair_name,
+                                   fs.join(out_dir, pair_name), kind="pair", dataset_name=pair_name, index=pair_index,
                                    progress_desc=f"synthesize {pair_name}", **kw)
     return result
 

@@ -1,17 +1,28 @@
-"""Sharded, atomic, resumable TFRecord writer on Apache Beam (docs/data-pipeline.md).
+"""Sharded, resumable TFRecord writer on Apache Beam, the same on a local disk and on object stores (docs/data-pipeline.md,
+docs/scaling.md).
 
-`write_records(rows, to_examples, out_dir, ...)` turns rows into `out_dir/records-XXXXX-of-NNNNN.tfrecord` + `manifest.json` +
-`splits.csv`. `out_dir` is the dataset's own directory (the `<out>/<name>` of docs/CONTRACTS.md).
+`write_records(rows, to_examples, out_dir, ...)` turns rows into `out_dir/records-XXXXX-of-NNNNN-<attempt>.tfrecord` shards +
+`manifest.json` + `splits.csv`. `out_dir` is the dataset's own directory (the `<out>/<name>` of docs/CONTRACTS.md): a local
+folder or any URI of `data_pipeline.fs` (gs://, s3://, hdfs://...).
 
-No data loss, no duplicates:
-- row i always goes to shard `i % num_shards`; a shard is written to a temporary name and renamed when complete, then its sidecar
-  `records-....tfrecord.meta.json` (count, sha256, a fingerprint of its rows, rejects, per-image facts) is written the same way;
-- a re-run skips a shard whose file hashes to the sidecar's sha256 and whose rows have the same fingerprint, and rewrites the others,
-  so a run killed midway and re-run ends with every image exactly once;
-- the manifest is assembled from the sidecars at the end (it is the last file written).
+No data loss, no duplicates, and no rename (on S3 and GCS a rename is a copy and a delete, not atomic):
+- row i always goes to shard `i % num_shards`. A worker writes a shard as a NEW object whose name no other attempt uses
+  (`<attempt>` is random), hashing (sha256) and counting its bytes as it writes; once the object is closed, it writes the
+  shard's sidecar `<shard file>.meta.json` (count, bytes, sha256, a fingerprint of the shard's rows, rejects, per-image
+  facts). No shard object is ever renamed or overwritten.
+- a shard is complete when its sidecar parses, carries the fingerprint of this run's rows for that shard, and the object it
+  names has the size it records. A re-run keeps complete shards and writes the others, so a run killed midway and started
+  again ends with every image exactly once (a shard killed mid-write has no sidecar, or a truncated one, and is written
+  again under a new name).
+- the driver never reads a shard: the manifest is assembled from the sidecars, i.e. from the workers' own counts and
+  checksums, and written last, in one put (atomic on object stores; a temporary file + `os.replace` on a local disk). It is
+  the commit record: readers read the shards it lists. Objects it does not list (earlier attempts, another shard count,
+  temporary files) are deleted after it.
 
-The Beam pipeline is `Create(shards) | Reshuffle | Map(write shard)`: any runner that shares `out_dir` with the driver works
-(`tf.io.gfile` paths, so `gs://` too). `runner=None` writes inline without Beam (tests, fixtures).
+The rows never travel through the Beam job graph: `Create([index]) | FlatMap(expand the rows, key each by its shard)` is
+joined with `Create([(shard, fingerprint)])` by `CoGroupByKey`, then `Map(write the shard)`. The index (a `RowIndex`) expands
+the rows where it runs: prepare's re-reads the dataset's score file, synthesize's lists the pristine folder; the worker checks
+each shard's rows against the driver's fingerprint. `runner=None` writes inline without Beam (tests, fixtures).
 """
 
 from __future__ import annotations
@@ -20,28 +31,37 @@ import hashlib
 import json
 import logging
 import math
-import os
+import re
+import struct
 import time
 import uuid
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-from data_pipeline import schema
+from data_pipeline import fs, schema
 from data_pipeline.images import ImageDecodeError
-from data_pipeline.splits import SplitConfig, dataset_groups, make_splits, write_splits_csv
+from data_pipeline.splits import SplitConfig, dataset_groups, make_splits
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SPLITS = "splits.csv"
 SIDECAR = ".meta.json"
-SHARD_PATTERN = "records-{:05d}-of-{:05d}.tfrecord"
+SHARD_PREFIX = "records-{:05d}-of-{:05d}"
+_SHARD_RE = re.compile(r"^records-(\d{5})-of-(\d{5})-([0-9a-f]{6,32})\.tfrecord$")
 #: Per-image facts kept in the sidecars (order of the lists in `images`).
 IMAGE_FIELDS = ("id", "mos", "normalized", "height", "width", "format", "reference", "type", "official", "type_name", "level")
 
 
-def shard_name(i: int, n: int) -> str:
-    return SHARD_PATTERN.format(i, n)
+def shard_name(i: int, n: int, attempt: Optional[str] = None) -> str:
+    """`records-IIIII-of-NNNNN-<attempt>.tfrecord`: shard i of n, written by one attempt (a fresh random id unless given)."""
+    return f"{SHARD_PREFIX.format(i, n)}-{attempt or uuid.uuid4().hex[:12]}.tfrecord"
+
+
+def parse_shard_name(name: str) -> Optional[tuple[int, int, str]]:
+    """`(index, num_shards, attempt)` of a shard file name, None for any other name."""
+    m = _SHARD_RE.match(name)
+    return (int(m.group(1)), int(m.group(2)), m.group(3)) if m else None
 
 
 def default_num_shards(n_rows: int, rows_per_shard: int = 500) -> int:
@@ -49,15 +69,100 @@ def default_num_shards(n_rows: int, rows_per_shard: int = 500) -> int:
     return max(1, min(1024, math.ceil(n_rows / rows_per_shard)))
 
 
-def _gfile():
-    import tensorflow as tf
+# ------------------------------------------------------------------------------------------------------------ the rows
+class RowIndex:
+    """Where the writer's rows come from. `rows()` expands them on the driver (to plan the shards) and on one Beam worker
+    (to write them), so that the rows never travel through the job graph (Dataflow limits its size).
 
-    return tf.io.gfile
+    Subclasses must be picklable and deterministic: both expansions must give the same rows in the same order (each shard's
+    writer checks its rows against the driver's fingerprint and fails the job if they differ).
+    """
+
+    def rows(self) -> list[dict]:
+        raise NotImplementedError
+
+
+class ListIndex(RowIndex):
+    """Rows already in memory (tests, fixtures, small jobs): they travel inside the pipeline as one element."""
+
+    def __init__(self, rows: Iterable[Mapping]):
+        self._rows = [dict(r) for r in rows]
+
+    def rows(self) -> list[dict]:
+        return self._rows
+
+
+# ----------------------------------------------------------------------------------------------------------- TFRecords
+def _crc32c():
+    """Beam's crc32c (python-snappy, google-crc32c or crcmod, whichever is installed), or None without Beam."""
+    try:
+        from apache_beam.io.tfrecordio import _default_crc32c_fn
+    except ImportError:
+        return None
+    return _default_crc32c_fn
+
+
+def _masked(crc: int) -> int:
+    """TFRecord's masked CRC (tensorflow/core/lib/hash/crc32c.h: rotate right by 15, add 0xa282ead8)."""
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class _ShardFile:
+    """TFRecord framing (length, masked CRC of the length, data, masked CRC of the data) written to a file object, with the
+    sha256 and the byte count of what was written: the driver takes both from the sidecar and never reads the shard."""
+
+    def __init__(self, f, crc):
+        self.f, self.crc, self.size, self.hash = f, crc, 0, hashlib.sha256()
+
+    def _put(self, b: bytes) -> None:
+        self.f.write(b)
+        self.hash.update(b)
+        self.size += len(b)
+
+    def write(self, record: bytes) -> None:
+        head = struct.pack("<Q", len(record))
+        self._put(head + struct.pack("<I", _masked(self.crc(head))))
+        self._put(record)
+        self._put(struct.pack("<I", _masked(self.crc(record))))
+
+
+def _read_exact(f, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = f.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def iter_records(path: str) -> Iterator[bytes]:
+    """The records of a TFRecord file at a local path or URI (CRCs checked); ValueError at a truncated or corrupt record."""
+    crc = _crc32c()
+    if crc is None:  # no Beam: TensorFlow's reader (local paths, gs://)
+        import tensorflow as tf
+
+        yield from tf.data.TFRecordDataset(path).as_numpy_iterator()
+        return
+    with fs.open_read(path) as f:
+        k = 0
+        while True:
+            head = _read_exact(f, 12)
+            if not head:
+                return
+            if len(head) < 12 or struct.unpack("<I", head[8:])[0] != _masked(crc(head[:8])):
+                raise ValueError(f"{path}: record {k}: truncated or corrupt length")
+            (n,) = struct.unpack("<Q", head[:8])
+            data, tail = _read_exact(f, n), _read_exact(f, 4)
+            if len(data) < n or len(tail) < 4 or struct.unpack("<I", tail)[0] != _masked(crc(data)):
+                raise ValueError(f"{path}: record {k}: truncated or corrupt data")
+            yield data
+            k += 1
 
 
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with _gfile().GFile(path, "rb") as f:
+    with fs.open_read(path) as f:
         while True:
             chunk = f.read(1 << 22)
             if not chunk:
@@ -69,14 +174,6 @@ def sha256_file(path: str) -> str:
 def _fingerprint(items: Sequence[tuple[int, Mapping]]) -> str:
     blob = json.dumps([[i, dict(r)] for i, r in items], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    gf = _gfile()
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with gf.GFile(tmp, "w") as f:
-        f.write(text)
-    gf.rename(tmp, path, overwrite=True)
 
 
 def _row_name(row: Mapping) -> str:
@@ -108,17 +205,25 @@ def _image_info(serialized: bytes, row: Mapping) -> list:
 def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple[int, Mapping]],
                 to_examples: Callable[[Mapping], Iterable[tuple[str, bytes]]], fingerprint: str,
                 on_row: Optional[Callable[[int, int, bool], None]] = None) -> dict:
-    """Writes one shard atomically and its sidecar; returns the sidecar dict. Bad rows become rejects, never failures.
+    """Writes shard `index` as a new object, then its sidecar; returns the sidecar dict. Bad rows become rejects, never
+    failures.
 
     `on_row(shard_index, row_index, ok)` is called after each row (progress; never part of the result)."""
-    gf = _gfile()
-    import tensorflow as tf
-
     name = shard_name(index, num_shards)
-    path = os.path.join(out_dir, name)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    path = fs.join(out_dir, name)
     rejects, images = [], []
-    with tf.io.TFRecordWriter(tmp) as w:
+    crc = _crc32c()
+    tf_writer = None
+    if crc is None:  # no Beam installed: TensorFlow writes the framing (local paths, gs://); hashed below
+        import tensorflow as tf
+
+        fs.makedirs(out_dir)
+        raw = tf_writer = tf.io.TFRecordWriter(path)
+        out = None
+    else:
+        raw = fs.open_write(path)
+        out = _ShardFile(raw, crc)
+    with raw:
         for ri, row in sorted(items, key=lambda t: t[0]):
             try:
                 produced = list(to_examples(row))  # all of a row or nothing
@@ -129,32 +234,54 @@ def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple
                     on_row(index, ri, False)
                 continue
             for (_, ser), info in zip(produced, infos):
-                w.write(ser)
+                (tf_writer or out).write(ser)
                 images.append(info)
             if on_row is not None:
                 on_row(index, ri, True)
-    digest = sha256_file(tmp)
-    gf.rename(tmp, path, overwrite=True)
-    meta = {"file": name, "count": len(images), "sha256": digest, "fingerprint": fingerprint, "rejects": rejects,
-            "image_fields": list(IMAGE_FIELDS), "images": images}
-    _atomic_write_text(path + SIDECAR, json.dumps(meta))
+    digest, size = (out.hash.hexdigest(), out.size) if out is not None else (sha256_file(path), fs.size(path))
+    meta = {"file": name, "index": index, "num_shards": num_shards, "count": len(images), "bytes": size, "sha256": digest,
+            "fingerprint": fingerprint, "rejects": rejects, "image_fields": list(IMAGE_FIELDS), "images": images}
+    fs.replace_atomically(path + SIDECAR, json.dumps(meta))  # written only once the shard object is closed
     return meta
 
 
-def _verified(out_dir: str, name: str, fingerprint: str) -> Optional[dict]:
-    """The sidecar of a complete shard that matches `fingerprint` and its sha256, else None."""
-    gf = _gfile()
-    path = os.path.join(out_dir, name)
-    if not (gf.exists(path) and gf.exists(path + SIDECAR)):
-        return None
+def _read_json(path: str) -> Optional[dict]:
     try:
-        with gf.GFile(path + SIDECAR) as f:
-            meta = json.load(f)
-    except (ValueError, OSError):
+        out = json.loads(fs.read_bytes(path))
+    except (OSError, ValueError):
         return None
-    if meta.get("fingerprint") != fingerprint or sha256_file(path) != meta.get("sha256"):
-        return None
-    return meta
+    return out if isinstance(out, dict) else None
+
+
+def _complete_shards(out_dir: str, fps: Sequence[str], prefer: Iterable[str] = ()) -> dict:
+    """`{index: sidecar}` of the complete shards of this plan in `out_dir` (see the module docstring): one listing, then the
+    sidecars of the shard objects it shows (in parallel on object stores). Never reads a shard."""
+    n = len(fps)
+    listing = fs.scan(out_dir)
+    cands: dict = {}
+    for name, size in listing.items():
+        parsed = parse_shard_name(name)
+        if parsed and parsed[1] == n and parsed[0] < n and size is not None and name + SIDECAR in listing:
+            cands.setdefault(parsed[0], []).append(name)
+    names = [nm for lst in cands.values() for nm in lst]
+    paths = [fs.join(out_dir, nm + SIDECAR) for nm in names]
+    if fs.is_uri(out_dir) and len(paths) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            metas = dict(zip(names, pool.map(_read_json, paths)))
+    else:
+        metas = {nm: _read_json(p) for nm, p in zip(names, paths)}
+    prefer = set(prefer)
+    done = {}
+    for i, lst in cands.items():
+        for nm in sorted(lst, key=lambda x: (x not in prefer, x)):
+            m = metas.get(nm)
+            if (m and m.get("file") == nm and m.get("fingerprint") == fps[i] and m.get("bytes") == listing[nm]
+                    and m.get("count") == len(m.get("images") or ())):
+                done[i] = m
+                break
+    return done
 
 
 #: Progress callbacks of the runs of this process, by token. A Beam worker that runs in the driver's process (DirectRunner,
@@ -163,32 +290,49 @@ def _verified(out_dir: str, name: str, fingerprint: str) -> Optional[dict]:
 _PROGRESS: dict = {}
 
 
+def _expand(index: RowIndex, num_shards: int, todo: Sequence[int]):
+    """Beam FlatMap: the index's rows of the shards to write, as `(shard, (row number, row))`."""
+    todo = set(todo)
+    for i, row in enumerate(index.rows()):
+        if i % num_shards in todo:
+            yield i % num_shards, (i, dict(row))
+
+
 class _ShardWriter:
-    """Picklable Beam Map function: (index, items, fingerprint) -> sidecar summary."""
+    """Picklable Beam Map function: `(shard, {"plan": [fingerprint], "rows": [(i, row)...]})` -> what the worker wrote."""
 
     def __init__(self, out_dir, num_shards, to_examples, progress_token=None):
         self.out_dir, self.num_shards, self.to_examples = out_dir, num_shards, to_examples
         self.progress_token = progress_token
 
-    def __call__(self, work):
-        index, items, fp = work
+    def __call__(self, element):
+        index, grouped = element
+        planned = list(grouped["plan"])
+        items = sorted(((int(i), row) for i, row in grouped["rows"]), key=lambda t: t[0])
+        fp = _fingerprint(items)
+        if planned != [fp]:
+            raise RuntimeError(
+                f"{self.out_dir}: shard {index}: the rows expanded on the worker ({len(items)}, fingerprint {fp[:12]}) differ "
+                f"from the driver's (fingerprint {planned[0][:12] if planned else None}): did the score file or the image "
+                "folder change during the run? Start the run again.")
         on_row = _PROGRESS.get(getattr(self, "progress_token", None))
         meta = write_shard(self.out_dir, index, self.num_shards, items, self.to_examples, fp, on_row=on_row)
-        return {"file": meta["file"], "count": meta["count"], "rejects": len(meta["rejects"])}
+        return {k: meta[k] for k in ("file", "index", "count", "bytes", "sha256")}
 
 
 class _Tracker:
     """The driver's side of the writer's progress bar: rows reported in-process, or whole shards once their sidecar is there."""
 
-    def __init__(self, bar, out_dir, todo, names, weight):
+    def __init__(self, bar, out_dir, todo, weight):
         import threading
 
-        self.bar, self.out_dir, self.names, self.weight = bar, out_dir, names, weight
+        self.bar, self.out_dir, self.weight = bar, out_dir, weight
         self.rows = {i: {ri: weight(r) for ri, r in items} for i, items, _ in todo}
         self.totals = {i: sum(w.values()) for i, w in self.rows.items()}
         self.fps = {i: fp for i, _, fp in todo}
         self.seen: dict = {i: 0 for i in self.rows}  # weight counted per shard
         self.reported: set = set()
+        self.checked: set = set()  # sidecar names already read by the poller
         self.rejected = 0
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -214,11 +358,24 @@ class _Tracker:
         with self.lock:
             self._add(shard, self.totals[shard])
 
+    def poll_once(self):
+        """Marks the shards whose sidecar of this run appeared (one listing of `out_dir`; cheap, for progress only)."""
+        try:
+            names = fs.listdir(self.out_dir)
+        except Exception:
+            return
+        for name in names:
+            parsed = parse_shard_name(name[: -len(SIDECAR)]) if name.endswith(SIDECAR) else None
+            if not parsed or name in self.checked or parsed[0] not in self.rows or self.seen[parsed[0]] >= self.totals[parsed[0]]:
+                continue
+            self.checked.add(name)
+            meta = _read_json(fs.join(self.out_dir, name))
+            if meta and meta.get("fingerprint") == self.fps[parsed[0]]:
+                self.shard_done(parsed[0])
+
     def _poll(self, every):
         while not self.stop.wait(every):
-            for i in list(self.rows):
-                if self.seen[i] < self.totals[i] and _sidecar_matches(self.out_dir, self.names[i], self.fps[i]):
-                    self.shard_done(i)
+            self.poll_once()
 
     def start_polling(self, every: float = 2.0):
         import threading
@@ -232,19 +389,7 @@ class _Tracker:
             self.thread.join(timeout=5)
 
 
-def _sidecar_matches(out_dir: str, name: str, fingerprint: str) -> bool:
-    """A shard's sidecar of this run is there (cheap check for progress only; the run's end verifies sha256)."""
-    try:
-        path = os.path.join(out_dir, name + SIDECAR)
-        if not _gfile().exists(path):
-            return False
-        with _gfile().GFile(path) as f:
-            return json.load(f).get("fingerprint") == fingerprint
-    except Exception:
-        return False
-
-
-def _run_beam(work, out_dir, num_shards, to_examples, runner, pipeline_args, progress_token=None):
+def _run_beam(index, todo, out_dir, num_shards, to_examples, runner, pipeline_args, progress_token=None):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -253,7 +398,10 @@ def _run_beam(work, out_dir, num_shards, to_examples, runner, pipeline_args, pro
         args.append("--direct_num_workers=1")
     options = PipelineOptions(args, runner=runner)
     with beam.Pipeline(options=options) as p:
-        _ = (p | "Shards" >> beam.Create(work) | "Spread" >> beam.Reshuffle()
+        plan = p | "Plan" >> beam.Create([(i, fp) for i, _, fp in todo])
+        rows = (p | "Index" >> beam.Create([index])
+                | "Expand" >> beam.FlatMap(_expand, num_shards, sorted(i for i, _, _ in todo)))
+        _ = ({"plan": plan, "rows": rows} | "ByShard" >> beam.CoGroupByKey()
              | "Write" >> beam.Map(_ShardWriter(out_dir, num_shards, to_examples, progress_token)))
 
 
@@ -287,50 +435,58 @@ def _statistics(images: list, score_range, kind: str) -> dict:
     return stats
 
 
-def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapping], Iterable[tuple[str, bytes]]],
+def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Callable[[Mapping], Iterable[tuple[str, bytes]]],
                   out_dir: str, kind: str, dataset_name: str, score_range, higher_better: bool,
                   num_shards: Optional[int] = None, runner: Optional[str] = "DirectRunner", pipeline_args: Sequence[str] = (),
                   manifest_extra: Optional[Mapping] = None, splits: Optional[SplitConfig | Mapping] = SplitConfig(),
                   progress: bool = False, progress_desc: Optional[str] = None, progress_unit: str = "image",
-                  row_weight: Optional[Callable[[Mapping], int]] = None) -> dict:
+                  row_weight: Optional[Callable[[Mapping], int]] = None, index: Optional[RowIndex] = None) -> dict:
     """Writes rows as sharded TFRecords + `manifest.json` + `splits.csv` in `out_dir`; returns the manifest.
 
     Args:
-        rows: dicts holding "path" or "id" (named in rejects); an "official" key (train|validation|test) fills the official split.
+        rows: dicts holding "path" or "id" (named in rejects); an "official" key (train|validation|test) fills the official
+            split. Or a `RowIndex`, expanded here and again on a Beam worker.
         to_examples: `row -> iterable of (image_id, serialized tf.train.Example)`; raise ValueError / ImageDecodeError for a bad
             row (recorded in `rejects`, the run goes on). Must be picklable for Beam (module-level function or functools.partial).
+        out_dir: a local folder or a URI (gs://, s3://, ...; `data_pipeline.fs`).
         kind: authentic | synthetic | pair (data_pipeline.schema.KINDS).
         score_range, higher_better: the dataset's declared native score scale.
         num_shards: default about 500 images per shard.
         runner: a Beam runner name ("DirectRunner", "DataflowRunner", "FlinkRunner", ...), or None to write inline without Beam.
-        pipeline_args: extra Beam pipeline arguments passed through (e.g. `--direct_num_workers=2`).
+        pipeline_args: extra Beam pipeline arguments passed through (e.g. `--direct_num_workers=2`, `--s3_endpoint_url=...`);
+            the driver's own file accesses use them too (`data_pipeline.fs.configure`).
         manifest_extra: merged into the manifest; its "rejects" (e.g. metadata errors found by an adapter) are prepended.
         splits: a SplitConfig (or its dict) or None to skip `splits.csv`.
         progress: a bar on stderr (keras_iqa.progress: off when stderr is not a terminal) counting `progress_unit`s:
             per row inline and with an in-process DirectRunner; per completed shard with runners elsewhere (their workers
-            cannot reach the driver: the bar follows the shard sidecars appearing in `out_dir`). Shards verified from an
+            cannot reach the driver: the bar follows the shard sidecars appearing in `out_dir`). Shards complete from an
             earlier run count at once. `row_weight(row)` is the units of one row (default 1; synthesize: its levels).
+        index: how a Beam worker expands `rows` (a `RowIndex` giving the same rows); default: `rows` travel in the pipeline.
 
     Raises:
         ValueError: unknown kind, or duplicate image ids produced by `to_examples` (an adapter bug; the message names them).
     """
     if kind not in schema.KINDS:
         raise ValueError(f"Unknown record kind {kind!r}; expected one of {schema.KINDS}")
-    gf = _gfile()
-    gf.makedirs(out_dir)
-    rows = list(rows)
+    fs.configure(pipeline_args)
+    fs.makedirs(out_dir)
+    if isinstance(rows, RowIndex):
+        index, rows = rows, rows.rows()
+    rows = [dict(r) for r in rows]
+    index = index or ListIndex(rows)
     n = num_shards or default_num_shards(len(rows))
     buckets: list[list] = [[] for _ in range(n)]
     for i, row in enumerate(rows):
-        buckets[i % n].append((i, dict(row)))
+        buckets[i % n].append((i, row))
     fps = [_fingerprint(b) for b in buckets]
-    names = [shard_name(i, n) for i in range(n)]
 
     t0 = time.time()
-    done = {i: m for i in range(n) if (m := _verified(out_dir, names[i], fps[i])) is not None}
+    previous = _read_json(fs.join(out_dir, MANIFEST)) or {}
+    listed = {s.get("file") for s in previous.get("shards") or () if isinstance(s, dict)}
+    done = _complete_shards(out_dir, fps, prefer=listed)
     todo = [(i, buckets[i], fps[i]) for i in range(n) if i not in done]
     if done:
-        logger.info("%s: %d of %d shards already complete and verified; writing %d", out_dir, len(done), n, len(todo))
+        logger.info("%s: %d of %d shards already complete; writing %d", out_dir, len(done), n, len(todo))
     weight = row_weight or (lambda _row: 1)
     bar = tracker = token = None
     if progress:
@@ -339,18 +495,20 @@ def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapp
         total = sum(weight(r) for b in buckets for _, r in b)
         bar = make_bar(total, progress_desc or f"write {dataset_name}", unit=progress_unit)
         bar.update(sum(weight(r) for i in done for _, r in buckets[i]))
-        tracker = _Tracker(bar, out_dir, todo, names, weight)
+        tracker = _Tracker(bar, out_dir, todo, weight)
+    written = {}
     try:
         if todo:
             if runner is None:
                 for i, items, fp in todo:
-                    write_shard(out_dir, i, n, items, to_examples, fp, on_row=tracker.on_row if tracker else None)
+                    written[i] = write_shard(out_dir, i, n, items, to_examples, fp,
+                                             on_row=tracker.on_row if tracker else None)
             else:
                 if tracker is not None:
                     token = uuid.uuid4().hex
                     _PROGRESS[token] = tracker.on_row
-                    tracker.start_polling()
-                _run_beam(todo, out_dir, n, to_examples, runner, pipeline_args, token)
+                    tracker.start_polling(10.0 if fs.is_uri(out_dir) else 2.0)
+                _run_beam(index, todo, out_dir, n, to_examples, runner, pipeline_args, token)
             if tracker is not None:
                 for i, _, _ in todo:
                     tracker.shard_done(i)
@@ -361,13 +519,15 @@ def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapp
             tracker.close()
         if bar is not None:
             bar.close()
+    if runner is not None and todo:  # the workers' reports: their sidecars
+        written = _complete_shards(out_dir, fps, prefer=listed)
     metas = []
     for i in range(n):
-        m = _verified(out_dir, names[i], fps[i])
+        m = done.get(i) or written.get(i)
         if m is None:
-            raise RuntimeError(f"{os.path.join(out_dir, names[i])}: shard missing or corrupt after the run (runner {runner!r})")
+            raise RuntimeError(f"{out_dir}: shard {i} of {n} has no complete sidecar after the run (runner {runner!r}); "
+                               "start the run again to write it")
         metas.append(m)
-    _remove_stale(out_dir, set(names))
 
     images = [im for m in metas for im in m["images"]]
     ids = [im[0] for im in images]
@@ -381,14 +541,14 @@ def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapp
         "dataset": dataset_name,
         "kind": kind,
         "count": len(images),
-        "shards": [{"file": m["file"], "count": m["count"], "sha256": m["sha256"]} for m in metas],
+        "shards": [{"file": m["file"], "count": m["count"], "bytes": m["bytes"], "sha256": m["sha256"]} for m in metas],
         "score_range": [float(score_range[0]), float(score_range[1])],
         "higher_better": bool(higher_better),
         "rejects": rejects,
         "statistics": _statistics(images, score_range, kind),
         "pseudo_label": extra.pop("pseudo_label", None),
-        "writer": {"runner": runner or "inline", "pipeline_args": list(pipeline_args), "shards_reused": len(done),
-                   "seconds": round(time.time() - t0, 3)},
+        "writer": {"runner": runner or "inline", "pipeline_args": _shown_args(pipeline_args), "shards_reused": len(done),
+                   "shards_written": n - len(done), "seconds": round(time.time() - t0, 3)},
     }
     if splits is not None:
         cfg = splits if isinstance(splits, SplitConfig) else SplitConfig(**dict(splits))
@@ -401,45 +561,55 @@ def write_records(rows: Sequence[Mapping[str, Any]], to_examples: Callable[[Mapp
         else:
             table = make_splits(ids, groups=[im[6] or im[0] for im in images] if group else None,
                                 num_splits=cfg.num_splits, train_ratio=cfg.train_ratio, seed=cfg.seed, official=official)
-        _write_local_or_gfile(os.path.join(out_dir, SPLITS), table)
+        fs.replace_atomically(fs.join(out_dir, SPLITS), _splits_csv(table))
         manifest["splits"] = dict(cfg.to_dict(), group_by_reference=group, official=official is not None)
         if by_subset is not None:
             manifest["splits"].update(by_subset=True, train_groups=by_subset[1], groups=sorted(set(by_subset[0])),
                                       train_ratio=None)
     manifest.update(extra)
-    _atomic_write_text(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1, default=str))
+    fs.replace_atomically(fs.join(out_dir, MANIFEST), json.dumps(manifest, indent=1, default=str))  # the commit record
+    _remove_stale(out_dir, {m["file"] for m in metas})
     return manifest
 
 
-def _write_local_or_gfile(path: str, table) -> None:
-    if "://" not in path:
-        write_splits_csv(path, table)
-        return
+#: Pipeline options whose values are secrets: kept out of the manifest.
+_SECRET_OPTIONS = ("--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token")
+
+
+def _shown_args(pipeline_args: Sequence[str]) -> list[str]:
+    return [a.split("=", 1)[0] + "=***" if a.split("=", 1)[0] in _SECRET_OPTIONS else a for a in pipeline_args]
+
+
+def _splits_csv(table) -> str:
+    """`splits.csv` as `data_pipeline.splits.write_splits_csv` writes it."""
     import csv
     import io
 
     cols = ["image_id"] + sorted(c for c in table if c.startswith("split_")) + (["official"] if "official" in table else [])
-    buf = io.StringIO()
+    buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(cols)
     w.writerows(zip(*(table[c] for c in cols)))
-    _atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _remove_stale(out_dir: str, keep: set) -> None:
-    """Deletes shards of an earlier run with another shard count, and leftover temporary files."""
-    gf = _gfile()
-    for f in gf.listdir(out_dir):
+    """After the manifest: deletes shard objects (and sidecars) it does not list, and leftover temporary files."""
+    stale = []
+    for f in fs.listdir(out_dir):
         base = f[: -len(SIDECAR)] if f.endswith(SIDECAR) else f
-        stale_shard = base.startswith("records-") and ".tfrecord" in base and base.split(".tmp-")[0] not in keep
-        if stale_shard or ".tmp-" in f:
-            gf.remove(os.path.join(out_dir, f))
+        if (base.startswith("records-") and ".tfrecord" in base and base not in keep) or ".tmp-" in f:
+            stale.append(fs.join(out_dir, f))
+    try:
+        fs.delete(stale)
+    except OSError as e:  # the dataset is complete and committed: leftovers are only disk space
+        logger.warning("%s: could not delete %d leftover files (%s); the next run deletes them", out_dir, len(stale), e)
 
 
 def load_manifest(data_dir: str) -> dict:
-    """Reads `<data_dir>/manifest.json`; the error says how to make one."""
-    path = os.path.join(data_dir, MANIFEST)
-    if not _gfile().exists(path):
-        raise FileNotFoundError(f"{path} not found: {data_dir} is not a prepared dataset (run `keras-iqa prepare` first)")
-    with _gfile().GFile(path) as f:
-        return json.load(f)
+    """Reads `<data_dir>/manifest.json` (local or URI); the error says how to make one."""
+    path = fs.join(data_dir, MANIFEST)
+    try:
+        return json.loads(fs.read_bytes(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: {data_dir} is not a prepared dataset (run `keras-iqa prepare` first)") from None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 
+from data_pipeline import fs
 from data_pipeline.sources.base import MetadataError, Source, cell_str, check_columns, load_mat
 
 
@@ -12,9 +13,10 @@ def _read_table(path: str):
     import pandas as pd
 
     try:
+        src = path if not fs.is_uri(path) else io.BytesIO(fs.read_bytes(path))
         if path.lower().endswith((".xlsx", ".xls")):
-            return pd.read_excel(path, sheet_name=0)
-        return pd.read_csv(path, sep=None, engine="python")  # sniffs , ; or tab
+            return pd.read_excel(src, sheet_name=0)
+        return pd.read_csv(src, sep=None, engine="python")  # sniffs , ; or tab
     except Exception as e:
         raise MetadataError(f"{path}: cannot read table ({type(e).__name__}: {e})") from e
 
@@ -48,7 +50,7 @@ class KonIQ10k(Source):
     def _image_dir(self):
         res = self.opts["resolution"]
         for cand in (self.path(res), self.path(f"koniq10k_{res}", res), self.path(f"koniq10k_{res}")):
-            if os.path.isdir(cand):
+            if self.isdir(cand):
                 return cand
         raise MetadataError(f"{self.path(res)}: image folder not found; koniq10k expects {self.layout}")
 
@@ -58,7 +60,7 @@ class KonIQ10k(Source):
         col = self.opts["score_column"]
         check_columns(scores, df.columns, ["image_name", col])
         official = {}
-        if os.path.exists(self.path(self.SETS)):
+        if self.exists(self.path(self.SETS)):
             sets = _read_table(self.path(self.SETS))
             check_columns(self.path(self.SETS), sets.columns, ["image_name", "set"])
             official = {str(n): {"training": "train", "validation": "validation", "test": "test"}.get(str(s).strip(), str(s))
@@ -68,7 +70,7 @@ class KonIQ10k(Source):
         for i, r in enumerate(df.itertuples(index=False)):
             d = r._asdict()
             name = str(d["image_name"])
-            yield {"id": name, "path": self.find_ci(folder, name), "missing": os.path.join(folder, name), "mos": d[col],
+            yield {"id": name, "path": self.find_ci(folder, name), "missing": fs.join(folder, name), "mos": d[col],
                    "std": d["SD"] if has_sd else None, "official": official.get(name, ""), "where": f"{scores} row {i + 2}"}
 
 
@@ -91,14 +93,14 @@ class CLIVE(Source):
         mos = load_mat(mos_p, "AllMOS_release").astype(float).reshape(-1)
         std = [None] * len(names)
         std_p = self.path("Data", "AllStdDev_release.mat")
-        if os.path.exists(std_p):
+        if self.exists(std_p):
             std = load_mat(std_p, "AllStdDev_release").astype(float).reshape(-1).tolist()
         if not (len(names) == len(mos) == len(std)):
             raise MetadataError(f"{names_p}: {len(names)} names but {len(mos)} MOS values in {mos_p} and {len(std)} stds")
         folder = self.require("Images")
         k = int(self.opts["drop_first"])
         for i in range(k, len(names)):
-            yield {"id": names[i], "path": self.find_ci(folder, names[i]), "missing": os.path.join(folder, names[i]),
+            yield {"id": names[i], "path": self.find_ci(folder, names[i]), "missing": fs.join(folder, names[i]),
                    "mos": mos[i], "std": std[i], "where": f"{names_p} entry {i + 1}"}
 
 
@@ -115,7 +117,7 @@ class BID(Source):
         df = _read_table(grades)
         if df.shape[1] < 2:
             raise MetadataError(f"{grades}: expected image number in column 1 and MOS in column 2; found columns {list(df.columns)}")
-        folder = self.root if os.path.exists(self.path("DatabaseImage0001.JPG")) or not os.path.isdir(
+        folder = self.root if self.exists(self.path("DatabaseImage0001.JPG")) or not self.isdir(
             self.path("ImageDatabase")) else self.path("ImageDatabase")
         for i, (num, mos) in enumerate(zip(df.iloc[:, 0], df.iloc[:, 1])):
             where = f"{grades} row {i + 2}"
@@ -125,7 +127,7 @@ class BID(Source):
                 yield {"id": f"row{i + 2}", "path": None, "missing": f"image number {num!r} is not an integer", "where": where}
                 continue
             name = f"DatabaseImage{n:04d}.JPG"
-            yield {"id": name, "path": self.find_ci(folder, name), "missing": os.path.join(folder, name), "mos": mos,
+            yield {"id": name, "path": self.find_ci(folder, name), "missing": fs.join(folder, name), "mos": mos,
                    "where": where}
 
 
@@ -149,7 +151,7 @@ class SPAQ(Source):
         side = self.opts["short_side"]
         for i, (name, mos) in enumerate(zip(df["Image name"], df["MOS"])):
             name = str(name)
-            row = {"id": name, "path": self.find_ci(folder, name), "missing": os.path.join(folder, name), "mos": mos,
+            row = {"id": name, "path": self.find_ci(folder, name), "missing": fs.join(folder, name), "mos": mos,
                    "where": f"{ann} row {i + 2}"}
             if side:
                 row["resize_short_side"] = int(side)
@@ -172,12 +174,12 @@ class CID2013(Source):
     def _list_file(self):
         if self.opts["list_file"]:
             p = self.opts["list_file"]
-            p = p if os.path.isabs(p) else self.path(p)
-            if not os.path.exists(p):
+            p = p if fs.isabs(p) else self.path(p)
+            if not self.exists(p):
                 raise MetadataError(f"{p}: list file not found")
             return p
-        for cand in ("CID2013.txt", "CID2013.csv", os.path.join("csv", "CID2013.txt")):
-            if os.path.exists(self.path(cand)):
+        for cand in ("CID2013.txt", "CID2013.csv", fs.join("csv", "CID2013.txt")):
+            if self.exists(self.path(cand)):
                 return self.path(cand)
         raise MetadataError(f"{self.root}: no CID2013.txt / CID2013.csv; pass list_file=... ({self.layout})")
 
@@ -185,14 +187,13 @@ class CID2013(Source):
         rel = rel.replace("\\", "/").lstrip("/")
         parts = rel.split("/")
         for cand in (rel, "/".join(parts[1:]), "/".join(parts[2:])):
-            if cand and os.path.isfile(self.path(cand)):
+            if cand and self.is_file(self.path(cand)):
                 return self.path(cand), cand
         return None, rel
 
     def read(self):
         lst = self._list_file()
-        with open(lst, newline="") as f:
-            rows = list(csv.reader(f))
+        rows = list(csv.reader(io.StringIO(self.read_text(lst), newline="")))
         header = [h.strip() for h in rows[0]] if rows else []
         check_columns(lst, header, ["dis_img_path", "score"])
         ip, sp = header.index("dis_img_path"), header.index("score")
@@ -205,7 +206,7 @@ class CID2013(Source):
                        "where": where}
                 continue
             path, rel = self._resolve(r[ip].strip())
-            yield {"id": rel if path is None else os.path.relpath(path, self.root), "path": path, "missing": rel,
+            yield {"id": rel if path is None else fs.relpath(path, self.root), "path": path, "missing": rel,
                    "mos": r[sp].strip(), "where": where}
 
 

@@ -1,7 +1,10 @@
 """Adapter base: a dataset's official on-disk layout -> validated rows + rejects.
 
-A row is a dict: `id` (unique in the dataset), `path` (absolute), `mos` (native scale), `std` (NaN if unknown) and, for synthetic
-sets, `type`, `type_name`, `level`, `reference` (reference id); optionally `official` (train|validation|test).
+A row is a dict: `id` (unique in the dataset), `path` (absolute, or a URI), `mos` (native scale), `std` (NaN if unknown) and, for
+synthetic sets, `type`, `type_name`, `level`, `reference` (reference id); optionally `official` (train|validation|test).
+
+Every file access goes through `data_pipeline.fs`, so ROOT may be a local folder or a URI (gs://, s3://, hdfs://...). An adapter
+reads only the score/metadata files and lists the image folders (one listing per folder, cached): it never opens an image.
 
 Metadata problems never pass silently:
 - a score file with the wrong columns / shape raises `MetadataError` naming the file, what was expected and what was found;
@@ -11,10 +14,12 @@ Metadata problems never pass silently:
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Iterable, Optional
 
+from data_pipeline import fs
 from data_pipeline.images import is_image_file
 
 
@@ -42,8 +47,8 @@ class Source:
     range_tolerance = 0.02
 
     def __init__(self, root: str, **options):
-        self.root = os.path.abspath(os.path.expanduser(root))
-        if not os.path.isdir(self.root):
+        self.root = fs.abspath(root)
+        if not fs.isdir(self.root):
             raise FileNotFoundError(f"{self.root}: dataset root directory not found (expected layout: {self.layout})")
         unknown = set(options) - set(self.options())
         if unknown:
@@ -57,30 +62,69 @@ class Source:
 
     # ----------------------------------------------------------------------------------------------------------- helpers
     def path(self, *parts) -> str:
-        return os.path.join(self.root, *parts)
+        return fs.join(self.root, *parts)
 
     def require(self, *parts) -> str:
         p = self.path(*parts)
-        if not os.path.exists(p):
+        if not self.exists(p):
             raise MetadataError(f"{p}: not found; {self.name} expects this layout: {self.layout}")
         return p
 
+    def _cached(self, folder: str) -> Optional[dict]:
+        return self.__dict__.get("_scans", {}).get(folder)
+
+    def exists(self, path: str) -> bool:
+        """A file or folder at `path` (from its folder's listing when that was made already)."""
+        entries = self._cached(fs.dirname(path))
+        return fs.basename(path) in entries if entries is not None else fs.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        entries = self._cached(fs.dirname(path))
+        if entries is not None:
+            return fs.basename(path) in entries and entries[fs.basename(path)] is None
+        return fs.isdir(path)
+
+    def is_file(self, path: str) -> bool:
+        """Something that is not a folder is at `path` (the writer finds out whether it is an image). Image rows are checked
+        against their folder's listing: one listing per folder, never one call per image."""
+        entries = self._entries(fs.dirname(path))
+        return entries.get(fs.basename(path), None) is not None
+
     def find_ci(self, folder: str, name: str) -> Optional[str]:
         """Case-insensitive lookup of `name` in `folder` (official releases mix `I01.BMP` / `i25.bmp`, `.JPG` / `.jpg`)."""
-        exact = os.path.join(folder, name)
-        if os.path.exists(exact):
-            return exact
-        listing = self._listing(folder)
-        return listing.get(name.lower())
+        if name in self._entries(folder):
+            return fs.join(folder, name)
+        return self._listing(folder).get(name.lower())
+
+    def _entries(self, folder: str) -> dict:
+        """`{name: size, or None for a subfolder}` of `folder`, listed once."""
+        cache = self.__dict__.setdefault("_scans", {})
+        if folder not in cache:
+            try:
+                cache[folder] = fs.scan(folder)
+            except OSError:
+                cache[folder] = {}
+        return cache[folder]
 
     def _listing(self, folder: str) -> dict:
         cache = self.__dict__.setdefault("_listings", {})
         if folder not in cache:
-            try:
-                cache[folder] = {f.lower(): os.path.join(folder, f) for f in os.listdir(folder)}
-            except OSError:
-                cache[folder] = {}
+            cache[folder] = {f.lower(): fs.join(folder, f) for f in sorted(self._entries(folder), reverse=True)}
         return cache[folder]
+
+    def read_bytes(self, path: str) -> bytes:
+        """A metadata file's bytes; MetadataError naming it when it cannot be read."""
+        try:
+            return fs.read_bytes(path)
+        except OSError as e:
+            raise MetadataError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+
+    def read_text(self, path: str) -> str:
+        return self.read_bytes(path).decode("utf-8", errors="replace")
+
+    def open_table(self, path: str):
+        """What pandas / scipy read: the local path itself, or the bytes of a remote file in a buffer."""
+        return path if not fs.is_uri(path) else io.BytesIO(self.read_bytes(path))
 
     # ------------------------------------------------------------------------------------------------------------ reading
     def read(self) -> Iterable[dict]:
@@ -101,7 +145,7 @@ class Source:
             def reject(reason):
                 rejects.append({"path": str(shown), "reason": f"{reason} ({where})"})
 
-            if not row.get("path") or not os.path.isfile(row["path"]):
+            if not row.get("path") or not self.is_file(row["path"]):
                 reject(f"image file not found: {row.get('missing') or row.get('path') or row.get('id')}")
                 continue
             row.pop("missing", None)
@@ -151,7 +195,7 @@ def load_mat(path: str, key: str):
     import scipy.io
 
     try:
-        data = scipy.io.loadmat(path)
+        data = scipy.io.loadmat(path if not fs.is_uri(path) else io.BytesIO(fs.read_bytes(path)))
     except Exception as e:
         raise MetadataError(f"{path}: cannot read MATLAB file ({type(e).__name__}: {e})") from e
     if key not in data:
@@ -167,4 +211,4 @@ def check_columns(path: str, columns, required) -> None:
 
 
 def image_files(folder: str) -> list[str]:
-    return sorted(f for f in os.listdir(folder) if is_image_file(f))
+    return sorted(f for f in fs.listdir(folder) if is_image_file(f))

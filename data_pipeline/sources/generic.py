@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from data_pipeline import fs
 from data_pipeline.sources.base import MetadataError, Source, check_columns
 
 
@@ -63,11 +62,12 @@ class FolderCSV(Source):
         import pandas as pd
 
         o = self.opts
-        p = o["csv"] if os.path.isabs(o["csv"]) else self.path(o["csv"])
-        if not os.path.exists(p):
+        p = o["csv"] if fs.isabs(o["csv"]) else self.path(o["csv"])
+        if not self.exists(p):
             raise MetadataError(f"{p}: score table not found")
         try:
-            df = pd.read_excel(p) if p.lower().endswith((".xlsx", ".xls")) else pd.read_csv(p, sep=None, engine="python")
+            src = self.open_table(p)
+            df = pd.read_excel(src) if p.lower().endswith((".xlsx", ".xls")) else pd.read_csv(src, sep=None, engine="python")
         except Exception as e:
             raise MetadataError(f"{p}: cannot read table ({type(e).__name__}: {e})") from e
         cols = [o["image_column"], o["score_column"]] + [o[k] for k in ("std_column", "split_column", "reference_column",
@@ -76,8 +76,8 @@ class FolderCSV(Source):
         folder = self.path(o["image_dir"])
         for i, r in enumerate(df.to_dict("records")):
             rel = str(r[o["image_column"]])
-            full = rel if os.path.isabs(rel) else os.path.join(folder, rel)
-            row = {"id": rel, "path": full if os.path.isfile(full) else self.find_ci(os.path.dirname(full), os.path.basename(full)),
+            full = rel if fs.isabs(rel) else fs.join(folder, rel)
+            row = {"id": rel, "path": full if self.is_file(full) else self.find_ci(fs.dirname(full), fs.basename(full)),
                    "missing": full, "mos": r[o["score_column"]], "where": f"{p} row {i + 2}"}
             if o["std_column"]:
                 row["std"] = r[o["std_column"]]

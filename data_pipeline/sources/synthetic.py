@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-import os
 import re
 
+from data_pipeline import fs
 from data_pipeline.sources.base import MetadataError, Source, cell_str, check_columns, load_mat
 
 #: KADID-10k / KADIS-700k type names, ids 1..25 (Waterloo list strings, docs/distortions.md).
@@ -42,7 +44,7 @@ class KADID10k(Source):
 
         p = self.require("dmos.csv")
         try:
-            df = pd.read_csv(p)
+            df = pd.read_csv(self.open_table(p))
         except Exception as e:
             raise MetadataError(f"{p}: cannot read CSV ({type(e).__name__}: {e})") from e
         check_columns(p, df.columns, ["dist_img", "ref_img", "dmos"])
@@ -55,7 +57,7 @@ class KADID10k(Source):
                 continue
             t = int(m.group(2))
             var = getattr(r, "var", float("nan"))
-            yield {"id": name, "path": self.find_ci(folder, name), "missing": os.path.join(folder, name), "mos": r.dmos,
+            yield {"id": name, "path": self.find_ci(folder, name), "missing": fs.join(folder, name), "mos": r.dmos,
                    "std": math.sqrt(var) if var == var and var >= 0 else None, "type": t,
                    "type_name": KADID_TYPES[t - 1] if 1 <= t <= 25 else f"type{t}", "level": int(m.group(3)),
                    "reference": str(r.ref_img), "where": where}
@@ -73,13 +75,11 @@ class TID2013(Source):
 
     def read(self):
         p = self.require("mos_with_names.txt")
-        with open(p, errors="replace") as f:
-            lines = [ln for ln in f.read().splitlines()]
+        lines = self.read_text(p).splitlines()
         stds = []
         sp = self.path("mos_std.txt")
-        if os.path.exists(sp):
-            with open(sp) as f:
-                stds = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+        if self.exists(sp):
+            stds = [ln.strip() for ln in self.read_text(sp).splitlines() if ln.strip()]
         folder = self.require("distorted_images")
         k = 0
         for i, line in enumerate(lines):
@@ -97,7 +97,7 @@ class TID2013(Source):
                 yield {"id": name.lower(), "path": None, "missing": f"name {name!r} is not iXX_YY_Z.bmp", "where": where}
                 continue
             t = int(m.group(2))
-            yield {"id": name.lower(), "path": self.find_ci(folder, name), "missing": os.path.join(folder, name), "mos": mos,
+            yield {"id": name.lower(), "path": self.find_ci(folder, name), "missing": fs.join(folder, name), "mos": mos,
                    "std": std, "type": t, "type_name": TID_TYPES[t - 1] if 1 <= t <= 24 else f"type{t}",
                    "level": int(m.group(3)), "reference": f"i{int(m.group(1)):02d}", "where": where}
         if stds and len(stds) != k:
@@ -158,18 +158,17 @@ class CSIQ(Source):
             if p:
                 return p
         base = self.path("dst_imgs")
-        if os.path.isdir(base):
-            for sub in os.listdir(base):
+        if self.isdir(base):
+            for sub in sorted(n for n, size in self._entries(base).items() if size is None):
                 if sub.lower() == typ.lower() or (sub.lower() in ("jpeg2000", "jp2k") and typ.lower() in ("jpeg2000", "jp2k")):
-                    p = self.find_ci(os.path.join(base, sub), name)
+                    p = self.find_ci(fs.join(base, sub), name)
                     if p:
                         return p
         return None
 
     def read(self):
         p = self.require(self.opts["label_file"])
-        with open(p, errors="replace") as f:
-            lines = f.read().splitlines()
+        lines = self.read_text(p).splitlines()
         for i, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -178,7 +177,7 @@ class CSIQ(Source):
             if len(parts) != 2:
                 raise MetadataError(f"{where}: expected '<dist_name> <dmos>', found {line!r}")
             name, score = parts
-            if not os.path.splitext(name)[1]:
+            if not re.search(r"\.\w+$", name):
                 name += ".png"
             tok = name.split(".")
             if len(tok) < 4 or tok[1].lower() not in CSIQ_TYPES or not tok[2].isdigit():
@@ -200,12 +199,9 @@ class KADIS700kRefs(Source):
     layout = "ROOT/ref_imgs/*.png, ROOT/kadis700k_ref_imgs.csv (ref_im, dist_type...)"
 
     def read(self):
-        import csv
-
         p = self.require("kadis700k_ref_imgs.csv")
         folder = self.require("ref_imgs")
-        with open(p, newline="") as f:
-            rows = list(csv.reader(f))
+        rows = list(csv.reader(io.StringIO(self.read_text(p), newline="")))
         start = 1 if rows and not re.search(r"\.\w+$", rows[0][0].strip()) else 0  # header is optional
         for i, r in enumerate(rows[start:], start=start):
             if not r or not r[0].strip():
@@ -214,5 +210,5 @@ class KADIS700kRefs(Source):
             types = []
             for cell in r[1:]:
                 types += [int(float(x)) for x in re.split(r"[,\s;]+", cell.strip()) if x]
-            yield {"id": name, "path": self.find_ci(folder, name), "missing": os.path.join(folder, name),
+            yield {"id": name, "path": self.find_ci(folder, name), "missing": fs.join(folder, name),
                    "mos": float("nan"), "dist_types": types, "where": f"{p} row {i + 1}"}

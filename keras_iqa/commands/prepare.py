@@ -9,12 +9,14 @@ import sys
 from keras_iqa.commands import formatter
 
 DESCRIPTION = """\
-Turns a dataset in its OFFICIAL on-disk layout into <OUT>/<name>/records-XXXXX-of-NNNNN.tfrecord + manifest.json + splits.csv.
+Turns a dataset in its OFFICIAL on-disk layout into <OUT>/<name>/records-XXXXX-of-NNNNN-<attempt>.tfrecord + manifest.json +
+splits.csv. ROOT and OUT may be local folders or URIs (gs://, s3://, hdfs://) on any Beam runner (docs/scaling.md).
 
 Every image is decoded once to validate it; original JPEG/PNG/BMP bytes are kept, anything else is stored as lossless PNG.
 Bad rows (missing file, NaN or out-of-range score, duplicate id) and undecodable images are listed in manifest.json "rejects"
-with the score file and row; the command exits non-zero only if nothing could be prepared. Shards are written atomically: a
-re-run skips verified shards, so an interrupted run can simply be started again.
+with the score file and row; the command exits non-zero only if nothing could be prepared. Each shard is a new object with
+its checksum in a sidecar, and manifest.json, written last, commits them: a re-run keeps complete shards, so an interrupted
+run can simply be started again (no rename, so the same holds on object stores).
 
 Datasets and expected layouts (docs/datasets.md; docs/data-pipeline.md has details):
   koniq10k   ROOT/1024x768/*.jpg (or 512x384/), koniq10k_scores_and_distributions.csv, koniq10k_distributions_sets.csv
@@ -36,14 +38,18 @@ EPILOG = """\
 examples:
   keras-iqa prepare koniq10k --root /data/koniq10k --out records/
   keras-iqa prepare koniq10k --root /data/koniq10k --out records/ --option resolution=512x384
-  keras-iqa prepare kadid10k --root /data/kadid10k --out records/ --splits 10 --train-ratio 0.8 --seed 0
+  keras-iqa prepare kadid10k --root /data/kadid10k --out records/ --num-splits 10 --train-ratio 0.8 --seed 0
   keras-iqa prepare spaq --root /data/SPAQ --out records/ --option short_side=512
   keras-iqa prepare csv --root ~/photos --out records/ --option csv=scores.csv --option score_range=1,5 \\
       --option image_column=file --option score_column=mos
-  keras-iqa prepare tid2013 --root /data/tid2013 --out records/ --beam-arg=--direct_num_workers=2 \\
-      --beam-arg=--direct_running_mode=multi_processing
+  keras-iqa prepare tid2013 --root /data/tid2013 --out records/ --num-workers 2     # DirectRunner, 2 processes
   keras-iqa prepare kadis700k --root gs://bucket/kadis --out gs://bucket/records --runner DataflowRunner \\
-      --beam-arg=--project=P --beam-arg=--region=europe-west1 --beam-arg=--temp_location=gs://bucket/tmp
+      --pipeline-arg=--project=my-project --pipeline-arg=--region=europe-west1 \\
+      --pipeline-arg=--temp_location=gs://bucket/tmp --pipeline-arg=--setup_file=./setup.py
+      (from a keras-iqa checkout, with 'apache-beam[gcp]' installed; --setup_file ships the package to the workers,
+      or give them a container: --pipeline-arg=--sdk_container_image=IMAGE, see docs/scaling.md)
+  keras-iqa prepare koniq10k --root s3://bucket/koniq10k --out s3://bucket/records \\
+      --pipeline-arg=--s3_endpoint_url=http://127.0.0.1:9000 --pipeline-arg=--s3_region_name=us-east-1
 Then train from the result, e.g. `keras-iqa train reqa --data records/koniq10k --split split_00`.
 """
 
@@ -65,10 +71,21 @@ def register(sub):
     p.add_argument("--num-shards", type=int, default=None, help="number of TFRecord shards (default ~500 images per shard)")
     p.add_argument("--runner", default="DirectRunner", help="Beam runner (DirectRunner, DataflowRunner, FlinkRunner, "
                                                             "SparkRunner, ...) or 'inline' for no Beam")
-    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
-                   help="extra Beam pipeline argument passed through (repeatable; write --beam-arg=--flag=value)")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="DirectRunner worker processes (multi_processing mode when > 1; default 1)")
+    p.add_argument("--pipeline-arg", "--beam-arg", dest="pipeline_arg", action="append", default=[], metavar="ARG",
+                   help="Beam pipeline option passed through, also used for the driver's own reads and writes "
+                        "(repeatable; write --pipeline-arg=--flag=value; --beam-arg is an alias)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke runs)")
     p.set_defaults(func=run)
+
+
+def runner_args(args) -> list[str]:
+    """--pipeline-arg values, plus the DirectRunner's worker processes for --num-workers > 1."""
+    extra = list(args.pipeline_arg)
+    if args.runner in ("DirectRunner", "direct") and args.num_workers > 1:
+        extra += [f"--direct_num_workers={args.num_workers}", "--direct_running_mode=multi_processing"]
+    return extra
 
 
 def _parse_options(items) -> dict:
@@ -97,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     runner = None if args.runner.lower() in ("inline", "none") else args.runner
     m = prepare(args.dataset, args.root, args.out, options=_parse_options(args.option), num_splits=args.num_splits,
-                train_ratio=args.train_ratio, seed=args.seed, runner=runner, pipeline_args=args.beam_arg,
+                train_ratio=args.train_ratio, seed=args.seed, runner=runner, pipeline_args=runner_args(args),
                 num_shards=args.num_shards, limit=args.limit, progress=not getattr(args, "quiet", False))
     rejects = m["rejects"]
     if not args.quiet:

@@ -20,8 +20,10 @@ Examples:
   keras-iqa synthesize --pristine photos/ --out records/ --types 1,3,10 --levels 1-5 --pseudo-label ms-ssim
   keras-iqa synthesize --pristine photos/ --out records/ --per-image-types 5 --seed 7 --max-long-side 512
   keras-iqa synthesize --pristine photos/ --out records/ --num-workers 2              # DirectRunner, 2 processes
-  keras-iqa synthesize --pristine photos/ --out gs://bucket/records --runner DataflowRunner \\
-      --beam-arg=--project=my-proj --beam-arg=--region=europe-west1 --beam-arg=--temp_location=gs://bucket/tmp
+  keras-iqa synthesize --pristine gs://bucket/photos --out gs://bucket/records --runner DataflowRunner \\
+      --pipeline-arg=--project=my-project --pipeline-arg=--region=europe-west1 \\
+      --pipeline-arg=--temp_location=gs://bucket/tmp --pipeline-arg=--setup_file=./setup.py
+      (from a keras-iqa checkout with 'apache-beam[gcp]' installed; or --pipeline-arg=--sdk_container_image=IMAGE)
   keras-iqa synthesize --preview contact_sheet.png --preview-reference chelsea --preview-size 64
 Types (KADID ids): 1 GBLUR 2 Lens_Blur 3 Motion_Blur 4 Color_Diffusion 5 Color_Shift 6 Color_Quantization
   7 Saturation_Dist._HSV 8 Saturation_Dist._Lab 9 JP2K 10 JPEG 11 AWGN 12 AWGN_YCbCr 13 Impulse_Noise
@@ -35,7 +37,8 @@ def register(sub):
     p = sub.add_parser("synthesize", help="25 KADID/KADIS distortions x 5 levels on pristine photos (Beam), contact sheet",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter())
     p.add_argument("--pristine", default="embedded", metavar="DIR",
-                   help="folder of reference photos (searched recursively), or 'embedded' / 'embedded:astronaut,coffee' "
+                   help="folder of reference photos (searched recursively; local or a URI: gs://, s3://, ...), or "
+                        "'embedded' / 'embedded:astronaut,coffee' "
                         "for the photos bundled with scikit-image (default: embedded)")
     p.add_argument("--out", metavar="DIR", help="parent folder of the two datasets (required unless only --preview)")
     p.add_argument("--name", default="synthetic", help="dataset name; the pairs go to NAME_pairs (default: synthetic)")
@@ -61,8 +64,9 @@ def register(sub):
                    help="DirectRunner worker processes (multi_processing mode when > 1; default 1)")
     g.add_argument("--num-shards", type=int, default=None,
                    help="TFRecord shards per dataset (default: ~500 images per shard, at least --num-workers)")
-    g.add_argument("--beam-arg", "--pipeline-arg", dest="beam_arg", action="append", default=[], metavar="ARG",
-                   help="extra Beam pipeline argument passed through (repeatable; write --beam-arg=--flag=value)")
+    g.add_argument("--pipeline-arg", "--beam-arg", dest="pipeline_arg", action="append", default=[], metavar="ARG",
+                   help="Beam pipeline option passed through, also used for the driver's own reads and writes "
+                        "(repeatable; write --pipeline-arg=--flag=value; --beam-arg is an alias)")
     g = p.add_argument_group("contact sheet")
     g.add_argument("--preview", metavar="OUT.png", help="draw one reference through all types x levels into this PNG")
     g.add_argument("--preview-reference", default="chelsea",
@@ -74,7 +78,7 @@ def register(sub):
 
 
 def _runner_args(args) -> list[str]:
-    extra = list(args.beam_arg)
+    extra = list(args.pipeline_arg)
     if args.runner == "DirectRunner" and args.num_workers > 1:
         extra += [f"--direct_num_workers={args.num_workers}", "--direct_running_mode=multi_processing"]
     return extra

@@ -155,27 +155,42 @@ class _Flaky:
         yield from fixtures._tiny_examples(row, kind="authentic", size=(16, 16), dataset="t")
 
 
+def _on_disk(out):
+    """Shard files and sidecars in `out` (anything named records-*)."""
+    return sorted(f for f in os.listdir(out) if f.startswith("records-"))
+
+
 def test_resume_after_interrupted_run_every_image_exactly_once(tmp_path):
     rows = fixtures._tiny_rows("authentic", 20, 1, 1, 0)
     out = str(tmp_path)
     with pytest.raises(_Crash):  # dies in the 3rd of 4 shards (5 rows each)
         writer.write_records(rows, _Flaky(13), out, "authentic", "t", (0, 100), True, num_shards=4, runner=None)
-    done = sorted(f for f in os.listdir(out) if f.endswith(".tfrecord"))
-    assert len(done) == 2 and any(".tmp-" in f for f in os.listdir(out)) and "manifest.json" not in os.listdir(out)
-    # corrupt one completed shard: it must be rewritten, the other one reused
-    with open(os.path.join(out, done[0]), "ab") as f:
+    sidecars = [f for f in _on_disk(out) if f.endswith(writer.SIDECAR)]
+    shards = [f for f in _on_disk(out) if f.endswith(".tfrecord")]
+    # two complete shards with their sidecars; the third object was left mid-write, without one; no manifest
+    assert [writer.parse_shard_name(f[: -len(writer.SIDECAR)])[0] for f in sidecars] == [0, 1]
+    assert [writer.parse_shard_name(f)[0] for f in shards] == [0, 1, 2] and "manifest.json" not in os.listdir(out)
+    # corrupt one completed shard (its size no longer matches the sidecar): it must be rewritten, the other one reused
+    with open(os.path.join(out, shards[0]), "ab") as f:
         f.write(b"garbage")
     flaky = _Flaky(None)
     m = writer.write_records(rows, flaky, out, "authentic", "t", (0, 100), True, num_shards=4, runner="DirectRunner")
-    assert m["writer"]["shards_reused"] == 1 and m["count"] == 20
+    assert m["writer"]["shards_reused"] == 1 and m["writer"]["shards_written"] == 3 and m["count"] == 20
+    assert m["shards"][1]["file"] == shards[1] and shards[0] not in {s["file"] for s in m["shards"]}
     ids = [r["image/id"].numpy().decode() for r in _records(out, "authentic")]
     assert sorted(ids) == sorted(r["id"] for r in rows)  # exactly once
+    # only what the manifest lists is left: the corrupt shard and the one killed mid-write were deleted
+    listed = sorted(s["file"] for s in m["shards"])
+    assert _on_disk(out) == sorted(listed + [f + writer.SIDECAR for f in listed])
     assert not any(".tmp-" in f for f in os.listdir(out))
+    for s in m["shards"]:  # the workers' checksums and sizes, never re-read by the driver, match the files
+        assert writer.sha256_file(os.path.join(out, s["file"])) == s["sha256"]
+        assert os.path.getsize(os.path.join(out, s["file"])) == s["bytes"]
     # a third run reuses everything; a changed shard count rewrites and removes the stale shards
     m = writer.write_records(rows, flaky, out, "authentic", "t", (0, 100), True, num_shards=4, runner=None)
-    assert m["writer"]["shards_reused"] == 4
+    assert m["writer"]["shards_reused"] == 4 and sorted(s["file"] for s in m["shards"]) == listed
     m = writer.write_records(rows, flaky, out, "authentic", "t", (0, 100), True, num_shards=3, runner=None)
-    assert sorted(f for f in os.listdir(out) if f.endswith(".tfrecord")) == [writer.shard_name(i, 3) for i in range(3)]
+    assert [writer.parse_shard_name(f)[:2] for f in _on_disk(out) if f.endswith(".tfrecord")] == [(i, 3) for i in range(3)]
     assert sorted(r["image/id"].numpy().decode() for r in _records(out, "authentic")) == sorted(r["id"] for r in rows)
 
 

@@ -116,7 +116,9 @@ def test_pairs_reuse_the_synthetic_records(cli_run, pristine_dir):
     fallback = Counting("pair", "syn_pairs", "ssim", seed=3)
     rows = S.plan(pristine.sources(str(pristine_dir)), list(TYPES), [1, 2, 3, 4, 5], seed=3,
                   settings=S.settings(3, "ssim"))
-    rows = [dict(r, shard_file="records-00000-of-00001.tfrecord") for r in rows]
+    shards = json.loads((out / "syn" / "manifest.json").read_text())["shards"]
+    assert len(shards) == 1
+    rows = [dict(r, shard_file=shards[0]["file"]) for r in rows]  # the shard the manifest committed
     import pickle
 
     plain = S.DistortedExamples("pair", "syn_pairs", "ssim", seed=3)

@@ -1,0 +1,339 @@
+"""One file layer for the data pipeline: local paths, and every URI Apache Beam's `FileSystems` knows (gs://, s3://, hdfs://...).
+
+The adapters, the image reads, the record writer and the manifest all go through here, so `prepare` and `synthesize` run
+where Beam runs (docs/scaling.md). Local paths use the OS directly (fast, no Beam needed). A URI uses Beam's
+`FileSystems` with the pipeline's options, so a driver and its workers reach the same bucket with the same settings
+(`--s3_endpoint_url`, credentials, project...): the driver calls `configure(pipeline_args)` with the arguments it gives the
+pipeline, and Beam hands the same options to every worker (`FileSystems.set_options` in its worker harness). Without Beam
+installed, URIs fall back to `tf.io.gfile` (gs://, hdfs://).
+
+Object stores have no folders and no atomic rename: a "folder" here is a key prefix, `listdir` lists it, and
+`replace_atomically` is a single object put there (atomic on GCS and S3) and a temporary file + `os.replace` on a local disk.
+
+Example:
+    >>> import tempfile
+    >>> from data_pipeline import fs
+    >>> d = tempfile.mkdtemp()
+    >>> fs.write_bytes(fs.join(d, "a", "x.txt"), b"hi")
+    >>> fs.listdir(d), fs.read_bytes(fs.join(d, "a", "x.txt")), fs.is_uri("s3://bucket/a"), fs.join("s3://bucket/", "a", "b")
+    (['a'], b'hi', True, 's3://bucket/a/b')
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import BinaryIO, Iterable, Optional, Sequence
+
+_URI = re.compile(r"^([a-zA-Z][-a-zA-Z0-9+.]*)://")
+_CONFIGURED: Optional[tuple] = None
+
+
+def is_uri(path) -> bool:
+    """True for `scheme://...` (gs, s3, hdfs, ...); False for a local path."""
+    return bool(_URI.match(str(path)))
+
+
+def scheme(path) -> Optional[str]:
+    m = _URI.match(str(path))
+    return m.group(1).lower() if m else None
+
+
+def _beam():
+    try:
+        from apache_beam.io.filesystems import FileSystems
+    except ImportError:  # the [beam] extra is not installed: URIs go through tf.io.gfile
+        return None
+    return FileSystems
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def configure(pipeline_args: Sequence[str] = ()) -> None:
+    """Gives Beam's FileSystems the pipeline's options (S3 endpoint and keys, GCP project, ...) in this process.
+
+    Call it on the driver with the same arguments as the pipeline; workers get them from Beam itself. No arguments: no
+    change (options set earlier, by this function or by the caller, stay).
+    """
+    global _CONFIGURED
+    args = tuple(pipeline_args or ())
+    fsys = _beam()
+    if fsys is None or not args or args == _CONFIGURED:
+        return
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    fsys.set_options(PipelineOptions(list(args)))
+    _CONFIGURED = args
+
+
+# ------------------------------------------------------------------------------------------------------------------- paths
+def abspath(path) -> str:
+    """A local path made absolute (`~` expanded); a URI unchanged but for trailing slashes."""
+    p = os.fspath(path)
+    return p.rstrip("/") if is_uri(p) else os.path.abspath(os.path.expanduser(p))
+
+
+def isabs(path) -> bool:
+    return is_uri(path) or os.path.isabs(os.fspath(path))
+
+
+def join(base, *parts) -> str:
+    base = os.fspath(base)
+    if not is_uri(base):
+        return os.path.join(base, *parts)
+    out = base.rstrip("/")
+    for p in parts:
+        p = str(p).replace("\\", "/").strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
+
+def dirname(path) -> str:
+    p = os.fspath(path)
+    return p.rstrip("/").rsplit("/", 1)[0] if is_uri(p) else os.path.dirname(p)
+
+
+def basename(path) -> str:
+    p = os.fspath(path)
+    return p.rstrip("/").rsplit("/", 1)[-1] if is_uri(p) else os.path.basename(p)
+
+
+def relpath(path, start) -> str:
+    path, start = os.fspath(path), os.fspath(start)
+    if is_uri(path):
+        prefix = start.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else path
+    return os.path.relpath(path, start)
+
+
+# --------------------------------------------------------------------------------------------------------------- queries
+def exists(path) -> bool:
+    """A file, or a folder (a non-empty key prefix on object stores)."""
+    p = os.fspath(path)
+    if not is_uri(p):
+        return os.path.exists(p)
+    fsys = _beam()
+    if fsys is None:
+        return _gfile().exists(p)
+    return fsys.exists(p) or isdir(p)
+
+
+def isdir(path) -> bool:
+    p = os.fspath(path)
+    if not is_uri(p):
+        return os.path.isdir(p)
+    fsys = _beam()
+    if fsys is None:
+        return _gfile().isdir(p)
+    return bool(_match(p.rstrip("/") + "/**", limit=1))
+
+
+def _match(pattern: str, limit: Optional[int] = None) -> list:
+    from apache_beam.io.filesystem import BeamIOError
+
+    try:
+        return _beam().match([pattern], limits=[limit])[0].metadata_list
+    except BeamIOError:
+        return []
+
+
+def scan(folder) -> dict:
+    """`{name: size in bytes}` of the files directly in `folder`, and `{name: None}` for its subfolders; `{}` if missing.
+
+    One listing (paginated on object stores: all keys under the prefix), so it is how callers check many files at once.
+    """
+    p = os.fspath(folder)
+    if not is_uri(p):
+        try:
+            with os.scandir(p) as it:
+                return {e.name: (None if e.is_dir() else e.stat().st_size) for e in it}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+    fsys = _beam()
+    if fsys is None:
+        gf = _gfile()
+        if not gf.isdir(p):
+            return {}
+        return {n.rstrip("/"): (None if n.endswith("/") or gf.isdir(join(p, n)) else gf.stat(join(p, n)).length)
+                for n in gf.listdir(p)}
+    prefix = p.rstrip("/") + "/"
+    out: dict = {}
+    for m in _match(prefix + "**"):
+        rest = m.path[len(prefix):] if m.path.startswith(prefix) else None
+        if not rest:
+            continue
+        head, sep, _ = rest.partition("/")
+        if sep:
+            out.setdefault(head, None)
+        else:
+            out[head] = m.size_in_bytes
+    return out
+
+
+def listdir(folder) -> list[str]:
+    """Sorted names of the files and subfolders directly in `folder`."""
+    return sorted(scan(folder))
+
+
+def walk_files(folder) -> list[str]:
+    """Sorted paths of every file under `folder`, recursively."""
+    p = os.fspath(folder)
+    if not is_uri(p):
+        return sorted(os.path.join(d, f) for d, _, files in os.walk(p) for f in files)
+    if _beam() is None:
+        gf = _gfile()
+        return sorted(join(d, f) for d, _, files in gf.walk(p) for f in files)
+    return sorted(m.path for m in _match(p.rstrip("/") + "/**") if not m.path.endswith("/"))
+
+
+def size(path) -> int:
+    p = os.fspath(path)
+    if not is_uri(p):
+        return os.path.getsize(p)
+    fsys = _beam()
+    return _gfile().stat(p).length if fsys is None else fsys.metadata(p).size_in_bytes
+
+
+# ------------------------------------------------------------------------------------------------------------ read/write
+def open_read(path) -> BinaryIO:
+    """A binary file object; FileNotFoundError when there is nothing at `path`."""
+    p = os.fspath(path)
+    if not is_uri(p):
+        return open(p, "rb")
+    fsys = _beam()
+    if fsys is None:
+        if not _gfile().exists(p):
+            raise FileNotFoundError(f"{p}: not found")
+        return _gfile().GFile(p, "rb")
+    from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+
+    try:
+        return fsys.open(p, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED)
+    except BeamIOError as e:
+        if not fsys.exists(p):
+            raise FileNotFoundError(f"{p}: not found") from e
+        raise
+
+
+def open_write(path) -> BinaryIO:
+    """A binary file object that creates or replaces `path` (parent folders made as needed). On object stores the object
+    appears only when the file is closed."""
+    p = os.fspath(path)
+    if not is_uri(p):
+        os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+        return open(p, "wb")
+    fsys = _beam()
+    if fsys is None:
+        return _gfile().GFile(p, "wb")
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return fsys.create(p, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_bytes(path) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def read_text(path, errors: str = "strict") -> str:
+    return read_bytes(path).decode("utf-8", errors=errors)
+
+
+def write_bytes(path, data: bytes) -> None:
+    with open_write(path) as f:
+        f.write(data)
+
+
+def replace_atomically(path, data) -> None:
+    """Writes `data` (bytes or str) so that a reader sees the old content or the new, never a part.
+
+    Local disk: a temporary file in the same folder, then `os.replace`. Object stores: one object put, which is atomic
+    there (no rename: on S3 and GCS a rename is a copy and a delete)."""
+    p = os.fspath(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if is_uri(p):
+        write_bytes(p, blob)
+        return
+    os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+    tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, p)
+
+
+def makedirs(path) -> None:
+    """Local folders only: object stores have none (an object's key makes its prefix), hdfs makes them on create."""
+    p = os.fspath(path)
+    if not is_uri(p):
+        os.makedirs(p, exist_ok=True)
+
+
+def delete(paths: Iterable) -> None:
+    """Deletes files (missing ones are ignored)."""
+    paths = [os.fspath(p) for p in paths]
+    local = [p for p in paths if not is_uri(p)]
+    remote = [p for p in paths if is_uri(p)]
+    for p in local:
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+    if not remote:
+        return
+    fsys = _beam()
+    if fsys is None:
+        for p in remote:
+            if _gfile().exists(p):
+                _gfile().remove(p)
+        return
+    from apache_beam.io.filesystem import BeamIOError
+
+    try:
+        fsys.delete(remote)
+    except BeamIOError as e:  # some were gone already
+        left = [p for p in (e.exception_details or {}) if fsys.exists(p)]
+        if left:
+            raise
+
+
+# ------------------------------------------------------------------------------------------------------------------ images
+def read_image(path) -> bytes:
+    """The bytes of an image file for the decode policy (`data_pipeline.images`), from any path or URI.
+
+    Raises:
+        ImageDecodeError: missing, unreadable or empty file (the message names it), so the writer records a reject.
+    """
+    from data_pipeline.images import ImageDecodeError
+
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError as e:
+        raise ImageDecodeError(f"{path}: file not found") from e
+    except OSError as e:
+        raise ImageDecodeError(f"{path}: cannot read file ({type(e).__name__}: {e})") from e
+    if not data:
+        raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    return data
+
+
+class named_errors:
+    """Context manager: ImageDecodeErrors raised on bytes read from `path` name `path` instead of `<bytes>`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        from data_pipeline.images import ImageDecodeError
+
+        if isinstance(exc, ImageDecodeError) and "<bytes>" in str(exc):
+            raise ImageDecodeError(str(exc).replace("<bytes>", self.path, 1)) from exc
+        return False
