@@ -1,77 +1,68 @@
-"""`keras-iqa convert`: released PyTorch checkpoints -> Keras weights (MetaIQA official code). Needs the `[torch]` extra."""
+"""`keras-iqa convert`: an official PyTorch checkpoint -> a keras-iqa preset folder (`keras_iqa.converters`). Needs torch."""
 
 from keras_iqa.commands import formatter
 
-MODELS = ("metaiqa-official",)
+EPILOG = """\
+Formats:
+  metaiqa  MetaIQA's released network (torchvision ResNet-18 with its ImageNet FC + the 1000-1024-512-1 head with
+           BatchNorm, PReLU, dropout and sigmoid) -> card metaiqa-official
+  reqa     REQA's official REQANet (ResNet-50, ConvLSTM feedback on three scales, transformer, MLP-III) -> card reqa
+
+CHECKPOINT is a state dict: a .pt/.pth/.bin file written by torch.save (possibly nested under "state_dict", "model", ...,
+with or without DataParallel's "module." prefix) or a .safetensors file. It is read with torch.load(weights_only=True):
+nothing in the file is executed. A whole pickled model (torch.save(model); MetaIQA's released .pt files are) is refused
+with the reason and the one-liner that makes a state dict of it on a machine you trust (docs/converters.md).
+
+Examples:
+  keras-iqa convert reqa reqa_koniq.state_dict.pt --out presets/reqa-koniq
+  keras-iqa convert metaiqa TID2013_IQA_Meta_resnet18.state_dict.pt --out presets/metaiqa-tid2013
+  keras-iqa convert reqa small.pt --out presets/reqa-small --card reqa-tiny
+Then score photos with the preset, or load it in Python:
+  keras-iqa score presets/reqa-koniq photos/ --scores scores.csv
+  model = keras_iqa.from_preset("presets/reqa-koniq")
+
+Exit status 2 on errors (unreadable or refused checkpoint, missing tensors, shapes that do not fit the card).
+"""
 
 
 def register(sub):
+    from keras_iqa.converters import CONVERTERS
+
     p = sub.add_parser(
         "convert",
-        help="convert an official PyTorch checkpoint to Keras weights",
-        description="Convert a checkpoint released with a paper's official PyTorch code into the matching keras-iqa model.\n"
-        "metaiqa-official: the MetaIQA scripts' `Net` (torchvision ResNet-18 incl. its ImageNet FC + the\n"
-        "1000->1024->512->1 head with BatchNorm, PReLU, dropout and sigmoid), saved as a whole pickled model or a\n"
-        "state dict. The output is a `.weights.h5` for\n"
-        "`keras_iqa.create_model('metaiqa-official').load_weights(...)`, or a full `.keras` model.\n"
-        "torch is needed only here: pip install 'keras-iqa[torch]'.",
-        epilog="Examples:\n"
-        "  keras-iqa convert metaiqa-official model_IQA/TID2013_IQA_Meta_resnet18.pt weights/metaiqa-tid.weights.h5\n"
-        "  keras-iqa convert metaiqa-official TID2013_KADID10K_IQA_Meta_resnet18.pt metaiqa.keras --check\n"
-        "Then, in Python:\n"
-        "  m = keras_iqa.create_model('metaiqa-official'); m.load_weights('weights/metaiqa-tid.weights.h5')",
+        help="convert an official PyTorch checkpoint into a keras-iqa preset",
+        description="Convert a checkpoint of a paper's official PyTorch network into the matching keras-iqa model and "
+                    "write it as a preset folder (config.json, model.weights.h5, metadata.json recording the checkpoint's "
+                    "SHA-256 and this command). torch is needed only here: pip install 'keras-iqa[torch]'.",
+        epilog=EPILOG,
         formatter_class=formatter(),
     )
-    p.add_argument("model", choices=MODELS, help="which released model the checkpoint belongs to")
-    p.add_argument("checkpoint", help="the PyTorch checkpoint (.pt / .pth)")
-    p.add_argument("out", help="output: NAME.weights.h5 (weights) or NAME.keras (whole model)")
-    p.add_argument("--check", action="store_true",
-                   help="also run torch and Keras on one random 224x224 batch in eval mode and report the largest difference "
-                        "(needs the checkpoint to be a whole pickled model whose classes import, or skips with a note)")
+    p.add_argument("family", choices=sorted(CONVERTERS), help="which official network the checkpoint belongs to")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the state dict (.pt / .pth / .bin / .safetensors)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the preset folder to write (created; files in it "
+                   "are replaced)")
+    p.add_argument("--card", metavar="NAME",
+                   help="registry card to convert into (default: metaiqa-official / reqa; a smaller card only for a "
+                        "checkpoint of that size)")
+    p.add_argument("--allow-unused", action="store_true",
+                   help="convert even if the checkpoint holds tensors the network does not have (they are dropped and "
+                        "listed); by default that is an error, since it means another or a modified network")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import os
+    import shlex
 
-    from keras_iqa.models.metaiqa import convert_official_checkpoint
+    from keras_iqa.converters import CONVERTERS, convert_to_preset
 
-    out = str(args.out)
-    if not (out.endswith(".weights.h5") or out.endswith(".keras")):
-        raise ValueError(f"output {out!r} must end with .weights.h5 or .keras")
-    model, report = convert_official_checkpoint(args.checkpoint)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out[: -len(".weights.h5")] + ".tmp.weights.h5" if out.endswith(".weights.h5") else out[:-6] + ".tmp.keras"
-    if out.endswith(".keras"):
-        model.save(tmp)
-    else:
-        model.save_weights(tmp)
-    os.replace(tmp, out)
-    print(f"converted {report['loaded']} tensors from {args.checkpoint} -> {out}")
-    if report["ignored"]:
-        print(f"ignored {len(report['ignored'])} checkpoint entries: {', '.join(report['ignored'][:8])}")
-    if args.check:
-        _check(args.checkpoint, model)
+    card = args.card or CONVERTERS[args.family][1]
+    command = shlex.join(["keras-iqa", "convert", args.family, str(args.checkpoint), "--out", str(args.out), "--card", card]
+                         + (["--allow-unused"] if args.allow_unused else []))
+    folder, report = convert_to_preset(args.family, args.checkpoint, args.out, card=card, strict=not args.allow_unused,
+                                       command=command)
+    print(f"converted {report['tensors']} tensors of {args.checkpoint} (sha256 {report['sha256'][:12]}...) into card {card} "
+          f"-> preset {folder}")
+    if report["unused"]:
+        print(f"not used: {len(report['unused'])} tensors ({', '.join(report['unused'][:6])})")
+    print(f"load it with keras_iqa.from_preset({str(folder)!r})")
     return 0
-
-
-def _check(path, model) -> None:
-    import numpy as np
-    import torch
-
-    try:
-        net = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # classes not importable, or a bare state dict
-        print(f"--check skipped: cannot rebuild the torch model from {path} ({type(e).__name__})")
-        return
-    if not isinstance(net, torch.nn.Module):
-        print("--check skipped: the checkpoint is a state dict, not a whole model")
-        return
-    x = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    xt = torch.from_numpy(((x / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype("float32"))
-    net.eval()
-    with torch.no_grad():
-        ref = net(xt).numpy().reshape(-1)
-    got = np.asarray(model(x, training=False)).reshape(-1)
-    print(f"--check: max |torch - keras| = {np.abs(ref - got).max():.2e} on 2 random images")

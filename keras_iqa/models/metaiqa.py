@@ -13,8 +13,8 @@ scale, 25 random native-resolution 224 crops averaged (`crop_policy="random"`, `
 as the released code does, the whole image resized to 224x224 (`crop_policy="resize"`, `test_crops=1`), after training on
 images resized to 256x256.
 
-Registry cards: "metaiqa" (paper head), "metaiqa-official" (official head; `keras-iqa convert metaiqa-official` loads released
-PyTorch checkpoints into it), "metaiqa-tiny" (a tiny network for tests and smoke runs).
+Registry cards: "metaiqa" (paper head), "metaiqa-official" (official head; `keras-iqa convert metaiqa` converts released
+PyTorch checkpoints into it, `keras_iqa.converters.metaiqa`), "metaiqa-tiny" (a tiny network for tests and smoke runs).
 
 Example:
 >>> import numpy as np
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_iqa.backbones import resnet_features
@@ -168,7 +167,7 @@ register(ModelCard(
     name="metaiqa-official", builder=build_metaiqa, config_cls=MetaIQAConfig,
     defaults={"head": "official", "test_crops": 1, "crop_policy": "resize"},
     score_range=(0.0, 1.0), higher_better=True, paper=PAPER, input=_INPUT_OFFICIAL,
-    trained_on="random init; load released PyTorch weights with `keras-iqa convert metaiqa-official CKPT.pt OUT.weights.h5`",
+    trained_on="random init; convert released PyTorch weights with `keras-iqa convert metaiqa CKPT.pt --out PRESET_DIR`",
     description="MetaIQA with the released code's head (FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout 0.5, sigmoid)",
 ))
 register(ModelCard(
@@ -179,147 +178,3 @@ register(ModelCard(
     description="tiny MetaIQA (width 0.125, one block per stage, 64 px) for tests and smoke runs",
 ))
 
-
-# ------------------------------------------------------------------------------------------ official PyTorch checkpoints
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var")  # -> gamma, beta, moving_mean, moving_variance
-_HEAD_MAP = {"imagenet_fc": "{bb}fc", "fc1": "net.fc1", "bn1": "net.bn1", "prelu1": "net.relu1", "fc2": "net.fc2",
-             "bn2": "net.bn2", "prelu2": "net.relu2", "fc3": "net.fc3"}
-
-
-def _backbone_key(layer_name: str) -> Optional[str]:
-    """keras-hub ResNet layer name -> torchvision module path (no prefix): stack1_block0_0_conv -> layer2.0.downsample.0."""
-    import re
-
-    if layer_name == "conv1_conv":
-        return "conv1"
-    if layer_name == "conv1_bn":
-        return "bn1"
-    m = re.fullmatch(r"stack(\d+)_block(\d+)_(\d)_(conv|bn)", layer_name)
-    if not m:
-        return None
-    stage, block, idx, kind = int(m[1]) + 1, int(m[2]), int(m[3]), m[4]
-    base = f"layer{stage}.{block}."
-    if idx == 0:
-        return base + ("downsample.0" if kind == "conv" else "downsample.1")
-    return base + f"{kind}{idx}"
-
-
-def official_weight_map(model: MetaIQA, prefix: str = "resnet_layer.") -> list:
-    """[(keras layer, [torch state-dict keys in set_weights order], kind)] for a `head="official"` MetaIQA.
-
-    The official checkpoint is `Net(resnet_layer=torchvision resnet18, net=BaselineModel1)`: keys `resnet_layer.conv1.weight`,
-    `resnet_layer.layer2.0.downsample.0.weight`, `resnet_layer.fc.weight`, `net.fc1.weight`, `net.bn1.running_mean`,
-    `net.relu1.weight` (PReLU), ... (docs/methods/metaiqa.md).
-    """
-    if model.head != "official":
-        raise ValueError("official checkpoints need the official head: build the model with head='official' "
-                         "(keras_iqa.create_model('metaiqa-official'))")
-    out = []
-    for layer in model.backbone.layers:
-        if not layer.weights:
-            continue
-        path = _backbone_key(layer.name)
-        if path is None:
-            raise ValueError(f"backbone layer {layer.name!r} has no torchvision counterpart")
-        if layer.name.endswith("_bn"):
-            out.append((layer, [f"{prefix}{path}.{k}" for k in _BN_KEYS], "bn"))
-        else:
-            out.append((layer, [f"{prefix}{path}.weight"], "conv"))
-    for layer in model.head_layers:
-        if layer.name not in _HEAD_MAP:
-            continue
-        path = _HEAD_MAP[layer.name].format(bb=prefix)
-        if layer.name.startswith("bn"):
-            out.append((layer, [f"{path}.{k}" for k in _BN_KEYS], "bn"))
-        elif layer.name.startswith("prelu"):
-            out.append((layer, [f"{path}.weight"], "prelu"))
-        else:
-            out.append((layer, [f"{path}.weight", f"{path}.bias"], "dense"))
-    return out
-
-
-def load_official_state_dict(model: MetaIQA, state_dict) -> dict:
-    """Copies an official MetaIQA PyTorch state dict (numpy arrays or torch tensors) into `model` (head="official").
-
-    Conv kernels [out, in, kh, kw] -> [kh, kw, in, out]; Linear [out, in] -> [in, out]; BatchNorm weight/bias/running stats ->
-    gamma/beta/moving mean/variance; PReLU slope -> alpha. A "module." prefix (DataParallel) is stripped. Missing keys or shape
-    mismatches are errors naming the key. Returns {"loaded": n_tensors, "ignored": [unused keys]}.
-    """
-    sd = {}
-    for k, v in dict(state_dict).items():
-        k = k[len("module."):] if k.startswith("module.") else k
-        sd[k] = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-    prefix = "resnet_layer." if "resnet_layer.conv1.weight" in sd else ""
-    if prefix == "" and "conv1.weight" not in sd:
-        raise ValueError("not an official MetaIQA / torchvision ResNet-18 state dict: no 'resnet_layer.conv1.weight' or "
-                         f"'conv1.weight' key (first keys: {list(sd)[:5]})")
-    used, n = set(), 0
-    missing = [k for _, keys, _ in official_weight_map(model, prefix) for k in keys if k not in sd]
-    if missing:
-        raise ValueError(f"checkpoint lacks {len(missing)} tensors the official MetaIQA needs, e.g. {missing[:4]} "
-                         "(a torchvision-only ResNet-18 has no 'net.*' head; convert a checkpoint saved by the official scripts)")
-    for layer, keys, kind in official_weight_map(model, prefix):
-        arrays = [sd[k] for k in keys]
-        if kind == "conv":
-            arrays = [arrays[0].transpose(2, 3, 1, 0)] + ([] if len(layer.weights) == 1 else [np.zeros(layer.weights[1].shape)])
-        elif kind == "dense":
-            arrays = [arrays[0].T, arrays[1]]
-        elif kind == "prelu":
-            arrays = [arrays[0].reshape(layer.weights[0].shape)]
-        for w, a, key in zip(layer.weights, arrays, keys):
-            if tuple(w.shape) != tuple(a.shape):
-                raise ValueError(f"shape mismatch for {key!r}: checkpoint {tuple(a.shape)} (converted) vs Keras {w.path} "
-                                 f"{tuple(w.shape)}; is the model a full-size ResNet-18 (width=1.0, blocks=None)?")
-        layer.set_weights([a.astype(np.float32) for a in arrays])
-        used.update(keys)
-        n += len(keys)
-    ignored = sorted(k for k in sd if k not in used and not k.endswith("num_batches_tracked"))
-    return {"loaded": n, "ignored": ignored}
-
-
-def read_torch_checkpoint(path) -> dict:
-    """Reads an official checkpoint: a state dict, a dict holding one ("state_dict" / "model"), or a whole pickled `Net`
-    (the official scripts `torch.save(model, ...)`; their classes need not be importable: unknown classes become empty
-    `torch.nn.Module` stand-ins, which is enough to recover the tensors). Needs torch (`pip install 'keras-iqa[torch]'`)."""
-    import os
-    import pickle
-    import types
-
-    try:
-        import torch
-    except ImportError as e:
-        raise RuntimeError("converting PyTorch checkpoints needs torch: pip install 'keras-iqa[torch]' "
-                           "(or pip install torch==2.13.0)") from e
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-
-    class _Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            try:
-                return super().find_class(module, name)
-            except (AttributeError, ModuleNotFoundError, ImportError):
-                return type(name, (torch.nn.Module,), {"__module__": module})
-
-    pm = types.ModuleType("keras_iqa_torch_pickle")
-    pm.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
-    pm.Unpickler = _Unpickler
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pm)
-    if isinstance(obj, torch.nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and not hasattr(obj[key], "shape"):
-                inner = obj[key]
-                return inner.state_dict() if isinstance(inner, torch.nn.Module) else dict(inner)
-        return obj
-    raise ValueError(f"{path}: expected a state dict or a pickled torch.nn.Module, got {type(obj).__name__}")
-
-
-def convert_official_checkpoint(path, model: Optional[MetaIQA] = None) -> tuple:
-    """Official PyTorch MetaIQA checkpoint -> (Keras `MetaIQA` with head="official", report dict)."""
-    model = model if model is not None else build_metaiqa(MetaIQAConfig(head="official"))
-    report = load_official_state_dict(model, read_torch_checkpoint(str(path)))
-    return model, report

@@ -1,5 +1,5 @@
-"""MetaIQA model (heads, config, .keras round trip, registry), the fine-tune path from meta-trained weights, the official
-checkpoint converter (against a torch model in the official state-dict layout) and the CLI."""
+"""MetaIQA model (heads, config, .keras round trip, registry), the fine-tune path from meta-trained weights and the CLI
+(the official checkpoint converter: tests/keras_iqa/test_converters.py)."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ import keras  # noqa: E402
 
 import keras_iqa  # noqa: E402
 from keras_iqa.cli import main as cli_main  # noqa: E402
-from keras_iqa.models.metaiqa import MetaIQA, load_official_state_dict  # noqa: E402
+from keras_iqa.models.metaiqa import MetaIQA  # noqa: E402
 from keras_iqa.training.meta import FINETUNE_PRESETS, MetaLearner, finetune, load_meta_weights  # noqa: E402
 
 TINY = dict(width=0.125, blocks=(1, 1, 1, 1), crop_size=32, head_units=8)
@@ -76,156 +76,6 @@ def test_meta_trained_weights_load_into_a_fresh_model_and_fine_tune(tmp_path):
     assert FINETUNE_PRESETS["paper"]["lr"] == 1e-5 and FINETUNE_PRESETS["official"]["lr"] == 1e-4
     with pytest.raises(FileNotFoundError, match="Meta-trained weights not found"):
         load_meta_weights(fresh, tmp_path / "nope.weights.h5")
-
-
-# ----------------------------------------------------------------------------------------------------- conversion
-torch = None
-try:
-    import torch  # noqa: F811
-    from torch import nn
-except ImportError:  # optional extra [torch]
-    pass
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (optional extra: pip install 'keras-iqa[torch]')")
-
-
-def _torch_official_net():
-    """ResNet-18 with torchvision's module names + the official BaselineModel1 head, wrapped as `Net` (official layout)."""
-
-    class BasicBlock(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU()
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.downsample = None
-            if stride != 1 or cin != cout:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            idt = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(out)) + idt)
-
-    class ResNet18(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            cin = 64
-            for i, c in enumerate((64, 128, 256, 512)):
-                blocks = [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
-                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-                cin = c
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(512, 1000)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            for i in range(4):
-                x = getattr(self, f"layer{i + 1}")(x)
-            return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    class BaselineModel1(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.bn1, self.relu1, self.drop1 = nn.Linear(1000, 1024), nn.BatchNorm1d(1024), nn.PReLU(), nn.Dropout(0.5)
-            self.fc2, self.bn2, self.relu2, self.drop2 = nn.Linear(1024, 512), nn.BatchNorm1d(512), nn.PReLU(), nn.Dropout(0.5)
-            self.fc3, self.sig = nn.Linear(512, 1), nn.Sigmoid()
-
-        def forward(self, x):
-            x = self.drop1(self.relu1(self.bn1(self.fc1(x))))
-            x = self.drop2(self.relu2(self.bn2(self.fc2(x))))
-            return self.sig(self.fc3(x))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.resnet_layer = ResNet18()
-            self.net = BaselineModel1()
-
-        def forward(self, x):
-            return self.net(self.resnet_layer(x))
-
-    torch.manual_seed(0)
-    net = Net()
-    with torch.no_grad():  # non-trivial BN statistics and PReLU slopes so a wrong mapping shows up
-        for mod in net.modules():
-            if isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.2, 0.2)
-            if isinstance(mod, nn.PReLU):
-                mod.weight.fill_(0.1)
-        net.net.fc3.weight.mul_(20.0)  # spread the sigmoid outputs
-    return net.eval()
-
-
-@needs_torch
-def test_convert_official_checkpoint_matches_torch_forward(tmp_path):
-    net = _torch_official_net()
-    # the official scripts save the whole model with torch.save(model) from a script: classes pickled as __main__.<name>;
-    # they are removed again before loading, so the converter must do without them
-    import sys
-
-    main = sys.modules["__main__"]
-    classes = {type(net), type(net.resnet_layer), type(net.net), type(net.resnet_layer.layer1[0])}
-    for cls in classes:
-        cls.__module__, cls.__qualname__ = "__main__", cls.__name__
-        setattr(main, cls.__name__, cls)
-    whole = tmp_path / "TID2013_IQA_Meta_resnet18.pt"
-    try:
-        torch.save(net, whole)
-    finally:
-        for cls in classes:
-            delattr(main, cls.__name__)
-    state = tmp_path / "state.pt"
-    torch.save({("module." + k): v for k, v in net.state_dict().items()}, state)  # DataParallel-style state dict
-
-    x = images(2, c=64, seed=3)
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    xt = torch.from_numpy(((x / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype("float32"))
-    with torch.no_grad():
-        ref = net(xt).numpy().reshape(-1)
-    assert ref.std() > 1e-3
-
-    out = tmp_path / "metaiqa.weights.h5"
-    assert cli_main(["convert", "metaiqa-official", str(whole), str(out)]) == 0
-    model = keras_iqa.create_model("metaiqa-official")
-    model.load_weights(out)
-    got = np.asarray(model(x, training=False)).reshape(-1)
-    np.testing.assert_allclose(got, ref, atol=2e-4)
-
-    from keras_iqa.models.metaiqa import convert_official_checkpoint
-
-    model2, report = convert_official_checkpoint(state)
-    assert report["ignored"] == []
-    np.testing.assert_allclose(np.asarray(model2(x, training=False)).reshape(-1), ref, atol=2e-4)
-
-
-@needs_torch
-def test_convert_errors_name_the_problem(tmp_path):
-    bad = tmp_path / "bad.pt"
-    torch.save({"foo.weight": torch.zeros(2)}, bad)
-    assert cli_main(["convert", "metaiqa-official", str(bad), str(tmp_path / "o.weights.h5")]) == 2
-    tiny = keras_iqa.create_model("metaiqa-tiny", head="official")
-    sd = {k: v for k, v in _torch_official_net().state_dict().items() if not k.startswith("net.fc3")}
-    with pytest.raises(ValueError, match="net.fc3"):
-        load_official_state_dict(keras_iqa.create_model("metaiqa-official"), sd)
-    sd = _torch_official_net().state_dict()
-    with pytest.raises(ValueError, match="shape mismatch"):
-        load_official_state_dict(tiny, sd)
-    with pytest.raises(ValueError, match="official head"):
-        load_official_state_dict(keras_iqa.create_model("metaiqa-tiny"), sd)
-
-
-def test_convert_requires_a_known_output_suffix(tmp_path, capsys):
-    assert cli_main(["convert", "metaiqa-official", str(tmp_path / "x.pt"), str(tmp_path / "out.h5")]) == 2
-    assert ".weights.h5" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
