@@ -1,6 +1,7 @@
 """Preset benchmark: `keras-iqa models` wall time (the listing must stay under a second and free of TensorFlow), and per
-model the preset's size, `save_to_preset`, SHA-256 verification, `from_preset` from a local folder, and a download +
-verify + load from a 127.0.0.1 HTTP server into an empty cache. Weights are random (time does not depend on them).
+model the preset's size, `save_to_preset`, SHA-256 speed, `from_preset` from a local folder (verify + build + load:
+the build dominates), and `fetch_preset` from a 127.0.0.1 HTTP server into an empty cache (download + verify) and
+from the cache (verify). Weights are random (time does not depend on them).
 
     python -c "import bench.presets as b; b.main(quick=True)"    # tiny model, seconds
     python -m bench.run --only presets                           # full-size models, each in its own process
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from bench.common import measure, run_model_process, write_results
@@ -99,15 +99,12 @@ def bench_model(name: str, quick: bool) -> list:
             def download():
                 cache = root / "cache"
                 shutil.rmtree(cache, ignore_errors=True)
-                loaded[-1] = None
-                loaded[-1] = presets.from_preset(url, cache=cache)
+                presets.fetch_preset(url, cache=cache)
 
-            rows.append(measure(download, repeats=repeats, warmup=0, name="from_preset (127.0.0.1 HTTP, empty cache)",
-                                model=name))
-            t0 = time.perf_counter()
-            presets.from_preset(url, cache=root / "cache")
-            rows.append({"name": "from_preset (cached)", "model": name, "median_s": time.perf_counter() - t0,
-                         "repeats": 1})
+            rows.append(measure(download, repeats=repeats, warmup=0, model=name,
+                                name="fetch_preset (127.0.0.1 HTTP into an empty cache: download + SHA-256)"))
+            rows.append(measure(lambda: presets.fetch_preset(url, cache=root / "cache"), repeats=repeats, warmup=0,
+                                model=name, name="fetch_preset (cached: SHA-256 only)"))
         finally:
             server.shutdown()
             server.server_close()
