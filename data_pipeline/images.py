@@ -126,17 +126,29 @@ def load_image(source: Source, policy: DecodePolicy = DEFAULT_POLICY) -> np.ndar
     Raises:
         ImageDecodeError: unreadable, truncated, empty or non-image input; the message names the input and the reason.
     """
-    img = _open(source)
-    if getattr(img, "is_animated", False):
-        img = next(iter(ImageSequence.Iterator(img))).copy()
+    return from_pil(_open(source), policy, name=str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>")
+
+
+def from_pil(img: Image.Image, policy: DecodePolicy = DEFAULT_POLICY, name: str = "<PIL image>") -> np.ndarray:
+    """Steps 1-5 of the policy on an opened Pillow image (what `load_image` does after opening): uint8 HxWx3 RGB.
+
+    Raises:
+        ImageDecodeError: pixels that cannot be read or give no RGB image; the message starts with `name`.
+    """
+    try:
+        if getattr(img, "is_animated", False):
+            img = next(iter(ImageSequence.Iterator(img))).copy()
+        img.load()
+    except Exception as e:
+        raise ImageDecodeError(f"{name}: cannot read the image's pixels ({type(e).__name__}: {e})") from e
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF block: keep the pixels as stored
-        logger.warning("%s: unreadable EXIF orientation ignored", source if not isinstance(source, bytes) else "<bytes>")
+        logger.warning("%s: unreadable EXIF orientation ignored", name)
     arr = _to_rgb_array(img)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
-        raise ImageDecodeError(f"{source}: decoded to unexpected shape {arr.shape}")
-    return np.ascontiguousarray(_resize(arr, policy, str(source) if not isinstance(source, bytes) else "<bytes>"))
+        raise ImageDecodeError(f"{name}: decoded to unexpected shape {arr.shape}")
+    return np.ascontiguousarray(_resize(arr, policy, name))
 
 
 def _needs_conversion(img: Image.Image) -> bool:

@@ -3,9 +3,10 @@
 from keras_iqa.registry import create_model, get_card, list_models
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "from_preset", "get_card", "list_models", "__version__"]
+__all__ = ["create_model", "from_preset", "get_card", "list_models", "score", "__version__"]
 
-_LAZY = {"from_preset": "keras_iqa.presets"}  # imported on first use: `import keras_iqa` stays free of TensorFlow
+# imported on first use: `import keras_iqa` stays free of TensorFlow
+_LAZY = {"from_preset": "keras_iqa.presets", "score": "keras_iqa.scoring"}
 
 
 def __getattr__(name):

@@ -1,19 +1,28 @@
-"""`keras-iqa score`: score files and folders of images with a trained or exported model."""
+"""`keras-iqa score`: score files and folders of images with a trained or exported model, a preset or a card (the command
+line twin of `keras_iqa.score`; both run `keras_iqa.scoring`)."""
 
 import sys
 
-from keras_iqa.commands import formatter
+from keras_iqa.commands import add_precision_arg, formatter
 
 EPILOG = """\
 MODEL is any of: a run directory (runs/NAME with model.keras), a .keras file, a SavedModel (saved_models/NAME/1 or
-saved_models/NAME for the latest version) or a .tflite with its sidecar .json.
+saved_models/NAME for the latest version), a .tflite (contract in its metadata or sidecar .json), a preset (a preset
+folder, a registered name, kaggle://, hf:// or https:// handle) or a model card name from `keras-iqa models` (a freshly
+built, untrained model: its scores mean nothing, a warning says so; for trying the command out).
 Every format the decode policy reads is scored (JPEG, PNG, BMP, GIF, TIFF, WebP, JPEG 2000, PNM), not only .jpg.
-Each image's score is the mean over the model's deterministic test crops (see README, Deployment).
+Each image's score is the mean over the model's deterministic test crops (docs/scoring.md, docs/test-time.md).
+Images are decoded in --workers threads one batch ahead, while the previous batch is scored.
 
 Examples:
   keras-iqa score runs/reqa-koniq photo.jpg
   keras-iqa score saved_models/reqa photos/ --recursive --scores scores.csv
   keras-iqa score exports/reqa_int8.tflite a.png b.webp --scores scores.jsonl --batch-size 8
+  keras-iqa score presets/reqa-koniq photo.jpg --precision bf16      # Keras models: bf16 with batch norm folded
+  keras-iqa score runs/reqa-koniq photo.jpg --crop-scores --scores crops.jsonl
+  keras-iqa score reqa-tiny photo.jpg                                 # a card: random weights, tries the command
+
+Python: keras_iqa.score(["photo.jpg", pil_image, uint8_array, jpeg_bytes], model="runs/reqa-koniq").
 
 Files that cannot be read are listed on stderr with the reason and skipped; the exit status is non-zero only when nothing
 could be scored.
@@ -24,35 +33,42 @@ def register(sub):
     p = sub.add_parser("score", help="score files and folders with a trained or exported model",
                        description="Score image files and folders (batched, with a progress bar) and write a CSV or JSON-lines table.",
                        epilog=EPILOG, formatter_class=formatter())
-    p.add_argument("model", metavar="MODEL", help="run directory, .keras file, SavedModel directory or .tflite file")
+    p.add_argument("model", metavar="MODEL", help="run directory, .keras file, SavedModel directory, .tflite file, preset "
+                                                  "handle or model card name")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files and/or folders")
     p.add_argument("--recursive", "-r", action="store_true", help="descend into subfolders of folder PATHs")
     p.add_argument("--scores", metavar="FILE", help="write the scores to FILE (.csv or .jsonl); default: CSV on stdout")
     p.add_argument("--batch-size", "-b", type=int, default=32, metavar="N", help="images decoded and scored together (default 32)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding threads (default 2)")
+    add_precision_arg(p, default="fp32", note="; Keras models only (run, .keras, preset, card): default fp32, the "
+                                              "scores of evaluation and the exports; bf16 also folds the backbone's "
+                                              "batch norm (faster on CPUs with native bf16, scores differ by bf16 "
+                                              "rounding)")
+    p.add_argument("--crop-scores", action="store_true",
+                   help="add every test crop's score to each row (column crop_scores: space-separated in CSV, a list in "
+                        "JSON lines)")
     p.set_defaults(func=run)
 
 
 def run(args):
-    import csv
-
-    from keras_iqa.scoring import load_scorer, score_paths, write_rows
+    from keras_iqa.scoring import load_scorer, score_paths, write_csv, write_rows
 
     if args.scores and not args.scores.lower().endswith((".csv", ".tsv", ".txt", ".jsonl", ".json", ".ndjson")):
         raise ValueError(f"--scores {args.scores}: use a .csv or .jsonl file name")
-    scorer = load_scorer(args.model)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    scorer = load_scorer(args.model, precision=args.precision)
     rows, bad = score_paths(scorer, args.paths, recursive=args.recursive, batch_size=args.batch_size,
-                            progress=not args.quiet and sys.stderr.isatty(), workers=args.workers)
+                            progress=not args.quiet and sys.stderr.isatty(), workers=args.workers,
+                            crop_scores=args.crop_scores)
     if args.scores:
         write_rows(rows, args.scores)
     else:
-        w = csv.DictWriter(sys.stdout, fieldnames=["path", "score", "score_normalized", "crops"])
-        w.writeheader()
-        w.writerows(rows)
+        write_csv(rows, sys.stdout)
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     lo, hi = scorer.score_range
-    print(f"scored {len(rows)} image(s) with {scorer.kind} model {scorer.source} (score {lo:g}..{hi:g}, "
+    print(f"scored {len(rows)} image(s) with {scorer.kind} model {scorer.source} ({scorer.precision}; score {lo:g}..{hi:g}, "
           f"{'higher' if scorer.higher_better else 'lower'} = better); {len(bad)} skipped"
           + (f"; wrote {args.scores}" if args.scores else ""), file=sys.stderr)
     if not rows:
