@@ -18,6 +18,8 @@ CODE_DIRS = ("keras_iqa", "data_pipeline", "bench")
 #: import and build what they use: tiny cards, tiny arrays, temporary folders) and fast; lines that need what only a user
 #: has (a prepared dataset, hours of training) carry `# doctest: +SKIP`.
 DOCTEST_MODULES = (
+    "bench.peers.metaiqa_torch",
+    "bench.peers.reqa_torch",
     "bench.peers.resnet_torch",
     "data_pipeline.beam.synthesize",
     "data_pipeline.fixtures",
@@ -28,6 +30,10 @@ DOCTEST_MODULES = (
     "data_pipeline.test_time",
     "keras_iqa.backbones",
     "keras_iqa.config",
+    "keras_iqa.converters",
+    "keras_iqa.converters.metaiqa",
+    "keras_iqa.converters.reqa",
+    "keras_iqa.converters.safe_load",
     "keras_iqa.export.savedmodel",
     "keras_iqa.layers.cqac",
     "keras_iqa.layers.fused_batch_norm",
@@ -46,7 +52,9 @@ DOCTEST_MODULES = (
     "keras_iqa.training.runner",
 )
 #: Modules whose examples need an optional package: module -> package.
-DOCTEST_REQUIRES = {"bench.peers.resnet_torch": "torch"}
+DOCTEST_REQUIRES = {m: "torch" for m in ("bench.peers.resnet_torch", "bench.peers.metaiqa_torch", "bench.peers.reqa_torch",
+                                         "keras_iqa.converters", "keras_iqa.converters.metaiqa",
+                                         "keras_iqa.converters.reqa", "keras_iqa.converters.safe_load")}
 
 
 def test_mkdocs_build_strict(tmp_path):

@@ -37,22 +37,43 @@ _GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 
 class UnsafeCheckpointError(ValueError):
-    """The checkpoint can only be opened by running code it names; keras-iqa refuses to (see the module docstring)."""
+    """The checkpoint can only be opened by running code it names; keras-iqa refuses to (see the module docstring).
+
+    Attributes: `path`, `globals_needed` (what unpickling would import), `recipe` (a shell command that turns the file into
+    a plain state dict, for a machine trusted with the file), `state_dict_path` (the file that command writes).
+    """
 
     def __init__(self, path, globals_needed):
         self.path, self.globals_needed = str(path), list(globals_needed)
-        stem = os.path.splitext(os.path.basename(self.path))[0]
+        self.state_dict_path = os.path.splitext(self.path)[0] + ".state_dict.pt"
+        self.recipe = state_dict_recipe(self.path, self.state_dict_path, self.globals_needed)
         names = ", ".join(self.globals_needed[:8]) + (" ..." if len(self.globals_needed) > 8 else "")
         super().__init__(
             f"refusing to open {self.path}: it is not plain tensors but a pickled Python object, and unpickling it would "
             f"import and call {names}. Opening an untrusted checkpoint that way can run any code, so keras-iqa reads "
             "checkpoints with torch.load(weights_only=True) only. A whole model saved with torch.save(model) (MetaIQA's "
-            "released .pt files are) needs this; convert it to a plain state dict once, on a machine you trust with the file "
-            "(ideally a throwaway container without network), with the classes it names importable (classes saved from a "
-            "script, __main__.<Name>, must be defined in that session; docs/converters.md has the MetaIQA recipe):\n"
-            f"    python -c \"import torch; m = torch.load('{self.path}', map_location='cpu', weights_only=False); "
-            f"torch.save(m.state_dict(), '{stem}.state_dict.pt')\"\n"
-            f"then convert {stem}.state_dict.pt.")
+            "released .pt files are) needs this. Turn it into a plain state dict once, on a machine you trust with the "
+            "file (ideally a throwaway container without network, with torch and the libraries it names installed, e.g. "
+            "torchvision), then convert that file (docs/converters.md):\n"
+            f"    {self.recipe}")
+
+
+def state_dict_recipe(path: str, out: str, globals_needed=()) -> str:
+    """The shell one-liner that loads a pickled model with full unpickling and saves its `state_dict()` to `out`.
+
+    Classes pickled from a script (`__main__.<Name>`, as the official MetaIQA scripts saved `Net` and `BaselineModel1`)
+    get empty `nn.Module` stand-ins: unpickling restores a module's parameters and submodules without its class's code.
+    It still runs whatever the file names, so it belongs on a machine trusted with the file, never in keras-iqa.
+    """
+    import json
+    import shlex
+
+    stubs = [g.split(".", 1)[1] for g in globals_needed if g.startswith("__main__.") and g.split(".", 1)[1].isidentifier()]
+    code = "import torch; from torch import nn; " + "".join(f"{n} = type({json.dumps(n)}, (nn.Module,), {{}}); "
+                                                              for n in dict.fromkeys(stubs))
+    code += (f"m = torch.load({json.dumps(path)}, map_location=\"cpu\", weights_only=False); "
+             f"torch.save(m.state_dict(), {json.dumps(out)})")
+    return f"python -c {shlex.quote(code)}"
 
 
 def sha256(path, chunk: int = 1 << 20) -> str:
@@ -93,11 +114,41 @@ def load_state_dict(path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError (restricted unpickler), RuntimeError (zip reader), EOFError, ...
         needed = list(dict.fromkeys(_GLOBAL.findall(str(e))))
-        if needed:
-            raise UnsafeCheckpointError(path, needed) from None
+        if needed:  # the restricted unpickler names the first global it refused; list them all for the message
+            raise UnsafeCheckpointError(path, _legacy_unsafe_globals(path) or needed) from None
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {_last_line(e)}); expected a "
                          "file written by torch.save or a .safetensors file") from None
     return _to_numpy(_state_dict_of(obj, path), path)
+
+
+def _legacy_unsafe_globals(path: str) -> list:
+    """The globals a legacy-format (pre-zip) checkpoint names that PyTorch's restricted unpickler does not allow, read from
+    the opcodes of its leading pickles (magic number, protocol, system info, the object) with `pickletools` (nothing is
+    executed). Best effort, for the error message only: [] when it cannot tell."""
+    import pickletools
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except Exception:  # a private helper of torch: without it the message names what the unpickler reported
+        return []
+    found = []
+    with open(path, "rb") as f:
+        for _ in range(4):
+            strings = []
+            try:
+                for op, arg, _pos in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                        strings.append(str(arg))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+            except Exception:  # past the pickles (raw storage bytes) or damaged
+                break
+    found = [("builtins." + g[len("__builtin__."):]) if g.startswith("__builtin__.") else g for g in found]  # protocol 2
+    return [g for g in dict.fromkeys(found) if g not in allowed]
 
 
 def _load_safetensors(path: str) -> dict:
