@@ -44,7 +44,9 @@ class UnsafeCheckpointError(ValueError):
     """
 
     def __init__(self, path, globals_needed):
-        self.path, self.globals_needed = str(path), list(globals_needed)
+        # classes pickled from a script first (what a user must provide), then the rest alphabetically
+        self.path = str(path)
+        self.globals_needed = sorted(dict.fromkeys(globals_needed), key=lambda g: (not g.startswith("__main__."), g))
         self.state_dict_path = os.path.splitext(self.path)[0] + ".state_dict.pt"
         self.recipe = state_dict_recipe(self.path, self.state_dict_path, self.globals_needed)
         names = ", ".join(self.globals_needed[:8]) + (" ..." if len(self.globals_needed) > 8 else "")
