@@ -107,6 +107,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_none(tmp_path, zip
     assert "refusing to open" in err and "io.open" in err
     assert not marker.exists(), "loading the checkpoint ran code from it"
     assert not (tmp_path / "preset").exists()
+    # control: the payload is live, an unrestricted torch.load runs it (so the assertions above can fail)
+    loaded = torch.load(path, map_location="cpu", weights_only=False)
+    loaded["payload"].close()
+    assert marker.exists()
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
