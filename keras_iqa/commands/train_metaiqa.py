@@ -53,7 +53,7 @@ class MetaIQATrainConfig:
     baseline_epochs: int = 10              # baseline: epochs of plain Adam on the synthetic images
     seed: int = 0
     precision: str = "fp32"                 # auto | fp32 | bf16 (fp32 by default: the second-order meta-updates)
-    distribute: str = "auto"                # only auto: the meta-training loop runs on one device
+    distribute: str = "auto"                # auto | mirrored | multiworker: tasks of a meta-batch spread over replicas
 
 
 PRESETS = {
@@ -104,7 +104,8 @@ def register(sub):
     p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs on --data")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
     add_precision_arg(p, note=" (default fp32 here)")
-    add_distribute_arg(p, note=": only auto so far; the meta-training loop (MetaLearner) runs on one device")
+    add_distribute_arg(p, note=": each meta-batch's tasks are spread over the replicas (adam_state=fresh), the "
+                       "fine-tuning's batches as in Keras fit")
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -124,11 +125,10 @@ def _config(args) -> MetaIQATrainConfig:
         raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     if cfg.distribute not in ("auto", "mirrored", "multiworker"):
         raise ValueError(f"distribute must be auto, mirrored or multiworker, got {cfg.distribute!r}")
-    if cfg.distribute != "auto":
-        raise NotImplementedError(
-            f"--distribute {cfg.distribute}: train metaiqa runs on one device only (its meta-training loop, MetaLearner's "
-            "per-task inner Adam steps and outer update, is a custom loop not written for tf.distribute yet, and the "
-            "fine-tuning reuses that model); --distribute mirrored|multiworker works with train reqa and train hcl")
+    if cfg.distribute != "auto" and cfg.adam_state != "fresh":
+        raise ValueError(f"--distribute {cfg.distribute} spreads each meta-batch's tasks over the replicas, which needs "
+                         "adam_state=fresh (the paper's): the persistent Adam state of the official code runs through the "
+                         "tasks one after another (use --set adam_state=fresh, or one device)")
     if cfg.eval_mode not in ("random", "grid", "resize"):
         raise ValueError(f"eval_mode must be random, grid or resize, got {cfg.eval_mode!r}")
     if cfg.finetune_resize is None and cfg.resize:
@@ -238,11 +238,7 @@ def _meta_tasks(cfg, dirs):
 
 
 def run(args) -> int:
-    import json
-
-
     from keras_iqa.config import to_dict
-    from keras_iqa.training import meta as M
     from keras_iqa.training.runner import RunDir
 
     cfg = _config(args)
@@ -253,8 +249,24 @@ def run(args) -> int:
     from keras_iqa.training.cpu import configure_cpu
 
     cpu = configure_cpu(cfg.precision)  # dtype policy (--precision) and the benchmarked CPU thread defaults
+    from keras_iqa.training.runner import check_global_batch, get_strategy
+
+    strategy = get_strategy(cfg.distribute)  # first: a multi-worker strategy must precede other TensorFlow work
+    check_global_batch(cfg.batch_size, strategy)
+    run_dir = RunDir.create(args.out, config={**to_dict(cfg), "meta_data": args.meta_data, "data": args.data}, seed=cfg.seed,
+                            strategy=strategy)
+    with strategy.scope():  # models, optimizers, meta-training and fine-tuning under --distribute
+        return _run(args, cfg, cpu, run_dir, strategy)
+
+
+def _run(args, cfg, cpu, run_dir, strategy) -> int:
+    import json
+
+    from keras_iqa.config import to_dict
+    from keras_iqa.training import meta as M
+    from keras_iqa.training.runner import RunDir, atomic_write, shard_by_data
+
     verbose = 0 if args.quiet else 1
-    run_dir = RunDir.create(args.out, config={**to_dict(cfg), "meta_data": args.meta_data, "data": args.data}, seed=cfg.seed)
     build = _with_test_contract(_builder(cfg), cfg)
     tasks = _meta_tasks(cfg, args.meta_data)
     print(f"{len(tasks)} meta-training tasks: {', '.join(t['name'] for t in tasks[:8])}{' ...' if len(tasks) > 8 else ''}")
@@ -286,8 +298,8 @@ def run(args) -> int:
         target_test = RecordReader(args.data, split=cfg.split, subset="test", target="normalized")
         # repeated, with an explicit epoch length: a one-pass reader dataset has unknown cardinality (records that fail to
         # decode are skipped), so Keras ran it dry and warned "Your input ran out of data; interrupting training"
-        target_train = tr.train_dataset(cfg.batch_size, crop_size=cfg.crop_size, resize=cfg.finetune_resize, seed=cfg.seed,
-                                        repeat=True, drop_remainder=False)
+        target_train = shard_by_data(tr.train_dataset(cfg.batch_size, crop_size=cfg.crop_size, resize=cfg.finetune_resize,
+                                                      seed=cfg.seed, repeat=True, drop_remainder=False))
         tune_kw["steps_per_epoch"] = max(1, tr.steps_per_epoch(cfg.batch_size))
 
     if cfg.protocol == "baseline":
@@ -297,15 +309,15 @@ def run(args) -> int:
         results.update(test=out["test"], pretrain=out["pretrain"])
     else:
         model = build()
-        meta_run = RunDir.create(run_dir.path / "meta", config=to_dict(cfg))
+        meta_run = RunDir.create(run_dir.shared / "meta", config=to_dict(cfg), strategy=strategy)
         learner = M.MetaLearner(model, **meta_kw)
         hist = learner.fit_meta(tasks, callbacks=meta_run.callbacks(backup=False, tensorboard=False),
-                                checkpoint_dir=meta_run.path / "meta_state", **fit_kw)
-        model.save_weights(meta_run.path / "meta.weights.h5")
+                                checkpoint_dir=meta_run.shared / "meta_state", **fit_kw)
+        atomic_write(meta_run.path / "meta.weights.h5", lambda p: model.save_weights(p), suffix=".weights.h5")
         results["meta_history"] = hist
         results["meta_traces"] = dict(learner.trace_counts)
         if target_train is not None:
-            ft_run = RunDir.create(run_dir.path / "finetune", config=to_dict(cfg))
+            ft_run = RunDir.create(run_dir.shared / "finetune", config=to_dict(cfg), strategy=strategy)
             M.finetune(model, target_train, run=ft_run, **tune_kw)
             results["test"] = M.evaluate_model(model, target_test)
     run_dir.save_final(model)

@@ -50,7 +50,7 @@ class REQATrainConfig:
     split: str = "split_00"
     repetitions: int = 20                   # paper: "20 train-test iterations" (split_00 .. split_19; --split all runs them)
     precision: str = "auto"                 # auto (bf16 on CPUs with AVX512-BF16/AMX, measured 1.67x faster) | fp32 | bf16
-    distribute: str = "auto"                # tf.distribute strategy: auto | mirrored | multiworker (Keras fit under it)
+    distribute: str = "auto"                # tf.distribute strategy: auto | mirrored | multiworker (docs/scaling.md)
     seed: int = 0
 
 
@@ -95,8 +95,8 @@ def register(sub):
     p.add_argument("--model", help="registry card (reqa | reqa-official | reqa-tiny)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper protocol (default) or the released code's")
     add_precision_arg(p)
-    add_distribute_arg(p, note=": the model is built, compiled and fit under it (the global batch is split over the "
-                       "replicas; keep it a multiple of 5 x replicas with the coarse micro-batches)")
+    add_distribute_arg(p, note=": the model is built, compiled and fit under it; each replica trains on whole "
+                       "micro-batches of the global batch (micro_batches a multiple of the replicas)")
     p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default 40; official preset 30)")
     p.add_argument("--crop-size", type=int, metavar="PX", help="training crop size (default: the card's, 224; reqa-tiny 64)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
@@ -246,6 +246,24 @@ def run(args) -> int:
     return 0
 
 
+def check_replica_batches(cfg: REQATrainConfig, replicas: int) -> None:
+    """Each of `replicas` replicas must get an equal share of the global batch made of whole micro-batches of 5 (the coarse
+    loss, Eq. 9-12, ranks within a micro-batch); raises a ValueError naming the setting to change otherwise."""
+    if replicas <= 1:
+        return
+    if cfg.sampler == "microbatch":
+        if cfg.micro_batches % replicas:
+            raise ValueError(f"--distribute {cfg.distribute}: {replicas} replicas each need whole micro-batches of 5, but "
+                             f"micro_batches={cfg.micro_batches} does not divide by {replicas} (use --set micro_batches="
+                             f"{replicas * max(1, cfg.micro_batches // replicas)})")
+    else:
+        unit = 5 * replicas if cfg.coarse == "paper" else replicas
+        if cfg.batch_size % unit:
+            raise ValueError(f"--distribute {cfg.distribute}: batch_size={cfg.batch_size} must split into {replicas} equal "
+                             f"shares{' of whole micro-batches of 5' if cfg.coarse == 'paper' else ''} (a multiple of "
+                             f"{unit}; --set batch_size=...)")
+
+
 def _run_one(args, cfg: REQATrainConfig, out) -> int:
     from data_pipeline.input import RecordReader
     from keras_iqa.config import to_dict
@@ -253,12 +271,15 @@ def _run_one(args, cfg: REQATrainConfig, out) -> int:
     from keras_iqa.training.cpu import configure_cpu
 
     cpu = configure_cpu(cfg.precision)  # the benchmarked CPU defaults (README, Benchmarks)
-    run_dir = runner.RunDir.create(out, config={**to_dict(cfg), "data": args.data}, seed=cfg.seed)
+    # --distribute: created first (a multi-worker strategy must precede other TensorFlow work); model, optimizers and fit
+    # under it (auto: the default one-device strategy); Keras's fit splits each global batch over the replicas, whole
+    # micro-batches each (checked here), and runs REQA's train_step per replica
+    strategy = runner.get_strategy(cfg.distribute)
+    check_replica_batches(cfg, strategy.num_replicas_in_sync)
+    run_dir = runner.RunDir.create(out, config={**to_dict(cfg), "data": args.data}, seed=cfg.seed, strategy=strategy)
     train_reader = RecordReader(args.data, split=cfg.split, subset="train", target=TARGET)
     test_reader = RecordReader(args.data, split=cfg.split, subset="test", target=TARGET)
-    # --distribute: model, optimizer and fit under the strategy (auto: the default one-device strategy); Keras's fit
-    # distributes the dataset and runs REQA's train_step per replica
-    with runner.get_strategy(cfg.distribute).scope():
+    with strategy.scope():
         model = build_model(cfg)  # its test-time contract (test_resize, test_crops, crop_policy) is set from cfg here
         return _train_and_report(args, cfg, run_dir, train_reader, test_reader, model, cpu, runner)
 
@@ -275,6 +296,7 @@ def _train_and_report(args, cfg, run_dir, train_reader, test_reader, model, cpu,
     backbone_lr = resolve_lr(cfg.backbone_lr, 2e-5, RANDOM_INIT["reqa"]["backbone_lr"], pre, "reqa")
     model.compile(coarse=cfg.coarse, weight_decay=cfg.weight_decay, lr=lr, backbone_lr=backbone_lr)
     ds, steps = train_data(cfg, train_reader, model.crop_size)
+    ds = runner.shard_by_data(ds)  # multi-worker: each worker takes its whole micro-batches of the same global batch
     steps_model = model.steps
     schedule = CurriculumSchedule.preset(cfg.curriculum, steps=steps_model, stage_epochs=cfg.stage_epochs, lr=lr,
                                          backbone_lr=backbone_lr, lr_schedule=cfg.lr_schedule,

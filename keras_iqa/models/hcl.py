@@ -42,6 +42,8 @@ from keras_iqa.layers.cqac import CQAC, DatasetSubnetworks, cqac_loss, head_corr
 from keras_iqa.layers.preprocessing import ImageNetNormalization
 from keras_iqa.models.base import IQAModel
 from keras_iqa.registry import InputContract, ModelCard, register
+from keras_iqa.training.optimizers import (apply_optimizer_groups, build_optimizer_groups, replicas_in_sync,
+                                           scale_for_replicas)
 
 PAPER = ("J. Wang, Z. Chen, C. Yuan, B. Li, W. Ma, W. Hu. Hierarchical Curriculum Learning for No-Reference Image Quality "
          "Assessment. IJCV 131(11):3074-3093, 2023 (reconstruction: paper body unavailable)")
@@ -347,13 +349,13 @@ class _TwoLRMixin:
     def compile(self, optimizer="adam", backbone_optimizer=None, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
         self._backbone_opt = _Holder(keras.optimizers.get(backbone_optimizer) if backbone_optimizer is not None else None)
+        if self.built:  # each optimizer on its own group, now (under the strategy scope when there is one)
+            build_optimizer_groups(self.optimizer_groups())
 
     def compile_from_config(self, config):
         """A loaded model compiles with Keras' single optimizer (the backbone optimizer is training state, not saved)."""
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
-        if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
 
     @property
     def backbone_optimizer(self):
@@ -366,26 +368,31 @@ class _TwoLRMixin:
         rest = [v for v in self.trainable_variables if id(v) not in back_ids]
         return back, rest
 
+    def optimizer_groups(self):
+        """[(optimizer, the heads' variables), (backbone optimizer, the restoration network's)], or Keras's single
+        optimizer on every variable without a backbone optimizer. Both optimizers' state is in `save_weights` files
+        (run backups); a resume builds both on these groups before loading (`keras_iqa.training.runner`)."""
+        if self.backbone_optimizer is None:
+            return [(self.optimizer, list(self.trainable_variables))]
+        back, rest = self._variable_groups()
+        return [(self.optimizer, rest), (self.backbone_optimizer, back)]
+
     def train_step(self, data):
+        """Keras's `train_step` with two optimizers (public APIs only): the loss from `compute_loss` is already scaled
+        for the replicas by Keras's rule (compiled Keras losses do it; `HCLSynthetic.compute_loss` does it itself) and
+        the loss tracker logs it unscaled, as Keras's own step does."""
         if self.backbone_optimizer is None:
             return super().train_step(data)
         import tensorflow as tf
-        from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
 
-        x, y, sample_weight = unpack_x_y_sample_weight(data)
-        back, rest = self._variable_groups()
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            first = next(i for i in tf.nest.flatten(x) if i is not None)
-            self._loss_tracker.update_state(loss, sample_weight=tf.shape(first)[0])
-        grads = tape.gradient(loss, back + rest)
-        pairs_b = [(g, v) for g, v in zip(grads[:len(back)], back) if g is not None]  # unused decoder tail has no gradient
-        pairs_r = [(g, v) for g, v in zip(grads[len(back):], rest) if g is not None]
-        if pairs_r:
-            self.optimizer.apply_gradients(pairs_r)
-        if pairs_b:
-            self.backbone_optimizer.apply_gradients(pairs_b)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        first = next(i for i in tf.nest.flatten(x) if i is not None)
+        tracker = next(m for m in self.metrics if m.name == "loss")  # Keras's loss tracker (logged unscaled)
+        tracker.update_state(loss * float(replicas_in_sync()), sample_weight=tf.shape(first)[0])
+        apply_optimizer_groups(tape, loss, self.optimizer_groups())
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
@@ -484,7 +491,9 @@ class HCLSynthetic(_TwoLRMixin, keras.Model):
         self.mse_tracker.update_state(mse)
         self.corr_tracker.update_state(corr)
         self.head_corr.update_state(y_pred)
-        return total
+        # Keras's rule for `compute_loss`: scaled by 1/replicas (the optimizer SUMs the replicas' gradients; Keras's
+        # trainer logs the loss unscaled). On N replicas the correlation term is computed within each replica's share.
+        return scale_for_replicas(total)
 
     def get_config(self):
         return {**super().get_config(), "restoration": self.restoration_config, "num_datasets": self.num_datasets,

@@ -51,7 +51,7 @@ from keras_iqa.layers.preprocessing import ImageNetNormalization
 from keras_iqa.layers.transformer import QualityTransformer
 from keras_iqa.models.base import IQAModel
 from keras_iqa.registry import InputContract, ModelCard, register
-from keras_iqa.training.optimizers import FusedAdam
+from keras_iqa.training.optimizers import FusedAdam, apply_optimizer_groups, build_optimizer_groups, scale_for_replicas
 
 PAPER = ("C. Li, J. Huo (and co-authors). Coarse-to-fine Assessment of Image Quality to Alleviate the Range Effect "
          "(REQA), IEEE TMM / arXiv")
@@ -195,6 +195,8 @@ class REQA(IQAModel):
         self._coarse, self._group_size, self._weight_decay = coarse, int(group_size), float(weight_decay)
         kwargs.pop("loss", None)
         super().compile(optimizer=optimizer, **kwargs)
+        if self.built:  # each optimizer on its own group, now (under the strategy scope when there is one)
+            build_optimizer_groups(self.optimizer_groups())
 
     def loss_names(self):
         return ["loss", "coarse"] + [f"fine_{t}" for t in range(2, self.steps + 1)]
@@ -224,20 +226,24 @@ class REQA(IQAModel):
             logs[f"w_{t + 1}"] = self.curriculum_weights[t]
         return logs
 
-    def train_step(self, data):
-        x, y = data[0], data[1]
+    def optimizer_groups(self):
+        """[(backbone optimizer, backbone variables), (optimizer, the rest)]: what each optimizer updates and is built on."""
         bb_vars, rest_vars = self._split_vars()
+        return [(self.backbone_optimizer, bb_vars), (self.optimizer, rest_vars)]
+
+    def train_step(self, data):
+        """One step on this replica's share of the batch: whole micro-batches of `group_size` (the input pipeline keeps
+        them intact, `keras-iqa train reqa` checks it); the loss is scaled by 1/replicas (Keras's rule, the optimizers SUM
+        the replicas' gradients), the coupled L2 term too, so N replicas take the same step as one device on the global batch."""
+        x, y = data[0], data[1]
+        groups = self.optimizer_groups()
         with tf.GradientTape() as tape:
             preds = self(x, training=True)
             values = self.compute_loss_terms(y, preds)
-        grads = tape.gradient(values[0], bb_vars + rest_vars)
+            scaled = scale_for_replicas(values[0])
         wd = self._weight_decay
-        grads = [g if g is None or wd == 0 else g + ops.cast(wd, g.dtype) * ops.cast(v, g.dtype)
-                 for g, v in zip(grads, bb_vars + rest_vars)]
-        n = len(bb_vars)
-        if n:
-            self.backbone_optimizer.apply_gradients(zip(grads[:n], bb_vars))
-        self.optimizer.apply_gradients(zip(grads[n:], rest_vars))
+        extra = None if wd == 0 else (lambda g, v: ops.cast(wd, g.dtype) * ops.cast(v, g.dtype))
+        apply_optimizer_groups(tape, scaled, groups, extra_gradient=extra)
         logs = self._logs(values)
         logs["lr"] = ops.convert_to_tensor(self.optimizer.learning_rate)
         logs["lr_backbone"] = ops.convert_to_tensor(self.backbone_optimizer.learning_rate)
@@ -273,9 +279,7 @@ class REQA(IQAModel):
                      coarse=cfg.get("coarse", "paper"), group_size=cfg.get("group_size", 5),
                      weight_decay=cfg.get("weight_decay", 5e-4))
         if self.built:
-            bb, rest = self._split_vars()
-            self.backbone_optimizer.build(bb)
-            self.optimizer.build(rest)
+            build_optimizer_groups(self.optimizer_groups())
 
 
 def build_reqa(cfg: REQAConfig) -> REQA:

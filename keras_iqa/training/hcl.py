@@ -40,7 +40,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from keras_iqa.models.hcl import HCLModelConfig
-from keras_iqa.training.runner import RunDir, fit, get_strategy, save_json
+from keras_iqa.training.runner import RunDir, check_global_batch, fit, get_strategy, save_json, shard_by_data
 
 STAGES = ("restoration", "synthetic", "finetune")
 STAGE_DIRS = {"restoration": "1-restoration", "synthetic": "2-synthetic", "finetune": "3-finetune"}
@@ -349,14 +349,16 @@ def train_restoration(cfg: HCLTrainConfig, pairs: str, out: str) -> dict:
     if s.pixel_loss not in PIXEL_LOSSES:
         raise ValueError(f"restoration.pixel_loss must be one of {PIXEL_LOSSES}, got {s.pixel_loss!r} "
                          "(e.g. --set restoration.pixel_loss=psnr)")
-    run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "restoration", "pairs": pairs})
+    strategy = get_strategy(cfg.distribute)  # first: a multi-worker strategy must precede other TensorFlow work
+    check_global_batch(s.batch_size, strategy, "restoration.batch_size")
+    run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "restoration", "pairs": pairs}, strategy=strategy)
     train = RecordReader(pairs, split=s.split, subset="train", target=None)  # pairs need no scores
     test = RecordReader(pairs, split=s.split, subset="test", target=None)
     c = cfg.model.crop_size
     steps = s.steps_per_epoch or train.steps_per_epoch(s.batch_size)
-    train_ds = train.pair_dataset(s.batch_size, crop_size=c, seed=cfg.seed, repeat=True)
+    train_ds = shard_by_data(train.pair_dataset(s.batch_size, crop_size=c, seed=cfg.seed, repeat=True))
     hold_ds = test.pair_dataset(s.batch_size, crop_size=c, seed=cfg.seed + 1, shuffle=False, flip=False, drop_remainder=False)
-    with get_strategy(cfg.distribute).scope():
+    with strategy.scope():
         model = build_restoration(cfg.model)
         res = fit_restoration(model, train_ds, run, s, steps, holdout_pairs=hold_ds, verbose=cfg.verbose)
     res["bad_records"] = train.bad_records + test.bad_records
@@ -414,7 +416,10 @@ def train_synthetic(cfg: HCLTrainConfig, data: Sequence[str], out: str, init=Non
         raise ValueError("the synthetic stage starts from curriculum 1: pass --init RUN_OF_STAGE_1 "
                          "(or --set ablation.skip_restoration=true to start from model.backbone_weights)")
     s = cfg.synthetic
-    run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "synthetic", "data": list(data), "init": str(init)})
+    strategy = get_strategy(cfg.distribute)
+    check_global_batch(s.batch_size, strategy, "synthetic.batch_size")
+    run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "synthetic", "data": list(data), "init": str(init)},
+                        strategy=strategy)
     readers = [RecordReader(d, split=s.split, subset="train", target="normalized") for d in data]
     names = [r.manifest.get("dataset", os.path.basename(os.path.normpath(d))) for r, d in zip(readers, data)]
     ds = multi_dataset(readers, s.batch_size, crop_size=cfg.model.crop_size, sampling=s.sampling, seed=cfg.seed)
@@ -424,7 +429,8 @@ def train_synthetic(cfg: HCLTrainConfig, data: Sequence[str], out: str, init=Non
         ds = ds.map(lambda x, y: ((x[0], tf.zeros_like(x[1])), y))
         names = ["+".join(names)]
     steps = s.steps_per_epoch or sum(r.steps_per_epoch(s.batch_size) for r in readers)
-    with get_strategy(cfg.distribute).scope():
+    ds = shard_by_data(ds)
+    with strategy.scope():
         model, parts = init_synthetic(cfg, init, num_datasets=len(readers))
         res = fit_synthetic(model, ds, run, s, steps, names, verbose=cfg.verbose,
                             extra_results={"init": str(init), "transferred": parts})
@@ -506,14 +512,17 @@ def train_finetune(cfg: HCLTrainConfig, data: str, out: str, init=None) -> dict:
     f = cfg.finetune
     if f.target not in ("mos", "normalized"):
         raise ValueError(f"finetune.target must be 'mos' or 'normalized', got {f.target!r}")
-    run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "finetune", "data": data, "init": str(init)})
+    strategy = get_strategy(cfg.distribute)
+    check_global_batch(f.batch_size, strategy, "finetune.batch_size")
+    run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "finetune", "data": data, "init": str(init)},
+                        strategy=strategy)
     train = RecordReader(data, split=f.split, subset="train", target=f.target)
     test = RecordReader(data, split=f.split, subset="test", target=f.target)
     rng = train.score_range if f.target == "mos" else (0.0, 1.0)
     hb = train.higher_better if f.target == "mos" else True
-    ds = train.train_dataset(f.batch_size, crop_size=cfg.model.crop_size, seed=cfg.seed, repeat=True)
+    ds = shard_by_data(train.train_dataset(f.batch_size, crop_size=cfg.model.crop_size, seed=cfg.seed, repeat=True))
     steps = f.steps_per_epoch or train.steps_per_epoch(f.batch_size)
-    with get_strategy(cfg.distribute).scope():
+    with strategy.scope():
         model, parts = init_finetune(cfg, init, score_range=rng, higher_better=hb)
         from keras_iqa.training.lr import is_pretrained
 

@@ -22,6 +22,14 @@ Where the state lives:
   does: its working model keeps its own running statistics). After `meta_step` the model holds theta plus these running
   statistics; `k = 1, beta = 1` is therefore exactly 2*S plain sequential Adam steps, moving statistics included (tested).
 
+Multi-device (`tf.distribute`: a model built under `MirroredStrategy` / `MultiWorkerMirroredStrategy`): every replica gets
+the meta-batch and adapts its share of the tasks (task i on replica i mod N) with `keras.Model.stateless_call` on fast
+weights held as tensors (the model's mirrored variables stay theta); the replicas' sums of theta_i are all-reduced and the
+outer update is applied once, so N replicas take the same step as one device (tested to 1e-5). Moving statistics: each
+replica carries them through its tasks in order; afterwards they are averaged over the replicas, weighted by their task
+counts (one replica: exactly the sequential single-device statistics). The official code's persistent Adam state runs
+through the tasks one after another and cannot be split: `adam_state="persistent"` is single-device only.
+
 Besides `MetaLearner.fit_meta` (epochs, callbacks, progress bar, LR decay, checkpoints and resume), this module holds
 fine-tuning (`finetune`, presets "paper" / "official"), evaluation helpers, and the protocols of the paper:
 `leave_one_distortion_out` (Table 2: meta-train on N-1 types, test on the held-out one), `synthetic_to_authentic`
@@ -154,11 +162,27 @@ class MetaLearner:
         self._built = False
 
     # -- state ----------------------------------------------------------------------------------------------------
+    @property
+    def strategy(self):
+        """The `tf.distribute` strategy the model was built under (Keras's default one-device strategy otherwise)."""
+        return getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+    @property
+    def distributed(self) -> bool:
+        """True when the model lives under a `tf.distribute` strategy: meta steps spread the tasks over its replicas."""
+        return type(self.strategy).__name__ != "_DefaultDistributionStrategy"
+
     def _build(self, x_example, y_example):
         if self._built:
             return
+        if self.distributed and self.adam_state != "fresh":
+            raise NotImplementedError(
+                "MetaLearner under tf.distribute needs adam_state='fresh' (the paper's): the official code's persistent "
+                "Adam state runs through the tasks one after another and cannot be split over replicas (use one device "
+                "with --preset official, or --set adam_state=fresh)")
         if not self.model.built:
-            self.model(x_example[:1])
+            with self.strategy.scope():
+                self.model(x_example[:1])
         self._vars = list(self.model.trainable_variables)
         if not self._vars:
             raise ValueError("MetaLearner: the model has no trainable variables")
@@ -171,12 +195,14 @@ class MetaLearner:
         self._m = [like(v, "adam_m") for v in self._vars]
         self._v = [like(v, "adam_v") for v in self._vars]
         self._t = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="adam_t")
+        self._nt_vars = list(self.model.non_trainable_variables)
         x_spec = tf.TensorSpec([None] + list(x_example.shape[1:]), x_example.dtype)
         y_spec = tf.TensorSpec([None] + list(y_example.shape[1:]), y_example.dtype)
         o_spec = tf.TensorSpec([None], tf.int32)
         self._task_fn = tf.function(self._task, input_signature=[x_spec, y_spec, o_spec, x_spec, y_spec, o_spec])
         self._outer_fn = tf.function(self._outer, input_signature=[tf.TensorSpec([], tf.float32)])
         self._sync_fn = tf.function(self._sync_theta_from_model, input_signature=[])
+        self._dist_fn = tf.function(self._dist_meta, input_signature=[x_spec, y_spec, o_spec, o_spec] * 2)
         self._built = True
 
     def _sync_theta_from_model(self):
@@ -255,6 +281,91 @@ class MetaLearner:
             w.assign(th)
         return tf.constant(0)
 
+    # -- multi-device (tf.distribute) ------------------------------------------------------------------------------
+    def _stateless_phase(self, w, nt, x, y, offsets, lo_batch, hi_batch):
+        """S fresh-state Adam steps (as `_phase`) on fast weights `w` (tensors) with `stateless_call`, cycling over the
+        batches lo_batch..hi_batch-1 of the packed `x`, `y`; returns (w, non-trainable state, mean loss)."""
+        n = hi_batch - lo_batch
+        m = [tf.zeros_like(a) for a in w]
+        v = [tf.zeros_like(a) for a in w]
+        total = tf.constant(0.0)
+        for s in tf.range(self.inner_steps):
+            j = lo_batch + s % n
+            xb, yb = x[offsets[j]:offsets[j + 1]], y[offsets[j]:offsets[j + 1]]
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                pred, nt, extra = self.model.stateless_call(w, nt, xb, training=True, return_losses=True)
+                yb = tf.reshape(tf.cast(yb, pred.dtype), tf.shape(pred))
+                loss = tf.reduce_mean(self.loss_fn(yb, pred))
+                if extra:
+                    loss = loss + tf.add_n([tf.cast(e, loss.dtype) for e in extra])
+            grads = tape.gradient(loss, w)
+            t = tf.cast(s + 1, tf.float32)
+            lr = self.inner_lr * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t))
+            new_w, new_m, new_v = [], [], []
+            for wi, g, mi, vi in zip(w, grads, m, v):
+                if g is None:
+                    new_w.append(wi), new_m.append(mi), new_v.append(vi)
+                    continue
+                g = tf.convert_to_tensor(g)
+                if self.weight_decay:
+                    g = g + self.weight_decay * wi
+                mi = mi + (g - mi) * (1.0 - self.beta_1)
+                vi = vi + (tf.square(g) - vi) * (1.0 - self.beta_2)
+                new_w.append(wi - tf.cast(lr, wi.dtype) * mi / (tf.sqrt(vi) + self.epsilon))
+                new_m.append(mi), new_v.append(vi)
+            w, m, v = new_w, new_m, new_v
+            total += tf.cast(loss, tf.float32)
+        return w, nt, total / float(self.inner_steps)
+
+    def _replica_tasks(self, sx, sy, so, st, qx, qy, qo, qt):
+        """This replica's tasks (i = replica id, + N, ...): their theta_i summed, with count, query loss and the moving
+        statistics after them; all-reduced over the replicas."""
+        ctx = tf.distribute.get_replica_context()
+        rid, replicas = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+        theta = [tf.identity(v.value) for v in self._vars]
+        nt = [tf.identity(v.value) for v in self._nt_vars]
+        acc = [tf.zeros_like(a) for a in theta]
+        count, q_total = tf.constant(0.0), tf.constant(0.0)
+        for i in tf.range(rid, tf.shape(st)[0] - 1, replicas):
+            w, nt, _ = self._stateless_phase(theta, nt, sx, sy, so, st[i], st[i + 1])
+            w, nt, q_loss = self._stateless_phase(w, nt, qx, qy, qo, qt[i], qt[i + 1])
+            acc = [a + b for a, b in zip(acc, w)]
+            count += 1.0
+            q_total += q_loss
+        first = tf.cast(tf.equal(rid, 0), tf.float64)
+        stats = [tf.cast(x, tf.float64) * (tf.cast(count, tf.float64) if x.dtype.is_floating else first) for x in nt]
+        acc, count, q_total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [acc, count, q_total])
+        stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, stats) if stats else []
+        return acc, count, q_total, stats
+
+    def _dist_meta(self, sx, sy, so, st, qx, qy, qo, qt):
+        """One meta-iteration spread over the strategy's replicas (the multi-device `meta_step`)."""
+        self.trace_counts["distributed"] += 1
+        per = self.strategy.run(self._replica_tasks, args=(sx, sy, so, st, qx, qy, qo, qt))
+        acc, count, q_total, stats = tf.nest.map_structure(lambda r: self.strategy.experimental_local_results(r)[0], per)
+        for v, a in zip(self._vars, acc):
+            th = tf.convert_to_tensor(v.value)
+            v.assign(th - tf.cast(self.outer_lr, th.dtype) * (th - a / tf.cast(count, th.dtype)))
+        total = tf.cast(count, tf.float64)
+        for v, x in zip(self._nt_vars, stats):  # moving statistics: mean weighted by task counts; other state: replica 0's
+            dtype = tf.as_dtype(v.dtype)
+            v.assign(tf.cast(x / total if dtype.is_floating else x, dtype))
+        return q_total / count
+
+    def _meta_step_distributed(self, packed) -> float:
+        """Every task's batches in one tensor per part, with batch row offsets and task batch offsets (no retracing)."""
+        args = []
+        for part in ("support", "query"):
+            x = tf.concat([row[part][0] for row in packed], axis=0)
+            y = tf.concat([row[part][1] for row in packed], axis=0)
+            sizes = [int(n) for row in packed for n in np.diff(row[part][2].numpy())]
+            n_batches = [int(row[part][2].shape[0]) - 1 for row in packed]
+            offsets = tf.constant(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
+            tasks = tf.constant(np.concatenate([[0], np.cumsum(n_batches)]).astype(np.int32))
+            args += [x, y, offsets, tasks]
+        return float(self._dist_fn(*args))
+
     # -- public API -----------------------------------------------------------------------------------------------
     def meta_step(self, tasks: Sequence[dict]) -> float:
         """One meta-iteration over `tasks` (k = len(tasks)); returns the mean query loss (over tasks and the S query steps).
@@ -282,6 +393,8 @@ class MetaLearner:
                 row += [x, y, xo]
             packed.append(row)
         self._build(packed[0][0], packed[0][1])
+        if self.distributed:
+            return self._meta_step_distributed([{"support": row[:3], "query": row[3:]} for row in packed])
         q_losses = [self._task_fn(*row)[1] for row in packed]
         self._outer_fn(tf.constant(float(len(packed))))
         return float(tf.reduce_mean(tf.stack(q_losses)))
@@ -308,8 +421,9 @@ class MetaLearner:
             batches_per_visit: batches drawn per task visit from each of its (repeated) datasets; default S, so each inner
                 step sees a new batch, cycling through the support / query set.
             lr_schedule: "paper" (x0.8 every 5 epochs), "official", "constant" or callable(epoch) -> factor; applied to both LRs.
-            checkpoint_dir: resume state (weights of theta + BN statistics, Adam state, epoch, history); a re-run resumes after
-                the last completed epoch.
+            checkpoint_dir: resume state (weights of theta + BN statistics, Adam state, epoch, history) of the last two
+                epochs, each committed atomically with its size and SHA-256 (`runner.BackupStore`); a re-run resumes after
+                the last completed epoch, falling back to the previous one if the last is damaged.
             eval_fn: callable(model) -> dict of extra epoch logs (e.g. SROCC on a validation set).
             seed: task order and sampling seed.
         """
@@ -327,8 +441,15 @@ class MetaLearner:
         sources = [_TaskSource(t, i) for i, t in enumerate(tasks)]
 
         start_epoch, state_dir = 0, Path(checkpoint_dir) if checkpoint_dir else None
-        if state_dir is not None and (state_dir / "meta_state.json").exists():
-            start_epoch = self._restore(state_dir, sources[0], per_visit)
+        store = None
+        if state_dir is not None:
+            from keras_iqa.training.runner import BackupStore, worker_info
+
+            chief, worker = worker_info(self.strategy)  # other workers of a multi-worker run write a private copy
+            import tempfile
+
+            store = BackupStore(state_dir, write_dir=None if chief else tempfile.mkdtemp(prefix=f"keras-iqa-meta{worker}-"))
+            start_epoch = self._restore(store, sources[0], per_visit)
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         cbs = keras.callbacks.CallbackList(list(callbacks), add_history=False, add_progbar=verbose > 0, model=self.model,
                                            verbose=verbose, epochs=n_epochs, steps=ipe)
@@ -362,43 +483,83 @@ class MetaLearner:
             for key, v in logs.items():
                 self.history.setdefault(key, []).append(v)
             cbs.on_epoch_end(epoch, logs)
-            if state_dir is not None:
-                self._save_state(state_dir, epoch)
+            if store is not None:
+                self._save_state(store, epoch)
             if self.model.stop_training or (total_iters is not None and done >= total_iters):
                 break
         cbs.on_train_end()
         return self.history
 
     # -- resume ---------------------------------------------------------------------------------------------------
-    def _save_state(self, state_dir: Path, epoch: int):
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_dir / "theta.tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, state_dir / "theta.weights.h5")
-        np.savez(state_dir / "adam.tmp.npz", t=self._t.numpy(), *[m.numpy() for m in self._m], *[v.numpy() for v in self._v])
-        os.replace(state_dir / "adam.tmp.npz", state_dir / "adam.npz")
-        from keras_iqa.training.runner import save_json
+    def _save_state(self, store, epoch: int):
+        """The resume state after `epoch` (0-based) as one committed version of `store` (a `runner.BackupStore`): theta
+        with the moving statistics (`theta-EEEE.weights.h5`), the Adam state (`adam-EEEE.npz`) and the history."""
+        arrays = [self._t.numpy()] + [m.numpy() for m in self._m] + [v.numpy() for v in self._v]
 
-        save_json({"epoch": epoch, "history": self.history}, state_dir / "meta_state.json")
+        def write_adam(path):
+            with open(path, "wb") as f:
+                np.savez(f, *arrays[1:], t=arrays[0])
 
-    def _restore(self, state_dir: Path, first: "_TaskSource", per_visit: int) -> int:
-        with open(state_dir / "meta_state.json", encoding="utf-8") as f:
-            state = json.load(f)
+        store.save(epoch + 1, {"theta": (".weights.h5", lambda p: self.model.save_weights(p)), "adam": (".npz", write_adam)},
+                   history=self.history)
+
+    def _candidates(self, store) -> list:
+        """[(epochs done, label, theta path, adam path, history, problem() or None)], newest first; the layout of earlier
+        versions (theta.weights.h5, adam.npz, meta_state.json) last."""
+        out = []
+        for e in store.entries():
+            files = e.get("files", {})
+            if "theta" in files and "adam" in files:
+                out.append((int(e["epoch"]), files["theta"]["file"], store.path(files["theta"]["file"]),
+                            store.path(files["adam"]["file"]), e.get("history", {}), lambda e=e: store.problem(e)))
+        legacy = Path(store.dir)
+        if (legacy / "meta_state.json").exists() and (legacy / "theta.weights.h5").exists():
+            try:
+                state = json.loads((legacy / "meta_state.json").read_text(encoding="utf-8"))
+                out.append((int(state["epoch"]) + 1, "theta.weights.h5", str(legacy / "theta.weights.h5"),
+                            str(legacy / "adam.npz"), state.get("history", {}), None))
+            except Exception:
+                pass
+        return out
+
+    def _restore(self, store, first: "_TaskSource", per_visit: int) -> int:
+        """Loads the newest intact saved state (checked against its recorded size and SHA-256; older layouts read
+        through) and returns the epochs it completed; damaged versions are skipped with a one-line message."""
+        from keras_iqa.training.runner import _first_line, _h5_problem, log
+
+        candidates = self._candidates(store)
+        if not candidates:
+            return 0
         task = first.draw(per_visit)
         x = tf.convert_to_tensor(_as_batches(task["support_x"], "support_x")[0])
         y = tf.convert_to_tensor(_as_batches(task["support_y"], "support_y")[0])
         self._build(tf.cast(x, tf.float32) if x.dtype.is_integer else x, tf.cast(y, tf.float32))
-        self.model.load_weights(state_dir / "theta.weights.h5")
-        self.sync_from_model()
-        adam = np.load(state_dir / "adam.npz")
-        self._t.assign(float(adam["t"]))
-        n = len(self._m)
-        for i, m in enumerate(self._m):
-            m.assign(adam[f"arr_{i}"])
-        for i, v in enumerate(self._v):
-            v.assign(adam[f"arr_{n + i}"])
-        self.history = {key: list(v) for key, v in state.get("history", {}).items()}
-        return int(state["epoch"]) + 1
+        notes = []
+        for done, label, theta, adam_path, history, problem in candidates:
+            why = problem() if problem is not None else _h5_problem(theta)
+            if why is None:
+                try:
+                    adam = np.load(adam_path)
+                    n = len(self._m)
+                    arrays = [adam[f"arr_{i}"] for i in range(2 * n)], float(adam["t"])
+                except Exception as e:
+                    why = f"{os.path.basename(adam_path)} unreadable ({_first_line(e)})"
+            if why:
+                notes.append(f"{label} {why}")
+                continue
+            self.model.load_weights(theta)
+            self.sync_from_model()
+            (mv, t) = arrays
+            self._t.assign(t)
+            for var, a in zip(self._m + self._v, mv):
+                var.assign(a)
+            self.history = {key: list(v) for key, v in history.items()}
+            if notes:
+                log.warning("resume: %s; resuming after meta epoch %d from %s", "; ".join(notes), done, label)
+            return done
+        log.warning("resume: nothing usable in %s (%s); meta-training starts again from epoch 1", store.dir,
+                    "; ".join(notes))
+        return 0
 
 
 class _TaskSource:
