@@ -21,8 +21,10 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import threading
 import uuid
 from typing import BinaryIO, Iterable, Optional, Sequence
 
@@ -112,16 +114,84 @@ def relpath(path, start) -> str:
     return os.path.relpath(path, start)
 
 
+_LOCAL = threading.local()
+
+
+def _s3(path):
+    """Beam's `S3IO` for an s3:// path, one per thread and options; None for other paths or without Beam's S3 support.
+
+    Beam's S3FileSystem builds a new boto3 client for every call (0.1-0.5 s each: per image, that would dominate a job);
+    this keeps one per thread (the client holds one download stream, so it is not shared between threads)."""
+    if scheme(path) != "s3" or _beam() is None:
+        return None
+    try:
+        from apache_beam.io.aws import s3io
+        from apache_beam.options.value_provider import RuntimeValueProvider
+    except ImportError:
+        return None
+    if not getattr(s3io, "BOTO3_INSTALLED", False):
+        return None
+    opts = _beam()._pipeline_options or RuntimeValueProvider.runtime_options
+    cache = _LOCAL.__dict__.setdefault("s3", {})
+    if id(opts) not in cache:
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        cache.clear()  # options changed: the clients of the old ones are not needed any more
+        cache[id(opts)] = (opts, s3io.S3IO(options=opts if opts is not None else PipelineOptions([])))
+    return cache[id(opts)][1]
+
+
+class _S3Writer(io.RawIOBase):
+    """Writes an S3 object: one PUT when it is small (sidecars, manifests, empty shards: Beam's multipart uploader cannot
+    write an empty object), Beam's multipart upload past `threshold` bytes. The object appears when the file is closed."""
+
+    def __init__(self, s3, path: str, threshold: int = 8 << 20):
+        super().__init__()
+        self.s3, self.path, self.threshold, self.buf, self.stream = s3, path, threshold, io.BytesIO(), None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if self.stream is None:
+            self.buf.write(b)
+            if self.buf.tell() >= self.threshold:
+                self.stream = self.s3.open(self.path, "wb")
+                self.stream.write(self.buf.getvalue())
+                self.buf = None
+        else:
+            self.stream.write(b)
+        return len(b)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            else:
+                from apache_beam.io.aws.s3io import parse_s3_path
+
+                bucket, key = parse_s3_path(self.path)
+                self.s3.client.client.put_object(Bucket=bucket, Key=key, Body=self.buf.getvalue())
+        finally:
+            super().close()
+
+
+def _not_found(e: Exception) -> bool:
+    return isinstance(e, FileNotFoundError) or getattr(e, "code", None) == 404
+
+
 # --------------------------------------------------------------------------------------------------------------- queries
 def exists(path) -> bool:
     """A file, or a folder (a non-empty key prefix on object stores)."""
     p = os.fspath(path)
     if not is_uri(p):
         return os.path.exists(p)
-    fsys = _beam()
+    fsys, s3 = _beam(), _s3(p)
     if fsys is None:
         return _gfile().exists(p)
-    return fsys.exists(p) or isdir(p)
+    return (s3.exists(p) if s3 is not None else fsys.exists(p)) or isdir(p)
 
 
 def isdir(path) -> bool:
@@ -135,8 +205,17 @@ def isdir(path) -> bool:
 
 
 def _match(pattern: str, limit: Optional[int] = None) -> list:
-    from apache_beam.io.filesystem import BeamIOError
+    """FileMetadata of the files matching `pattern` (Beam glob: `*` within a folder, `**` across folders)."""
+    from apache_beam.io.filesystem import BeamIOError, FileMetadata
 
+    s3 = _s3(pattern)
+    if s3 is not None and pattern.endswith("/**") and not re.search(r"[*?\[]", pattern[:-3]):  # a plain prefix listing
+        out = []
+        for path, size in s3.list_files(pattern[:-2]):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(FileMetadata(path, size))
+        return out
     try:
         return _beam().match([pattern], limits=[limit])[0].metadata_list
     except BeamIOError:
@@ -196,7 +275,9 @@ def size(path) -> int:
     p = os.fspath(path)
     if not is_uri(p):
         return os.path.getsize(p)
-    fsys = _beam()
+    fsys, s3 = _beam(), _s3(p)
+    if s3 is not None:
+        return s3.size(p)
     return _gfile().stat(p).length if fsys is None else fsys.metadata(p).size_in_bytes
 
 
@@ -213,10 +294,13 @@ def open_read(path) -> BinaryIO:
         return _gfile().GFile(p, "rb")
     from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 
+    s3 = _s3(p)
     try:
+        if s3 is not None:
+            return s3.open(p, "rb", read_buffer_size=1 << 20)
         return fsys.open(p, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED)
-    except BeamIOError as e:
-        if not fsys.exists(p):
+    except Exception as e:  # BeamIOError, S3ClientError...
+        if _not_found(e) or (isinstance(e, BeamIOError) and not exists(p)):
             raise FileNotFoundError(f"{p}: not found") from e
         raise
 
@@ -233,6 +317,9 @@ def open_write(path) -> BinaryIO:
         return _gfile().GFile(p, "wb")
     from apache_beam.io.filesystem import CompressionTypes
 
+    s3 = _s3(p)
+    if s3 is not None:
+        return _S3Writer(s3, p)
     return fsys.create(p, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED)
 
 
@@ -294,6 +381,12 @@ def delete(paths: Iterable) -> None:
         return
     from apache_beam.io.filesystem import BeamIOError
 
+    s3 = _s3(remote[0])
+    if s3 is not None and all(scheme(p) == "s3" for p in remote):
+        failed = {p: e for p, e in s3.delete_paths(remote).items() if e is not None and not _not_found(e)}
+        if failed:
+            raise BeamIOError("Delete operation failed", failed)
+        return
     try:
         fsys.delete(remote)
     except BeamIOError as e:  # some were gone already

@@ -160,9 +160,13 @@ def write_splits_csv(path: str, table: Mapping[str, Sequence[str]]) -> None:
 
 
 def read_splits_csv(path: str) -> dict:
-    """Reads `splits.csv` into `{column: list of str}`; raises a ValueError naming the file if `image_id` is missing."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    """Reads `splits.csv` (a local path or a URI, `data_pipeline.fs`) into `{column: list of str}`; raises a ValueError naming
+    the file if `image_id` is missing."""
+    import io
+
+    from data_pipeline import fs
+
+    rows = list(csv.reader(io.StringIO(fs.read_text(path), newline="")))
     if not rows or "image_id" not in rows[0]:
         raise ValueError(f"{path}: not a splits file (first row must name the column 'image_id'); got {rows[:1]}")
     header = rows[0]

@@ -252,8 +252,8 @@ def test_crop_window_and_full_decode_pipelines_agree(auth):
 
 
 def test_corrupt_shard_is_survived_and_detected(tmp_path):
-    fixtures.write_tiny_records(str(tmp_path), n=10, size=(24, 24), num_shards=2)
-    shard = tmp_path / "records-00000-of-00002.tfrecord"
+    man = fixtures.write_tiny_records(str(tmp_path), n=10, size=(24, 24), num_shards=2)
+    shard = tmp_path / man["shards"][0]["file"]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2: len(data) // 2 + 40] = bytes(40)
     shard.write_bytes(bytes(data))
