@@ -18,6 +18,8 @@ CORE = [
 ]
 EXTRAS = {
     "beam": ["apache-beam[tfrecord]==2.77.*"],
+    "aws": ["apache-beam[tfrecord,aws]==2.77.*"],  # s3:// roots and outputs (Beam's S3 filesystem); docs/scaling.md
+    "gcp": ["apache-beam[tfrecord,gcp]==2.77.*"],  # gs:// roots and outputs, DataflowRunner; docs/scaling.md
     "lite": ["ai-edge-litert"],
     "serving": ["tensorflow-serving-api==2.21.*"],
     "notebooks": ["nbclient", "nbformat", "ipykernel"],
@@ -29,7 +31,8 @@ EXTRAS = {
 EXTRAS["demo"] = sorted({d for k in ("beam", "lite") for d in EXTRAS[k]})
 # dev includes torch so the official-checkpoint converter tests run (the CPU wheel torch==2.13.0 installs here)
 EXTRAS["dev"] = sorted(
-    {"pytest", "hypothesis"} | {d for k in ("beam", "lite", "serving", "notebooks", "torch", "docs") for d in EXTRAS[k]}
+    {"pytest", "hypothesis", "moto[server]"}  # moto: the S3 server tests/data_pipeline/test_scaling.py starts on 127.0.0.1
+    | {d for k in ("beam", "aws", "lite", "serving", "notebooks", "torch", "docs") for d in EXTRAS[k]}
 )
 
 setup(
