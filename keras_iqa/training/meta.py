@@ -536,7 +536,7 @@ class MetaLearner:
         self._build(tf.cast(x, tf.float32) if x.dtype.is_integer else x, tf.cast(y, tf.float32))
         notes = []
         for done, label, theta, adam_path, history, problem in candidates:
-            why = problem() if problem is not None else _h5_problem(theta)
+            why = problem() if problem is not None else (lambda w: f"{label} {w}" if w else None)(_h5_problem(theta))
             if why is None:
                 try:
                     adam = np.load(adam_path)
@@ -545,7 +545,7 @@ class MetaLearner:
                 except Exception as e:
                     why = f"{os.path.basename(adam_path)} unreadable ({_first_line(e)})"
             if why:
-                notes.append(f"{label} {why}")
+                notes.append(why)
                 continue
             self.model.load_weights(theta)
             self.sync_from_model()

@@ -461,17 +461,24 @@ class RunDir:
             raise ValueError(f"{self.shared}: build the model (call it on a batch) before resuming the run")
         notes = []
         for epoch, label, path, problem in candidates:
-            why = problem() if problem is not None else _h5_problem(path)
+            why = problem()
             if why:
-                notes.append(f"{label} {why}")
+                notes.append(why)
                 continue
             _build_optimizers(model)
+            tmp = None
+            if not str(path).endswith(".weights.h5"):  # Keras loads only *.weights.h5 (e.g. Keras's latest.weights.h5.bkp)
+                tmp = tempfile.mkdtemp(prefix="keras-iqa-restore-")
+                path = shutil.copyfile(path, os.path.join(tmp, "restore.weights.h5"))
             try:
                 model.load_weights(path)
             except Exception as e:
                 raise ValueError(f"{path} is intact but does not fit this model ({_first_line(e)}): was the run directory "
                                  f"{self.shared} written with another config? Use a new --out, or the same config to "
                                  "resume") from None
+            finally:
+                if tmp:
+                    shutil.rmtree(tmp, ignore_errors=True)
             if notes:
                 log.warning("resume: %s; resuming after epoch %d from %s", "; ".join(notes), epoch, label)
             return int(epoch)
@@ -479,8 +486,12 @@ class RunDir:
         return 0
 
     def _candidates(self) -> list:
-        """[(epoch, label, weights path, problem() or None)] newest first (backups before checkpoints of one epoch)."""
+        """[(epoch, label, weights path, problem() -> None or a note)] newest first (backups before checkpoints of one
+        epoch)."""
         import re
+
+        def readable(label, path):
+            return lambda: (lambda why: f"{label} {why}" if why else None)(_h5_problem(path))
 
         out = []
         store = self.backup_store()
@@ -488,7 +499,7 @@ class RunDir:
             info = e.get("files", {}).get("weights")
             if info:
                 out.append((int(e["epoch"]), f"backup/{info['file']}", store.path(info["file"]),
-                            lambda e=e: store.problem(e)))
+                            lambda e=e: (lambda why: f"backup/{why}" if why else None)(store.problem(e))))
         legacy = self.shared / "backup"
         for weights, meta in (("latest.weights.h5", "training_metadata.json"),
                               ("latest.weights.h5.bkp", "training_metadata.json.bkp")):
@@ -497,13 +508,14 @@ class RunDir:
                     epoch = int(json.loads((legacy / meta).read_text(encoding="utf-8"))["epoch"])
                 except Exception:
                     continue
-                out.append((epoch, f"backup/{weights}", str(legacy / weights), None))
+                out.append((epoch, f"backup/{weights}", str(legacy / weights),
+                            readable(f"backup/{weights}", str(legacy / weights))))
         ckpt = self.shared / "checkpoints"
         if ckpt.is_dir():
             for p in ckpt.iterdir():
                 m = re.fullmatch(r"epoch_(\d+)\.weights\.h5", p.name)
                 if m:
-                    out.append((int(m.group(1)), f"checkpoints/{p.name}", str(p), None))
+                    out.append((int(m.group(1)), f"checkpoints/{p.name}", str(p), readable(f"checkpoints/{p.name}", str(p))))
         out.sort(key=lambda c: -c[0])  # stable: at one epoch, backups (listed first) before checkpoints
         return out
 
