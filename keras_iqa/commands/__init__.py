@@ -16,6 +16,7 @@ One meaning per flag name, in every subcommand (tests/keras_iqa/test_cli_rules.p
                        `train` method.
   --distribute S       auto | mirrored | multiworker (tf.distribute strategy), every `train` method.
   --seed N             the command's random seed.
+  --pipeline-arg=--F=V one Apache Beam pipeline option (repeatable; `--beam-arg` is an alias), `prepare` / `synthesize`.
   -q, --quiet          no progress bars or per-step lines: results, warnings and errors only (every subcommand).
   -v, --verbose        also TensorFlow's / absl's / Beam's own start-up and info lines (hidden by default; every subcommand).
 

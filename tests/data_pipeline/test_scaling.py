@@ -196,3 +196,60 @@ def test_prepare_killed_with_sigkill_then_rerun_every_image_once(tmp_path):
     assert len(ids) == 16 and sorted(ids) == sorted(info["ids"])  # none lost, none duplicated
     listed = {s["file"] for s in man["shards"]}
     assert {f for f in os.listdir(out / "koniq10k") if f.endswith(".tfrecord")} == listed  # the half-written shard is gone
+
+
+def _commands(text, program):
+    """The `keras-iqa <program> ...` commands of a help text or markdown page (backslash continuations joined)."""
+    import shlex
+
+    joined = text.replace("\\\n", " ")
+    return [shlex.split(line.strip().split("keras-iqa ", 1)[1].split("  #")[0])
+            for line in joined.splitlines() if line.strip().startswith(f"keras-iqa {program} ")]
+
+
+def _check_beam_flags(argv):
+    """argv parses as the CLI parses it, and every --pipeline-arg is an option Beam 2.77 defines, with the value given."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    ns = cli.build_parser().parse_args(argv)
+    opts = PipelineOptions(ns.pipeline_arg).get_all_options()
+    for arg in ns.pipeline_arg:
+        name, _, value = arg[2:].partition("=")
+        assert name in opts, f"{' '.join(argv)}: --{name} is not a Beam pipeline option"
+        got = opts[name]
+        assert (str(got) == value) if not isinstance(got, bool) else got, (name, got, value)
+    return ns
+
+
+def test_help_and_docs_recipes_use_real_flags(capsys):
+    """The runner examples of `prepare --help`, `synthesize --help` and docs/scaling.md parse, and pass only options Beam
+    defines (the Dataflow one as written: --pipeline-arg form, the package shipped with --setup_file)."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    helps = {}
+    for program in ("prepare", "synthesize"):
+        with pytest.raises(SystemExit):
+            cli.main([program, "--help"])
+        helps[program] = capsys.readouterr().out
+    docs = open(os.path.join(root, "docs", "scaling.md")).read()
+    runs = [c for p in ("prepare", "synthesize") for c in _commands(helps[p], p) + _commands(docs, p)]
+    remote = [c for c in runs if "--runner" in c and c[c.index("--runner") + 1] != "inline"]
+    assert {c[c.index("--runner") + 1] for c in remote} >= {"DataflowRunner", "FlinkRunner", "SparkRunner"}
+    for argv in runs:
+        ns = _check_beam_flags(argv)
+        if ns.runner == "DataflowRunner":
+            flags = {a.split("=", 1)[0] for a in ns.pipeline_arg}
+            assert {"--project", "--region", "--temp_location"} <= flags
+            assert flags & {"--setup_file", "--sdk_container_image"}, argv
+            if "--setup_file" in flags:
+                setup = next(a for a in ns.pipeline_arg if a.startswith("--setup_file=")).split("=", 1)[1]
+                assert os.path.isfile(os.path.join(root, setup)), setup  # run from a checkout, as the text says
+    # the container file of the page installs the package into Beam's SDK image of the versions in use
+    import apache_beam
+
+    image = re.search(r"FROM apache/beam_python(\d+\.\d+)_sdk:(\d+\.\d+)", docs)
+    assert image and image.group(2) == ".".join(apache_beam.__version__.split(".")[:2])
+    assert '".[aws,gcp]"' in docs
+    with pytest.raises(AssertionError, match="not a Beam pipeline option"):  # the check itself catches a wrong flag
+        _check_beam_flags(["prepare", "kadis700k", "--root", "r", "--out", "o", "--pipeline-arg=--tmp_location=gs://b"])

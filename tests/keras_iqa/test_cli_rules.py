@@ -34,7 +34,9 @@ MEANINGS = {
     "--scores": (None, None, "store", "FILE"),
     "--num-shards": (int, None, "store", None),
     "--runner": (None, None, "store", None),
-    "--beam-arg": (None, None, "append", "ARG"),
+    "--beam-arg": (None, None, "append", "ARG"),  # an alias of --pipeline-arg
+    "--pipeline-arg": (None, None, "append", "ARG"),
+    "--num-workers": (int, None, "store", None),
     "--train-ratio": (float, None, "store", None),
     "--epochs": (int, None, "store", "N"),
 }
