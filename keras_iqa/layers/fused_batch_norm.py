@@ -132,7 +132,9 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         if isinstance(layer, keras.Model):  # nested model: folded if functional, else shared as it is
             return fold_batch_norm(layer) if isinstance(layer, (Functional, keras.Sequential)) else layer
         if layer in pairs:
-            return FoldedBatchNormalization(name=layer.name)
+            # the BN's own dtype policy: under the global float32 policy a pass-through of a bf16 model would cast every
+            # activation to float32 and the next convolution back to bf16 (two full-tensor casts per layer)
+            return FoldedBatchNormalization(name=layer.name, dtype=layer.dtype_policy.name)
         config = layer.get_config()
         if id(layer) in folded_convs:
             config["use_bias"] = True

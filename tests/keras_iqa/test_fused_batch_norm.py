@@ -140,3 +140,24 @@ def test_fold_batch_norm_resnet_and_bad_input():
         assert "functional" in str(e)
     else:
         raise AssertionError("a subclassed model must be refused")
+
+
+def test_fold_keeps_a_bf16_model_in_bf16_under_the_float32_policy():
+    """Folding a mixed_bfloat16 backbone while the global policy is float32 (as `keras_iqa.score(..., precision="bf16")`
+    does): the pass-throughs keep the BN's policy, so no activation is cast to float32 and back between the layers."""
+    from keras_iqa.backbones import resnet_features
+    from keras_iqa.layers import FoldedBatchNormalization, fold_batch_norm
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        feats = resnet_features(18, width=0.25, blocks=(1, 1, 1, 1))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    folded = fold_batch_norm(feats)
+    passes = [layer for layer in folded.layers if isinstance(layer, FoldedBatchNormalization)]
+    assert passes and {layer.dtype_policy.name for layer in passes} == {"mixed_bfloat16"}
+    graph = tf.function(lambda x: folded(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, 64, 64, 3], tf.float32)).graph
+    casts = [op for op in graph.get_operations() if op.type == "Cast" and op.outputs[0].dtype == tf.float32
+             and len(op.outputs[0].shape) == 4]
+    assert len(casts) <= 4, [op.name for op in casts]  # the stage outputs at most, not one per folded layer
