@@ -251,8 +251,9 @@ class BackupStore:
     >>> store = BackupStore(tempfile.mkdtemp())
     >>> def write(text):
     ...     return lambda path: open(path, "w").write(text)
-    >>> store.save(1, {"state": (".txt", write("epoch 1"))})
-    >>> store.save(2, {"state": (".txt", write("epoch 2"))})
+    >>> store.save(1, {"state": (".txt", write("epoch 1"))})["files"]["state"]["file"]
+    'state-0001.txt'
+    >>> _ = store.save(2, {"state": (".txt", write("epoch 2"))})
     >>> [e["epoch"] for e in store.entries()], store.problem(store.entries()[0])
     ([2, 1], None)
     """
