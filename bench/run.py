@@ -27,7 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 NOT_AREAS = {"__init__", "common", "run"}
 # roofline reads the backbone results, so it runs after them; other areas run in this order, then alphabetically.
-ORDER = ["data_pipeline", "synthesize", "reqa", "metaiqa", "hcl", "deploy", "backbones", "roofline"]
+ORDER = ["data_pipeline", "synthesize", "reqa", "metaiqa", "hcl", "deploy", "scoring", "backbones", "roofline"]
 
 
 def discover(bench_dir: Path = BENCH_DIR) -> list[str]:
