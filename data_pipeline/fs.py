@@ -65,12 +65,15 @@ def configure(pipeline_args: Sequence[str] = ()) -> None:
     global _CONFIGURED
     args = tuple(pipeline_args or ())
     fsys = _beam()
-    if fsys is None or not args or args == _CONFIGURED:
+    if fsys is None or not args:
         return
+    if _CONFIGURED is not None and _CONFIGURED[0] == args and fsys._pipeline_options is _CONFIGURED[1]:
+        return  # set already, and no pipeline has replaced them since
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    fsys.set_options(PipelineOptions(list(args)))
-    _CONFIGURED = args
+    opts = PipelineOptions(list(args))
+    fsys.set_options(opts)
+    _CONFIGURED = (args, opts)
 
 
 # ------------------------------------------------------------------------------------------------------------------- paths

@@ -24,7 +24,7 @@ KEYS = ("--s3_access_key_id=testing", "--s3_secret_access_key=testing", "--s3_re
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3_server():
     """A moto S3 server on 127.0.0.1 (a free port) with one bucket; yields the pipeline args that reach it."""
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -34,11 +34,16 @@ def s3():
         client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
                               region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
-        args = [f"--s3_endpoint_url={url}", *KEYS]
-        fs.configure(args)
-        yield {"client": client, "args": args, "url": url}
+        yield {"client": client, "args": [f"--s3_endpoint_url={url}", *KEYS], "url": url}
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """The server, with this process's file layer pointed at it (a pipeline run elsewhere may have replaced the options)."""
+    fs.configure(s3_server["args"])
+    return s3_server
 
 
 def _upload(client, folder, prefix):
