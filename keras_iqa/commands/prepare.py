@@ -46,7 +46,7 @@ examples:
   keras-iqa prepare kadis700k --root gs://bucket/kadis --out gs://bucket/records --runner DataflowRunner \\
       --pipeline-arg=--project=my-project --pipeline-arg=--region=europe-west1 \\
       --pipeline-arg=--temp_location=gs://bucket/tmp --pipeline-arg=--setup_file=./setup.py
-      (from a keras-iqa checkout, with 'apache-beam[gcp]' installed; --setup_file ships the package to the workers,
+      (run in a keras-iqa checkout after pip install -e '.[gcp]'; --setup_file ships the package to the workers,
       or give them a container: --pipeline-arg=--sdk_container_image=IMAGE, see docs/scaling.md)
   keras-iqa prepare koniq10k --root s3://bucket/koniq10k --out s3://bucket/records \\
       --pipeline-arg=--s3_endpoint_url=http://127.0.0.1:9000 --pipeline-arg=--s3_region_name=us-east-1

@@ -23,7 +23,7 @@ Examples:
   keras-iqa synthesize --pristine gs://bucket/photos --out gs://bucket/records --runner DataflowRunner \\
       --pipeline-arg=--project=my-project --pipeline-arg=--region=europe-west1 \\
       --pipeline-arg=--temp_location=gs://bucket/tmp --pipeline-arg=--setup_file=./setup.py
-      (from a keras-iqa checkout with 'apache-beam[gcp]' installed; or --pipeline-arg=--sdk_container_image=IMAGE)
+      (run in a keras-iqa checkout after pip install -e '.[gcp]'; or --pipeline-arg=--sdk_container_image=IMAGE)
   keras-iqa synthesize --preview contact_sheet.png --preview-reference chelsea --preview-size 64
 Types (KADID ids): 1 GBLUR 2 Lens_Blur 3 Motion_Blur 4 Color_Diffusion 5 Color_Shift 6 Color_Quantization
   7 Saturation_Dist._HSV 8 Saturation_Dist._Lab 9 JP2K 10 JPEG 11 AWGN 12 AWGN_YCbCr 13 Impulse_Noise
