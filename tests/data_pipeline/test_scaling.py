@@ -258,3 +258,33 @@ def test_help_and_docs_recipes_use_real_flags(capsys):
     assert '".[aws,gcp]"' in docs
     with pytest.raises(AssertionError, match="not a Beam pipeline option"):  # the check itself catches a wrong flag
         _check_beam_flags(["prepare", "kadis700k", "--root", "r", "--out", "o", "--pipeline-arg=--tmp_location=gs://b"])
+
+
+def test_progress_follows_sidecars_of_remote_workers(tmp_path):
+    """Workers elsewhere cannot call the driver: its bar moves by whole shards as their sidecars appear in the output."""
+    import functools
+
+    rows = fixtures._tiny_rows("authentic", 6, 1, 1, 0)
+    fn = functools.partial(fixtures._tiny_examples, kind="authentic", size=(16, 16), dataset="t")
+    buckets = [[(i, r) for i, r in enumerate(rows) if i % 3 == k] for k in range(3)]
+    fps = [writer._fingerprint(b) for b in buckets]
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, **kw):
+            pass
+
+    bar = Bar()
+    tracker = writer._Tracker(bar, str(tmp_path), [(k, buckets[k], fps[k]) for k in range(3)], lambda r: 1)
+    writer.write_shard(str(tmp_path), 0, 3, buckets[0], fn, fps[0])
+    writer.write_shard(str(tmp_path), 1, 3, buckets[1], fn, "another run's rows")  # not this run's: not counted
+    tracker.poll_once()
+    assert bar.n == 2
+    writer.write_shard(str(tmp_path), 1, 3, buckets[1], fn, fps[1])
+    tracker.poll_once()
+    tracker.poll_once()  # each shard counts once
+    assert bar.n == 4
