@@ -701,14 +701,65 @@ def fit(
     initial_epoch = run.restore(model)
     cbs = run.callbacks(monitor=monitor, tensorboard=tensorboard) + list(callbacks)
     x, y = train_data if isinstance(train_data, tuple) and len(train_data) == 2 else (train_data, None)
-    return model.fit(
-        x,
-        y,
-        epochs=epochs,
-        initial_epoch=min(initial_epoch, int(epochs)),
-        validation_data=validation_data,
-        callbacks=cbs,
-        steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps,
-        verbose=verbose,
-    )
+    with _multi_worker_fit(model):
+        return model.fit(
+            x,
+            y,
+            epochs=epochs,
+            initial_epoch=min(initial_epoch, int(epochs)),
+            validation_data=validation_data,
+            callbacks=cbs,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps,
+            verbose=verbose,
+        )
+
+
+class _multi_worker_fit:
+    """Works around two Keras 3.15 failures of `fit` under `MultiWorkerMirroredStrategy` (for the duration of `fit`):
+
+    - before the first step, Keras's TF trainer reduces a distributed input batch with `strategy.reduce("MEAN", (x, y))`
+      for its symbolic build, and the multi-worker strategy rejects a nested value ("Attempt to convert a value
+      (PerReplica...) to a Tensor"). A model whose layers are all built needs no symbolic build: the model forgets its
+      creation strategy (Keras then takes the current one, `tf.distribute.get_strategy()`, inside the same
+      `strategy.scope()`), which skips that step;
+    - each step's logs are reduced with `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars ("Invalid
+      reduction dimension 0 for input with 0 dimensions"): the steps return each scalar log as a 1-vector, which that
+      reduction averages over the workers back to a scalar. Epoch logs still come from every replica's metrics.
+    """
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        strategy = getattr(model, "distribute_strategy", None)
+        self.model, self.strategy = model, strategy
+        self.active = (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and model.built
+                       and getattr(model, "_distribute_strategy", None) is strategy)
+        self.scope = strategy.scope() if self.active else None
+
+    @staticmethod
+    def _vector_logs(step):
+        import tensorflow as tf
+
+        def wrapped(data):
+            logs = step(data)
+            return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and len(v.shape) == 0 else v
+                    for k, v in logs.items()} if isinstance(logs, dict) else logs
+
+        return wrapped
+
+    def __enter__(self):
+        if self.active:
+            self.scope.__enter__()
+            self.model._distribute_strategy = None
+            self.model.train_step = self._vector_logs(type(self.model).train_step.__get__(self.model))
+            self.model.test_step = self._vector_logs(type(self.model).test_step.__get__(self.model))
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            self.model._distribute_strategy = self.strategy
+            for name in ("train_step", "test_step"):
+                self.model.__dict__.pop(name, None)
+            self.scope.__exit__(*exc)
+        return False
