@@ -10,7 +10,7 @@ A run killed at any moment and restarted with the same run directory resumes at 
 without duplicated history rows (`fit` calls `RunDir.restore`, then `model.fit(initial_epoch=...)`). Every file is
 written atomically (a temporary name, then a rename; see `BackupStore` for object stores): a kill leaves the previous
 version, never a truncated file. `backup/` keeps the last two epochs' weights (both optimizers' state included) with their
-size and SHA-256 in `backup/backup.json`; a damaged or missing backup falls back to the previous one, then to the newest
+size and SHA-256 in `backup/index-EEEE.json`; a damaged or missing backup falls back to the previous one, then to the newest
 readable `checkpoints/epoch_XXX.weights.h5`, with a one-line message instead of a traceback.
 
 Multi-worker training (`get_strategy("multiworker")`): every worker runs the same program; the chief writes the run
@@ -239,10 +239,11 @@ class BackupStore:
     """Verified, versioned training state in one folder: the last `keep` epochs, written then committed.
 
     `save(epoch, files)` writes each file under a new name (`<name>-<epoch>.<suffix>`, atomically), then commits them by
-    rewriting the index `backup.json` (atomically) with each file's size and SHA-256, then deletes the versions that
-    left the index. A kill at any moment leaves the last committed index and its files intact. `entries()` lists the
-    committed versions, newest first; `problem(entry)` says what is wrong with one (missing file, size, hash), None if
-    it is intact. Works on object stores (`gs://...`): files and index are each published whole (`atomic_write`).
+    writing a new index `index-<epoch>.json` (atomically) that lists the kept versions with each file's size and
+    SHA-256, then deletes the files and indexes no kept version names. Nothing is ever overwritten in place, so a kill
+    at any moment leaves the last committed index and its files intact, on object stores too (`gs://...`, where each
+    file is published whole by its upload, `atomic_write`). `entries()` reads the newest readable index: the committed
+    versions, newest first; `problem(entry)` says what is wrong with one (missing file, size, hash), None if intact.
     Non-chief workers pass `write_dir` (a temporary folder): they write their copy there and read the chief's.
 
     Example:
@@ -258,7 +259,7 @@ class BackupStore:
     ([2, 1], None)
     """
 
-    INDEX = "backup.json"
+    INDEX = "index-{epoch:04d}.json"
 
     def __init__(self, directory, keep: int = 2, write_dir=None):
         if int(keep) < 1:
@@ -269,26 +270,37 @@ class BackupStore:
     def path(self, name: str) -> str:
         return _join(self.dir, name)
 
-    def _read_index(self, directory) -> list:
-        path = _join(directory, self.INDEX)
-        if not _exists(path):
-            return []
-        opener = _gfile_open if _is_remote(path) else (lambda p, m: open(p, m, encoding="utf-8"))
-        with opener(path, "r") as f:
-            doc = json.loads(f.read())
-        entries = doc.get("entries") if isinstance(doc, dict) else None
-        if not isinstance(entries, list):
-            raise ValueError("no 'entries' list")
-        return entries
+    def _listdir(self, directory) -> list:
+        if _is_remote(directory):
+            import tensorflow as tf
+
+            return [n.rstrip("/") for n in tf.io.gfile.listdir(directory)] if tf.io.gfile.isdir(directory) else []
+        return os.listdir(directory) if os.path.isdir(directory) else []
+
+    def _read_index(self, directory, warn: bool = False) -> list:
+        """Entries of the newest index of `directory` that reads as one (an unreadable one is skipped, with a message
+        when `warn`); [] without any."""
+        import re
+
+        names = sorted((n for n in self._listdir(directory) if re.fullmatch(r"index-\d{4}\.json", n)), reverse=True)
+        for name in names:
+            path = _join(directory, name)
+            opener = _gfile_open if _is_remote(path) else (lambda p, m: open(p, m, encoding="utf-8"))
+            try:
+                with opener(path, "r") as f:
+                    doc = json.loads(f.read())
+                entries = doc.get("entries") if isinstance(doc, dict) else None
+                if not isinstance(entries, list) or not all(isinstance(e, dict) and "epoch" in e for e in entries):
+                    raise ValueError("no list of entries")
+                return sorted(entries, key=lambda e: -int(e["epoch"]))
+            except Exception as e:  # written atomically: only outside damage does this
+                if warn:
+                    log.warning("resume: %s is unreadable (%s); trying the previous index", path, _first_line(e))
+        return []
 
     def entries(self) -> list:
         """Committed versions, newest first: [{"epoch": int, "files": {name: {"file", "size", "sha256"}}, ...}]."""
-        try:
-            return self._read_index(self.dir)
-        except Exception as e:  # a damaged index (it is written atomically: only outside damage does this)
-            log.warning("resume: %s is unreadable (%s); looking for other saved states", self.path(self.INDEX),
-                        _first_line(e))
-            return []
+        return self._read_index(self.dir, warn=True)
 
     def problem(self, entry: dict) -> Optional[str]:
         """None if every file of `entry` exists with its recorded size and SHA-256, else a short description."""
@@ -324,14 +336,12 @@ class BackupStore:
             atomic_write(target, seam_write, suffix=suffix)
             written[name] = {"file": fname, "size": _size(target), "sha256": _sha256(target)}
         _test_seam(int(epoch), "commit")
-        try:
-            old = self._read_index(self.write_dir)
-        except Exception:
-            old = []
+        old = self._read_index(self.write_dir)
         entry = {"epoch": int(epoch), "files": written, **meta}
-        kept = [entry] + [e for e in old if e.get("epoch") != int(epoch)][: self.keep - 1]
-        atomic_write(_join(self.write_dir, self.INDEX), _write_text(json.dumps({"format": 1, "entries": kept}, indent=2)),
-                     suffix=".json")
+        # older versions only: after a resume from an earlier epoch, later (abandoned) versions leave the index
+        kept = [entry] + [e for e in old if int(e["epoch"]) < int(epoch)][: self.keep - 1]
+        atomic_write(_join(self.write_dir, self.INDEX.format(epoch=int(epoch))),
+                     _write_text(json.dumps({"format": 1, "entries": kept}, indent=2)), suffix=".json")
         self._prune(kept)
         return entry
 
@@ -340,6 +350,7 @@ class BackupStore:
         import re
 
         names = {info["file"] for e in kept for info in e.get("files", {}).values()}
+        names |= {self.INDEX.format(epoch=int(e["epoch"])) for e in kept}  # the previous index stays a fallback
         pattern = re.compile(r"^[A-Za-z0-9_]+-\d{4}(\.partial)?\.")
         if _is_remote(self.write_dir):
             import tensorflow as tf
@@ -351,7 +362,7 @@ class BackupStore:
             if name not in names and pattern.match(name):
                 try:
                     remove(_join(self.write_dir, name))
-                except OSError:
+                except Exception:  # already gone (another cleaner), or a store that refuses: left for the next save
                     pass
 
 
@@ -450,7 +461,7 @@ class RunDir:
         """Loads the newest intact saved state of this run into `model` (weights and every optimizer's state) and returns
         the number of epochs it completed (0: nothing to resume; the model is left as it is).
 
-        Candidates, newest epoch first: the backups of `backup/backup.json` (size and SHA-256 checked), a backup in the
+        Candidates, newest epoch first: the backups listed in `backup/index-EEEE.json` (size and SHA-256 checked), a backup in the
         layout of `keras.callbacks.BackupAndRestore` (runs of earlier versions), and `checkpoints/epoch_XXX.weights.h5`
         (read through before loading). Damaged ones are skipped with a one-line message naming them; an intact file that
         does not fit the model (another config in the same run directory) is an error.

@@ -52,7 +52,8 @@ def test_store_survives_a_kill_at_every_moment_of_a_save(tmp_path):
     # the next save commits and removes what no entry names (older versions, partial leftovers)
     store.save(3, {"state": (".txt", _writer("three"))})
     assert [e["epoch"] for e in store.entries()] == [3, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.json", "state-0002.txt", "state-0003.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index-0002.json", "index-0003.json", "state-0002.txt",
+                                                           "state-0003.txt"]
     # damage is detected by size, then by hash
     (tmp_path / "state-0003.txt").write_text("thr")
     assert "has 3 B of 5 B" in store.problem(store.entries()[0])
@@ -60,8 +61,24 @@ def test_store_survives_a_kill_at_every_moment_of_a_save(tmp_path):
     assert "SHA-256" in store.problem(store.entries()[0])
     (tmp_path / "state-0002.txt").unlink()
     assert "missing" in store.problem(store.entries()[1])
-    (tmp_path / "backup.json").write_text("{not json")
-    assert store.entries() == []  # a damaged index: no entries (callers fall back to checkpoints), no traceback
+    (tmp_path / "index-0003.json").write_text("{not json")  # a damaged index: the previous one is read
+    assert [e["epoch"] for e in store.entries()] == [2, 1]
+    (tmp_path / "index-0002.json").write_text("")
+    assert store.entries() == []  # no readable index: no entries (callers fall back to checkpoints), no traceback
+
+
+def test_store_on_an_object_store_path(tmp_path):
+    """The remote code path (any "://" path goes through tf.io.gfile) on TensorFlow's in-memory file system: nothing is
+    overwritten in place (TF's ram:// appends to an existing file instead of replacing it; new names only)."""
+    store = BackupStore(f"ram://{tmp_path.name}/backup", keep=2)
+    for epoch in (1, 2, 3):
+        store.save(epoch, {"state": (".txt", _writer(f"epoch {epoch}"))})
+    entries = store.entries()
+    assert [e["epoch"] for e in entries] == [3, 2] and store.problem(entries[0]) is None
+    import tensorflow as tf
+
+    assert sorted(tf.io.gfile.listdir(store.dir)) == ["index-0002.json", "index-0003.json", "state-0002.txt",
+                                                      "state-0003.txt"]
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
