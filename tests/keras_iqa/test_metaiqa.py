@@ -104,7 +104,7 @@ def test_cli_train_metaiqa_end_to_end(tmp_path):
             "--set", "inner_steps=1", "--set", "tasks_per_batch=2", "--quiet"]
     assert cli_main(argv) == 0
     assert (out / "model.keras").exists() and (out / "results.json").exists() and (out / "config.json").exists()
-    assert (out / "meta" / "meta_state" / "theta.weights.h5").exists()
+    assert (out / "meta" / "meta_state" / "theta-0001.weights.h5").exists()  # the resume state after meta epoch 1
     import json
 
     res = json.loads((out / "results.json").read_text())
