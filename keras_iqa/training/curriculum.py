@@ -87,7 +87,7 @@ class CurriculumSchedule(keras.callbacks.Callback):
         milestones, lr_factor: the step schedule (10, 20, 30; 0.1).
         verbose: print a line when the weights or LRs change.
 
-    The epoch index Keras passes is absolute, so a run resumed by `BackupAndRestore` gets the right stage.
+    The epoch index Keras passes is absolute, so a resumed run (`runner.fit`, initial_epoch) gets the right stage.
     """
 
     def __init__(self, stages, stage_epochs: int = 10, lr: Optional[float] = 2e-4, backbone_lr: Optional[float] = 2e-5,

@@ -1,4 +1,4 @@
-"""The common training runner: run directory contents and resume after a kill (BackupAndRestore)."""
+"""The common training runner: run directory contents and resume after a kill (`RunDir.restore`, `BackupStore`)."""
 
 import csv
 import json
