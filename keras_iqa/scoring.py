@@ -731,8 +731,9 @@ def score(inputs, model, *, precision: str = "fp32", crop_scores: bool = False, 
         >>> image = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
         >>> model = keras_iqa.create_model("reqa-tiny")          # a trained run / preset in real use
         >>> result = keras_iqa.score([image, image / 255.0, b"not an image"], model=model, crop_scores=True)
-        >>> result.crops.tolist(), bool(result.scores[0] == result.scores[1]), result.errors[0][:2]
-        ([2, 2, 0], True, (2, '<bytes 2>'))
+        >>> row, source, reason = result.errors[0]
+        >>> result.crops.tolist(), bool(result.scores[0] == result.scores[1]), row, source
+        ([2, 2, 0], True, 2, '<bytes 2>')
         >>> bool(np.isclose(result.crop_scores[0].mean(), result.scores[0]))
         True
     """
