@@ -32,8 +32,18 @@ EMBEDDED = {
     "retina": ("retina", None),
     "ihc": ("immunohistochemistry", None),
     "color": ("colorwheel", None),
+    # greyscale photos (repeated to RGB): more natural scenes (the demo trains and tests on natural photos only)
+    "camera": ("camera", None),
+    "moon": ("moon", None),
+    "coins": ("coins", None),
+    "brick": ("brick", None),
+    "grass": ("grass", None),
+    "gravel": ("gravel", None),
 }
 PREFIX = "skimage:"
+#: Natural scenes, one view per scene (no microscopy, astronomy, fundus or synthetic images; one of the two stereo views):
+#: the demo's pristine set, as IQA datasets use natural-scene references.
+NATURAL = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "camera", "moon", "coins", "brick", "grass", "gravel")
 
 
 def embedded_names() -> list[str]:
