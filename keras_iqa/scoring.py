@@ -128,33 +128,11 @@ def resolve_precision(precision: str) -> str:
     return resolve("auto", gpu=bool(tf.config.list_physical_devices("GPU")))
 
 
-def bfloat16_twin(model):
-    """`model` itself when it computes in bfloat16; else a `mixed_bfloat16` copy of it (same config, variables float32)
-    holding its current weights: the bf16 path of `load_scorer(..., precision="bf16")`."""
-    import keras
-
-    if getattr(model, "compute_dtype", "float32") == "bfloat16":
-        return model
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        twin = model.__class__.from_config(model.get_config())
-        c = int(getattr(model, "crop_size", 224))
-        twin(np.zeros((1, c, c, 3), "float32"), training=False)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    twin.set_weights(model.get_weights())
-    for attr in ("test_crops", "crop_policy", "test_resize", "score_range", "higher_better"):
-        if hasattr(model, attr):
-            setattr(twin, attr, getattr(model, attr))
-    return twin
-
-
 def _from_keras_model(model, kind: str, source: str, precision: str = "fp32") -> Scorer:
-    from keras_iqa.evaluation.predict import float32_twin, make_score_fn
+    from keras_iqa.evaluation.predict import make_score_fn, policy_twin
 
     precision = resolve_precision(precision)
-    scored = bfloat16_twin(model) if precision == "bf16" else float32_twin(model)  # fp32: as saved and exported
+    scored = policy_twin(model, "mixed_bfloat16" if precision == "bf16" else "float32")  # fp32: as saved and exported
     c = int(model.crop_size)
     fn = make_score_fn(scored, c, fold_bn=True)  # bf16: the backbone's BN folded into its convolutions (one trace)
     return Scorer(lambda crops: np.asarray(fn(crops)), kind, source, tuple(model.score_range), bool(model.higher_better),

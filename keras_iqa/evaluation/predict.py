@@ -56,29 +56,37 @@ def make_score_fn(model, crop_size: int, fold_bn: bool = True, reuse: bool = Fal
     return score
 
 
-def float32_twin(model):
-    """`model` itself when it computes in float32; else a float32 copy of it (same config, built under the float32
-    policy) holding its current weights: made once per model, its weights rewritten on every later call."""
+def policy_twin(model, policy: str = "float32"):
+    """`model` itself when it computes in `policy`'s dtype; else a copy of it (same config, built under the Keras
+    mixed-precision `policy`: "float32" or "mixed_bfloat16") holding its current weights. The copy is made once per model
+    and policy; its weights are rewritten on every later call."""
     import keras
 
-    if getattr(model, "compute_dtype", "float32") == "float32":
+    dtype = keras.mixed_precision.Policy(policy).compute_dtype
+    if getattr(model, "compute_dtype", "float32") == dtype:
         return model
-    twin = getattr(model, "_kiqa_float32_twin", None)
+    cache = model.__dict__.setdefault("_kiqa_policy_twins", {})  # not a tracked Keras attribute
+    twin = cache.get(policy)
     if twin is None:
         previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(policy)
         try:
             twin = model.__class__.from_config(model.get_config())
             c = int(getattr(model, "crop_size", 224))
             twin(np.zeros((1, c, c, 3), "float32"), training=False)
         finally:
             keras.mixed_precision.set_global_policy(previous)
-        object.__setattr__(model, "_kiqa_float32_twin", twin)  # not a tracked Keras attribute
+        cache[policy] = twin
     twin.set_weights(model.get_weights())
     for attr in ("test_crops", "crop_policy", "test_resize", "score_range", "higher_better"):
         if hasattr(model, attr):
             setattr(twin, attr, getattr(model, attr))
     return twin
+
+
+def float32_twin(model):
+    """The float32 copy of a mixed-precision model (`policy_twin`): how models are scored, saved and exported."""
+    return policy_twin(model, "float32")
 
 
 def predict_dataset(model, dataset, batch_size: int = 32, crop_size: Optional[int] = None, progress: bool = False,
