@@ -440,8 +440,8 @@ def demo_report_markdown(out_dir, methods: Sequence[dict], info: dict) -> str:
                  "shows the training code works on this small task; it does not measure the methods (see *What the numbers do "
                  "not show*).")
     L += ["", "## What ran", "",
-          f"The demo distorted the {int(tr) + int(te) if str(tr).isdigit() and str(te).isdigit() else '?'} photos bundled with "
-          f"scikit-image with {info.get('types', '?')} KADID-10k distortion types at {info.get('levels', 5)} levels "
+          f"The demo distorted the {int(tr) + int(te) if str(tr).isdigit() and str(te).isdigit() else '?'} "
+          f"{info.get('photos', 'photos bundled with scikit-image')} with {info.get('types', '?')} KADID-10k distortion types at {info.get('levels', 5)} levels "
           f"({info.get('images', '?')} images) and labelled every distorted image with a *pseudo-MOS*: 100 x MS-SSIM between "
           "the image and its undistorted photo (a full-reference metric, computed, not a human opinion). The images of "
           f"{tr} photos were used for training and the images of the other {te} photos ({n_test} images) were held out: no "

@@ -94,6 +94,10 @@ class FinetuneStageConfig:
     split: str = "split_00"
     test_crops: int = 25
     steps_per_epoch: Optional[int] = None
+    loss: str = "l1"  # l1 (ours, the reconstruction's default) | mse (error-proportional gradients: spreads faster from random init)
+
+
+FINETUNE_LOSSES = {"l1": "mean_absolute_error", "mse": "mean_squared_error"}
 
 
 @dataclass
@@ -468,15 +472,17 @@ def finetune_lrs(fcfg: FinetuneStageConfig, pretrained: bool) -> tuple:
 
 
 def compile_finetune(model, fcfg: FinetuneStageConfig, pretrained: Optional[bool] = None):
-    """Compiles curriculum 3 (L1, two Adams). `pretrained`: whether the restoration network was trained (previous stages or
+    """Compiles curriculum 3 (`fcfg.loss`: L1 by default, or MSE; two Adams). `pretrained`: whether the restoration network was trained (previous stages or
     ImageNet); None = judged from `model.restoration.backbone_weights`."""
     from keras_iqa.training.lr import is_pretrained
     from keras_iqa.training.optimizers import FusedAdam
 
     if pretrained is None:
         pretrained = is_pretrained(getattr(model.restoration, "backbone_weights", None))
+    if fcfg.loss not in FINETUNE_LOSSES:
+        raise ValueError(f"finetune.loss must be one of {sorted(FINETUNE_LOSSES)}, got {fcfg.loss!r}")
     lr, backbone_lr = finetune_lrs(fcfg, pretrained)
-    model.compile(optimizer=FusedAdam(lr), backbone_optimizer=FusedAdam(backbone_lr), loss="mean_absolute_error")
+    model.compile(optimizer=FusedAdam(lr), backbone_optimizer=FusedAdam(backbone_lr), loss=FINETUNE_LOSSES[fcfg.loss])
     return step_decay(lr, backbone_lr, fcfg.decay_epoch, fcfg.decay_factor)
 
 

@@ -113,3 +113,23 @@ def test_demo_helpers(tmp_path):
     (tmp_path / "m.csv").write_text("image,reference,mos\na1.png,a,1\na2.png,a,2\nb1.png,b,3\nc1.png,c,4\n")
     assert demo._split_counts(tmp_path, tmp_path / "m.csv") == (2, 1)
     assert demo._split_counts(tmp_path / "none", tmp_path / "m.csv") == ("?", "?")
+
+
+def test_demo_budgets_are_valid_train_configs():
+    """Every `--set key=value` a demo budget passes parses into its train command's config (an unknown or mistyped key
+    would stop `make demo` minutes in), and the small budget's scene list is the natural photos without `moon`."""
+    from data_pipeline import pristine
+    from keras_iqa import demo
+    from keras_iqa.commands.train_metaiqa import MetaIQATrainConfig
+    from keras_iqa.commands.train_reqa import REQATrainConfig
+    from keras_iqa.config import load_config
+    from keras_iqa.training.hcl import FINETUNE_LOSSES, HCLTrainConfig
+
+    for b in demo.BUDGETS.values():
+        for cls, key in ((MetaIQATrainConfig, "meta_set"), (REQATrainConfig, "reqa_set"), (HCLTrainConfig, "hcl_set")):
+            load_config(cls, sets=[f"{k}={v}" for k, v in b[key].items()])
+    hcl = load_config(HCLTrainConfig, sets=[f"{k}={v}" for k, v in demo.BUDGETS["small"]["hcl_set"].items()])
+    assert hcl.finetune.loss in FINETUNE_LOSSES
+    scenes = demo._pristine("natural").split(":", 1)[1].split(",")
+    assert "moon" not in scenes and set(scenes) < set(pristine.NATURAL) and set(scenes) <= set(pristine.embedded_names())
+    assert demo._pristine("embedded") == "embedded"

@@ -163,3 +163,17 @@ def test_hcl_finetune_learns_from_random_init_with_auto_lr():
     compile_finetune(m, FinetuneStageConfig())  # lr="auto", random backbone -> the random-init rates
     m.fit(_batches(x, y, 16), steps_per_epoch=30, epochs=1, verbose=0)
     _assert_learned(m, x, y)
+
+
+def test_hcl_finetune_mse_loss_learns_from_random_init():
+    from keras_iqa.training.hcl import FinetuneStageConfig, compile_finetune
+
+    keras.utils.set_random_seed(0)
+    x, y = _brightness_set(32, 40.0, 80.0)
+    m = keras_iqa.create_model("hcl-tiny")
+    compile_finetune(m, FinetuneStageConfig(loss="mse"))
+    assert m.loss == "mean_squared_error"
+    m.fit(_batches(x, y, 16), steps_per_epoch=30, epochs=1, verbose=0)
+    _assert_learned(m, x, y)
+    with pytest.raises(ValueError, match="finetune.loss"):
+        compile_finetune(keras_iqa.create_model("hcl-tiny"), FinetuneStageConfig(loss="huber"))
