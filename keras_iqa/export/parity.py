@@ -74,7 +74,7 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
     progress: a per-image bar on stderr for each .tflite (the interpreter runs one crop at a time: the slow part)."""
     from data_pipeline.test_time import TestTimeCrops
     from keras_iqa.export.samples import synthetic_images
-    from keras_iqa.export.tflite import TFLiteScorer
+    from keras_iqa.export.tflite_scorer import TFLiteScorer
 
     if images is None:
         images = synthetic_images(num_images, seed=1234)
@@ -102,7 +102,7 @@ def photo_parity_report(model, tflite_files: dict, photo_size, images: Optional[
     `parity_report`, per image instead of per crop."""
     from data_pipeline.test_time import TestTimeCrops, scale_to_photo_size
     from keras_iqa.export.samples import synthetic_images
-    from keras_iqa.export.tflite import TFLiteScorer
+    from keras_iqa.export.tflite_scorer import TFLiteScorer
 
     h, w = (int(v) for v in photo_size)
     if images is None:
