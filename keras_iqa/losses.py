@@ -1,21 +1,28 @@
-"""Loss functions (plain, differentiable Keras-ops functions; no state).
+"""Loss functions (differentiable Keras-ops functions; no state).
 
 - `batch_plcc(y_true, y_pred)`: Pearson correlation over the batch; `plcc_loss = 1 - batch_plcc`.
 - REQA (Li & Huo, "Coarse-to-fine assessment of image quality to alleviate the range effect"):
   `reqa_coarse_loss` (Eq. 9-12: rank + gradient terms over all pairs i<j inside each 5-image micro-batch, sigma = 1e-4),
   `reqa_fine_loss` (Eq. 13: mean ReLU(|s - F_t| - l_t), thresholds 5 / 2.5 / 0 on the 0-100 scale),
   `reqa_rank_loss_official` (official code's `RankLoss1`: all B x B ordered pairs of the whole batch, mean over B^2, no
-  gradient term), `reqa_total_loss` (Eq. 14 with weights w1..w4).
+  gradient term), `reqa_total_loss` (Eq. 14 with weights w1..w4; `reqa_step_weights`: the released code's weights for
+  T steps).
+- HCL (reconstruction), curriculum 1 (docs/methods/hcl.md): `restoration_l1` and `RestorationLoss` (pixel L1 or -PSNR, plus
+  an optional SSIM term), registered for `.keras` saving ("keras_iqa>restoration_l1", "keras_iqa>RestorationLoss").
 
 All functions take tensors of any float dtype and compute in float32 (safe under mixed precision).
 """
 
 from __future__ import annotations
 
+import math
+
+import keras
 from keras import ops
 
 REQA_SIGMA = 1e-4
 REQA_FINE_THRESHOLDS = (5.0, 2.5, 0.0)
+PIXEL_LOSSES = ("l1", "psnr")
 
 
 def _flat32(x):
@@ -132,9 +139,68 @@ def fine_thresholds(steps, thresholds=REQA_FINE_THRESHOLDS):
     return th[:-1] + [th[-1]] * (k - len(th) + 1)
 
 
+REQA_OFFICIAL_WEIGHTS = (0.25, 0.125, 0.25, 0.375)  # Eq. 14 weights of the released code: 0.25 coarse + 0.75 fine
+
+
+def reqa_step_weights(weights=REQA_OFFICIAL_WEIGHTS, steps=4):
+    """Eq. 14 weights w_1..w_T (float32 numpy) for T = `steps`: `weights` as given for T = 4 (the paper's and the code's
+    T); for other T (Table V ablations, not defined by the paper) w_1 is kept and 1 - w_1 is split equally over steps
+    2..T ([1] for T = 1). `keras_iqa.training.curriculum` builds its presets on it."""
+    import numpy as np
+
+    steps = int(steps)
+    if steps == 4:
+        return np.asarray(weights, "float32")
+    if steps == 1:
+        return np.asarray([1.0], "float32")
+    return np.asarray([weights[0]] + [(1.0 - weights[0]) / (steps - 1)] * (steps - 1), "float32")
+
+
 def reqa_total_loss(terms, weights):
     """Eq. 14: Σ_t w_t · L_t over the loss terms (coarse first)."""
     total = 0.0
     for w, t in zip(weights, terms):
         total = total + ops.cast(w, "float32") * t
     return total
+
+
+# ---------------------------------------------------------------------------------------- HCL curriculum 1
+
+@keras.saving.register_keras_serializable(package="keras_iqa")
+def restoration_l1(y_true, y_pred):
+    """Mean absolute error between restored and reference images (both in [0, 1])."""
+    return ops.mean(ops.abs(ops.cast(y_true, y_pred.dtype) - y_pred))
+
+
+@keras.saving.register_keras_serializable(package="keras_iqa")
+class RestorationLoss(keras.losses.Loss):
+    """L = pixel(restored, reference) + ssim_weight * (1 - SSIM(restored, reference)) (docs/methods/hcl.md, Curriculum 1; SSIM term optional).
+
+    pixel = "l1" (spec: mean absolute error per image) or "psnr" (our option: 10 log10(MSE + 1e-5) per image, i.e. minus
+    the PSNR that the held-out check `keras_iqa.training.hcl.restoration_report` averages; the log weights each image's
+    relative error, so nearly-clean inputs, where any added error costs many dB, count as much as heavily distorted ones).
+    Targets are the reference crops in [0, 1] (reference / 255); SSIM is TF's Gaussian-window SSIM with max value 1.
+    """
+
+    def __init__(self, ssim_weight=0.0, pixel="l1", name="restoration_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if pixel not in PIXEL_LOSSES:
+            raise ValueError(f"restoration pixel loss must be one of {PIXEL_LOSSES}, got {pixel!r}")
+        self.ssim_weight, self.pixel = float(ssim_weight), pixel
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        y_true = ops.cast(y_true, "float32")
+        if self.pixel == "l1":
+            loss = ops.mean(ops.abs(y_true - y_pred), axis=(1, 2, 3))
+        else:  # 10 log10(MSE + eps): -PSNR (max value 1), bounded below at -50 dB by eps
+            loss = (10.0 / math.log(10.0)) * ops.log(ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3)) + 1e-5)
+        if self.ssim_weight == 0.0:
+            return loss
+        import tensorflow as tf
+
+        ssim = tf.image.ssim(y_true, y_pred, max_val=1.0)
+        return loss + self.ssim_weight * (1.0 - ssim)
+
+    def get_config(self):
+        return {**super().get_config(), "ssim_weight": self.ssim_weight, "pixel": self.pixel}

@@ -16,6 +16,7 @@
 - `plcc_logistic`, `rmse` (after mapping by default), `mae` (raw by default: |pred - MOS| as in REQA's Fig. 7);
 - `evaluate_predictions(pred, mos) -> dict` with all of the above;
 - Keras metrics `SROCC()` and `PLCC()` that accumulate every prediction of an epoch (not a mean of per-batch values).
+- `HeadCorrelation(num_datasets)`: HCL curriculum 2's mean K x K PLCC between its per-dataset heads (a Keras metric).
 
 Inputs must be finite, of equal length, with at least `MIN_SAMPLES` = 3 samples (6 for the logistic fits) and not constant;
 violations raise `MetricInputError` (a `ValueError`) naming the problem and the offending index.
@@ -31,7 +32,7 @@ import numpy as np
 
 __all__ = [
     "MetricInputError", "LogisticFitWarning", "srocc", "krocc", "plcc", "plcc_logistic", "rmse", "mae", "fit_logistic",
-    "logistic_map", "logistic4", "logistic5", "evaluate_predictions", "SROCC", "PLCC",
+    "logistic_map", "logistic4", "logistic5", "evaluate_predictions", "SROCC", "PLCC", "HeadCorrelation",
 ]
 
 MIN_SAMPLES = 3  # a correlation of 2 points is always +-1: refuse it as a measurement
@@ -279,6 +280,9 @@ def evaluate_predictions(pred, mos, logistic: Sequence[int] = (4, 5), constant_p
 def _make_keras_metrics():
     import keras
     import tensorflow as tf
+    from keras import ops
+
+    from keras_iqa.layers.cqac import head_correlation_matrix
 
     def _average_ranks(x):
         """1-based ranks with ties given their average rank (as scipy.stats.rankdata), O(n log n), graph-safe."""
@@ -369,20 +373,52 @@ def _make_keras_metrics():
             r = tf.where(tf.shape(yt)[0] >= MIN_SAMPLES, r, tf.constant(np.nan, tf.float64))
             return tf.cast(r, self.dtype)
 
-    return SROCC, PLCC
+    @keras.saving.register_keras_serializable(package="keras_iqa")
+    class HeadCorrelation(keras.metrics.Metric):
+        """Mean over batches of the K x K PLCC matrix between the heads' scores; `result()` is the mean off-diagonal value
+        (a scalar for the logs); `matrix()` the full K x K numpy array (written per epoch by
+        `keras_iqa.training.hcl.HeadCorrelationLogger`)."""
+
+        def __init__(self, num_datasets, name="head_corr", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.num_datasets = int(num_datasets)
+            k = self.num_datasets
+            self.total = self.add_variable(shape=(k, k), initializer="zeros", name="total")
+            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+        def update_state(self, scores, sample_weight=None):
+            m = head_correlation_matrix(ops.cast(scores, "float32"))
+            self.total.assign_add(m)
+            self.count.assign_add(1.0)
+
+        def matrix(self):
+            return ops.convert_to_numpy(self.total) / max(float(ops.convert_to_numpy(self.count)), 1.0)
+
+        def result(self):
+            k = self.num_datasets
+            if k < 2:
+                return ops.convert_to_tensor(1.0)
+            mean = self.total / ops.maximum(self.count, 1.0)
+            return (ops.sum(mean) - ops.trace(mean)) / float(k * (k - 1))
+
+        def get_config(self):
+            return {"num_datasets": self.num_datasets, "name": self.name}
+
+    return SROCC, PLCC, HeadCorrelation
 
 
 _KERAS = None
+_KERAS_NAMES = ("SROCC", "PLCC", "HeadCorrelation")
 
 
 def __getattr__(name):  # lazy: `import keras_iqa.metrics` for the numpy metrics does not import TensorFlow
     global _KERAS
-    if name in ("SROCC", "PLCC"):
+    if name in _KERAS_NAMES:
         if _KERAS is None:
-            _KERAS = dict(zip(("SROCC", "PLCC"), _make_keras_metrics()))
+            _KERAS = dict(zip(_KERAS_NAMES, _make_keras_metrics()))
         return _KERAS[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if "keras" in sys.modules:  # Keras already loaded: register SROCC / PLCC now, so saved models compiled with them deserialise
+if "keras" in sys.modules:  # Keras already loaded: register SROCC / PLCC / HeadCorrelation now, so saved models compiled with them deserialise
     __getattr__("SROCC")

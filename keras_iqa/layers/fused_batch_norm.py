@@ -91,6 +91,22 @@ class FoldedBatchNormalization(keras.layers.Identity):
         return super().compute_output_spec(inputs)
 
 
+def _is_functional(model) -> bool:
+    """True for a functional model: one built from symbolic inputs (`keras.Model(inputs, outputs)`, or a subclass whose
+    `__init__` does so, as keras-hub's backbones); False for a `keras.Sequential`, a subclassed model or any other object.
+
+    Keras has no public `Functional` class, so this asks the public API: a functional model has symbolic `inputs` and
+    `outputs` (`keras.KerasTensor`s) from its construction; a subclassed model has neither attribute.
+    """
+    if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
+        return False
+    try:
+        inputs, outputs = keras.tree.flatten(model.inputs), keras.tree.flatten(model.outputs)
+    except (AttributeError, ValueError, TypeError):
+        return False
+    return bool(inputs) and bool(outputs) and all(isinstance(t, keras.KerasTensor) for t in inputs + outputs)
+
+
 def _bn_after_conv(model: keras.Model) -> dict:
     """{BatchNormalization layer: the Conv2D whose output only it reads}, for the inference-mode folds of `fold_batch_norm`."""
     pairs, outputs = {}, {id(t) for t in keras.tree.flatten(model.outputs)}
@@ -118,9 +134,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     Nested functional models are folded too; outputs match the original to float rounding. Not for training: the folded
     copy has no batch statistics. `refold_batch_norm(model, copy)` refreshes the copy after more training.
     """
-    from keras.src.models.functional import Functional  # Sequential models are Functional once built
-
-    if not isinstance(model, (Functional, keras.Sequential)):
+    if not (_is_functional(model) or isinstance(model, keras.Sequential)):
         raise ValueError(f"fold_batch_norm needs a functional or Sequential model, got {type(model).__name__}: fold its "
                          "functional parts (keras-iqa models: their `backbone`)")
     pairs = _bn_after_conv(model)
@@ -130,7 +144,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
 
     def clone(layer):
         if isinstance(layer, keras.Model):  # nested model: folded if functional, else shared as it is
-            return fold_batch_norm(layer) if isinstance(layer, (Functional, keras.Sequential)) else layer
+            return fold_batch_norm(layer) if _is_functional(layer) or isinstance(layer, keras.Sequential) else layer
         if layer in pairs:
             # the BN's own dtype policy: under the global float32 policy a pass-through of a bf16 model would cast every
             # activation to float32 and the next convolution back to bf16 (two full-tensor casts per layer)
@@ -187,13 +201,11 @@ def folded_for_inference(model: keras.Layer):
     saving. float32 sub-models are left alone (TF's graph optimiser folds BN there itself). Yields the list of folded copies:
     keep it referenced as long as the traced function is used (a `tf.function` holds its captured variables weakly).
     """
-    from keras.src.models.functional import Functional
-
     swapped, folded = [], []
     try:
         for layer in model._flatten_layers(include_self=True):
             for name, value in list(vars(layer).items()):
-                if not (isinstance(value, Functional) and value.compute_dtype in ("bfloat16", "float16")):
+                if not (_is_functional(value) and value.compute_dtype in ("bfloat16", "float16")):
                     continue
                 copy = fold_batch_norm(value)  # the model itself when there is nothing to fold
                 if copy is not value:

@@ -20,6 +20,10 @@ the restoration network 1/10 of the head learning rate (or 0 while frozen).
 
 Registry cards: "hcl" (full size, 224 px) and "hcl-tiny" (tiny encoder/decoder, 64 px, for tests and smoke runs).
 
+The parts it is built from live in their own modules (re-exported here): the decoder blocks `ConvBlock` /
+`InceptionConv` in `keras_iqa.layers.decoder_blocks`, `RestorationLoss` / `restoration_l1` in `keras_iqa.losses`,
+the `HeadCorrelation` metric in `keras_iqa.metrics`, the two-optimizer update in `keras_iqa.optimizers`.
+
 Example:
 >>> import numpy as np
 >>> import keras_iqa
@@ -30,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,19 +41,24 @@ import keras
 from keras import ops
 
 from keras_iqa.backbones import resnet_features, tap_channels
-from keras_iqa.layers.cqac import CQAC, DatasetSubnetworks, cqac_loss, head_correlation_matrix
+from keras_iqa.layers.cqac import CQAC, DatasetSubnetworks, cqac_loss
+from keras_iqa.layers.decoder_blocks import DECODER_BLOCKS, ConvBlock, InceptionConv
 from keras_iqa.layers.preprocessing import ImageNetNormalization
+from keras_iqa.losses import PIXEL_LOSSES, RestorationLoss, restoration_l1
+from keras_iqa.metrics import HeadCorrelation
 from keras_iqa.models.base import IQAModel
+from keras_iqa.optimizers import apply_optimizer_groups, build_optimizer_groups, replicas_in_sync, scale_for_replicas
 from keras_iqa.registry import InputContract, ModelCard, register
-from keras_iqa.training.optimizers import (apply_optimizer_groups, build_optimizer_groups, replicas_in_sync,
-                                           scale_for_replicas)
+
+# re-exported: their homes are keras_iqa.layers.decoder_blocks, keras_iqa.losses and keras_iqa.metrics
+__all__ = ["HCLModelConfig", "RestorationNet", "HCLSynthetic", "HCL", "build_restoration", "build_synthetic", "build_hcl",
+           "restoration_kwargs", "head_kwargs", "ConvBlock", "InceptionConv", "RestorationLoss", "restoration_l1",
+           "HeadCorrelation", "DECODER_BLOCKS", "PIXEL_LOSSES", "INPUT_NORMS", "OUTPUTS", "PAPER", "TINY"]
 
 PAPER = ("J. Wang, Z. Chen, C. Yuan, B. Li, W. Ma, W. Hu. Hierarchical Curriculum Learning for No-Reference Image Quality "
          "Assessment. IJCV 131(11):3074-3093, 2023 (reconstruction: paper body unavailable)")
-DECODER_BLOCKS = ("conv", "inception")
 INPUT_NORMS = ("imagenet", "unit")
 OUTPUTS = ("direct", "residual")
-PIXEL_LOSSES = ("l1", "psnr")
 
 
 @dataclass
@@ -111,72 +119,6 @@ def head_kwargs(cfg: HCLModelConfig) -> dict:
     """The subnetwork / CQAC arguments of a model config."""
     return dict(num_datasets=cfg.num_datasets, subnet_units=cfg.subnet_units, subnet_dropout=cfg.subnet_dropout,
                 cqac=cfg.cqac, cqac_heads=cfg.cqac_heads, cqac_key_dim=cfg.cqac_key_dim)
-
-
-# ----------------------------------------------------------------------------------------------------------------- blocks
-
-@keras.saving.register_keras_serializable(package="keras_iqa")
-class ConvBlock(keras.layers.Layer):
-    """Two 3x3 conv + BN + ReLU (the decoder block of our design)."""
-
-    def __init__(self, filters, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.convs = [keras.layers.Conv2D(self.filters, 3, padding="same", use_bias=False, name=f"conv{i}") for i in (1, 2)]
-        self.bns = [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn{i}") for i in (1, 2)]
-
-    def call(self, x, training=None):
-        for conv, bn in zip(self.convs, self.bns):
-            x = ops.relu(bn(conv(x), training=training))
-        return x
-
-    def compute_output_shape(self, s):
-        return tuple(s[:-1]) + (self.filters,)
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters}
-
-
-@keras.saving.register_keras_serializable(package="keras_iqa")
-class InceptionConv(keras.layers.Layer):
-    """TeacherIQA's InceptionConv (docs/methods/hcl.md, Curriculum 1): Inception(in -> out) + BN + ReLU.
-
-    Branches of out/4 channels each, h = out/8: 1x1; 1x1(h)+BN+ReLU+grouped 5x5 (groups h); 1x1(h)+BN+ReLU+depthwise 3x3+BN+ReLU
-    +1x1; 3x3 max-pool (stride 1) + 1x1; concatenated.
-    """
-
-    def __init__(self, filters, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        q, h = max(1, self.filters // 4), max(1, self.filters // 8)
-        if q % h:
-            raise ValueError(f"InceptionConv needs filters divisible by 8, got {filters}")
-        bn = dict(momentum=0.9, epsilon=1e-5)
-        L = keras.layers
-        self.b1 = L.Conv2D(q, 1, name="b1")
-        self.b2 = [L.Conv2D(h, 1, name="b2_1"), L.BatchNormalization(name="b2_bn", **bn),
-                   L.Conv2D(q, 5, padding="same", groups=h, name="b2_2")]
-        self.b3 = [L.Conv2D(h, 1, name="b3_1"), L.BatchNormalization(name="b3_bn1", **bn),
-                   L.DepthwiseConv2D(3, padding="same", name="b3_dw"), L.BatchNormalization(name="b3_bn2", **bn),
-                   L.Conv2D(q, 1, name="b3_2")]
-        self.pool = L.MaxPooling2D(3, strides=1, padding="same")
-        self.b4 = L.Conv2D(q, 1, name="b4")
-        self.bn = L.BatchNormalization(name="bn", **bn)
-
-    def call(self, x, training=None):
-        y1 = self.b1(x)
-        c, b, g = self.b2
-        y2 = g(ops.relu(b(c(x), training=training)))
-        c1, b1, dw, b2, c2 = self.b3
-        y3 = c2(ops.relu(b2(dw(ops.relu(b1(c1(x), training=training))), training=training)))
-        y4 = self.b4(self.pool(x))
-        return ops.relu(self.bn(ops.concatenate([y1, y2, y3, y4], axis=-1), training=training))
-
-    def compute_output_shape(self, s):
-        return tuple(s[:-1]) + (4 * max(1, self.filters // 4),)
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters}
 
 
 # ------------------------------------------------------------------------------------------------------- curriculum 1
@@ -285,46 +227,6 @@ class RestorationNet(keras.Model):
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="keras_iqa")
-def restoration_l1(y_true, y_pred):
-    """Mean absolute error between restored and reference images (both in [0, 1])."""
-    return ops.mean(ops.abs(ops.cast(y_true, y_pred.dtype) - y_pred))
-
-
-@keras.saving.register_keras_serializable(package="keras_iqa")
-class RestorationLoss(keras.losses.Loss):
-    """L = pixel(restored, reference) + ssim_weight * (1 - SSIM(restored, reference)) (docs/methods/hcl.md, Curriculum 1; SSIM term optional).
-
-    pixel = "l1" (spec: mean absolute error per image) or "psnr" (our option: 10 log10(MSE + 1e-5) per image, i.e. minus
-    the PSNR that the held-out check `keras_iqa.training.hcl.restoration_report` averages; the log weights each image's
-    relative error, so nearly-clean inputs, where any added error costs many dB, count as much as heavily distorted ones).
-    Targets are the reference crops in [0, 1] (reference / 255); SSIM is TF's Gaussian-window SSIM with max value 1.
-    """
-
-    def __init__(self, ssim_weight=0.0, pixel="l1", name="restoration_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        if pixel not in PIXEL_LOSSES:
-            raise ValueError(f"restoration pixel loss must be one of {PIXEL_LOSSES}, got {pixel!r}")
-        self.ssim_weight, self.pixel = float(ssim_weight), pixel
-
-    def call(self, y_true, y_pred):
-        y_pred = ops.cast(y_pred, "float32")
-        y_true = ops.cast(y_true, "float32")
-        if self.pixel == "l1":
-            loss = ops.mean(ops.abs(y_true - y_pred), axis=(1, 2, 3))
-        else:  # 10 log10(MSE + eps): -PSNR (max value 1), bounded below at -50 dB by eps
-            loss = (10.0 / math.log(10.0)) * ops.log(ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3)) + 1e-5)
-        if self.ssim_weight == 0.0:
-            return loss
-        import tensorflow as tf
-
-        ssim = tf.image.ssim(y_true, y_pred, max_val=1.0)
-        return loss + self.ssim_weight * (1.0 - ssim)
-
-    def get_config(self):
-        return {**super().get_config(), "ssim_weight": self.ssim_weight, "pixel": self.pixel}
-
-
 # ---------------------------------------------------------------------------------------------- two learning rates
 
 def _plain(restoration) -> dict:
@@ -397,37 +299,6 @@ class _TwoLRMixin:
 
 
 # ------------------------------------------------------------------------------------------------------- curriculum 2
-
-@keras.saving.register_keras_serializable(package="keras_iqa")
-class HeadCorrelation(keras.metrics.Metric):
-    """Mean over batches of the K x K PLCC matrix between the heads' scores; `result()` is the mean off-diagonal value
-    (a scalar for the logs); `matrix()` the full K x K numpy array (written per epoch by `HeadCorrelationLogger`)."""
-
-    def __init__(self, num_datasets, name="head_corr", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.num_datasets = int(num_datasets)
-        k = self.num_datasets
-        self.total = self.add_variable(shape=(k, k), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, scores, sample_weight=None):
-        m = head_correlation_matrix(ops.cast(scores, "float32"))
-        self.total.assign_add(m)
-        self.count.assign_add(1.0)
-
-    def matrix(self):
-        return ops.convert_to_numpy(self.total) / max(float(ops.convert_to_numpy(self.count)), 1.0)
-
-    def result(self):
-        k = self.num_datasets
-        if k < 2:
-            return ops.convert_to_tensor(1.0)
-        mean = self.total / ops.maximum(self.count, 1.0)
-        return (ops.sum(mean) - ops.trace(mean)) / float(k * (k - 1))
-
-    def get_config(self):
-        return {"num_datasets": self.num_datasets, "name": self.name}
-
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
 class HCLSynthetic(_TwoLRMixin, keras.Model):

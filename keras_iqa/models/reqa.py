@@ -51,7 +51,7 @@ from keras_iqa.layers.preprocessing import ImageNetNormalization
 from keras_iqa.layers.transformer import QualityTransformer
 from keras_iqa.models.base import IQAModel
 from keras_iqa.registry import InputContract, ModelCard, register
-from keras_iqa.training.optimizers import FusedAdam, apply_optimizer_groups, build_optimizer_groups, scale_for_replicas
+from keras_iqa.optimizers import FusedAdam, apply_optimizer_groups, build_optimizer_groups, scale_for_replicas
 
 PAPER = ("C. Li, J. Huo (and co-authors). Coarse-to-fine Assessment of Image Quality to Alleviate the Range Effect "
          "(REQA), IEEE TMM / arXiv")
@@ -147,9 +147,7 @@ class REQA(IQAModel):
             name=f"mlp3_fc{len(self.head_units) + 1}", dtype="float32"))
         self.curriculum_weights = self.add_weight(shape=(self.steps,), initializer="zeros", trainable=False,
                                                   name="curriculum_weights", dtype="float32")
-        from keras_iqa.training.curriculum import constant_weights
-
-        self.curriculum_weights.assign(constant_weights("official", self.steps))
+        self.curriculum_weights.assign(L.reqa_step_weights(L.REQA_OFFICIAL_WEIGHTS, self.steps))
         self._coarse, self._group_size, self._weight_decay = "paper", 5, 5e-4
         self.backbone_optimizer = None
         self.loss_trackers = [keras.metrics.Mean(name=k) for k in self.loss_names()]

@@ -24,27 +24,25 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
+from keras_iqa.losses import REQA_OFFICIAL_WEIGHTS, reqa_step_weights
+
 PAPER_STAGES = (
     (0.25, 0.5, 0.25 / 3, 0.25 / 3),
     (0.25, 0.5, 0.25, 0.25),
     (0.25, 0.25, 0.5, 0.25),
     (0.25, 0.25, 0.25, 0.5),
 )
-OFFICIAL_WEIGHTS = (0.25, 0.125, 0.25, 0.375)
+OFFICIAL_WEIGHTS = REQA_OFFICIAL_WEIGHTS
 PRESETS = ("paper", "official")
 
 
 def constant_weights(preset: str = "official", steps: int = 4) -> np.ndarray:
     """The constant (official-code) weights, adapted to `steps` (see the module docstring)."""
-    if steps == 4:
-        return np.asarray(OFFICIAL_WEIGHTS, "float32")
-    return _adapt(OFFICIAL_WEIGHTS, steps)
+    return reqa_step_weights(OFFICIAL_WEIGHTS, steps)
 
 
 def _adapt(w, steps):
-    if steps == 1:
-        return np.asarray([1.0], "float32")
-    return np.asarray([w[0]] + [(1.0 - w[0]) / (steps - 1)] * (steps - 1), "float32")
+    return reqa_step_weights(w, steps)
 
 
 def stage_weights(preset: str = "paper", steps: int = 4) -> list:
