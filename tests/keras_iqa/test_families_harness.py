@@ -1,0 +1,145 @@
+"""Every family's tiny card and every custom layer through the shared harness (tests/iqa_test_case.py, keras-hub's
+`TestCase` manner): build, forward, config round trip, `.keras` round trip with compile config, mixed precision."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import iqa_test_case as H  # noqa: E402  (tests/ is on sys.path through tests/conftest.py)
+
+CARDS = H.tiny_cards()
+X = H.images(2, 64)
+
+
+def _adam(lr):
+    return keras.optimizers.Adam(lr)
+
+
+# What a family adds here: the layers that must stay float32 under mixed precision (docs/heads.md) and how its
+# training compiles it (two-optimizer families pass a backbone optimizer).
+FAMILIES = {
+    "REQA": dict(score_layers=lambda m: [m.head_layers[-1]],
+                 compile=lambda m: m.compile(optimizer=_adam(1e-3), backbone_optimizer=_adam(1e-4), coarse="official",
+                                             group_size=2, weight_decay=1e-4)),
+    "MetaIQA": dict(score_layers=lambda m: [m.head_layers[-1]],
+                    compile=lambda m: m.compile(optimizer=_adam(1e-3), loss="mse")),
+    "HCL": dict(score_layers=lambda m: [m.out],
+                compile=lambda m: m.compile(optimizer=_adam(1e-3), backbone_optimizer=_adam(1e-4), loss="mse")),
+}
+TWO_OPTIMIZERS = {"REQA", "HCL"}
+# issue 23, deliverable 3 (both optimizers saved for every family): HCL's backbone optimizer is not in its .keras file yet
+# (models/hcl.py `_TwoLRMixin.compile_from_config`). strict: this fails once it is, so the mark is then removed.
+BACKBONE_NOT_SAVED = {"HCL"}
+
+
+def _family(model):
+    name = type(model).__name__
+    assert name in FAMILIES, f"{name}: add its score layers and compile call to FAMILIES in {__file__}"
+    return FAMILIES[name]
+
+
+def test_every_family_has_a_tiny_card():
+    assert {"reqa-tiny", "metaiqa-tiny", "hcl-tiny"} <= set(CARDS), CARDS
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_card_builds_scores_and_round_trips_its_config(card):
+    model = H.build_from_card(card)
+    s = H.run_forward_test(model, X)
+    assert s[0] != s[1], s  # two different images, two different scores
+    H.run_config_round_trip_test(model, X)
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_card_saves_and_loads_with_its_compile_config(card, tmp_path, request):
+    model = H.build_from_card(card)
+    fam = _family(model)
+    loaded = H.run_saving_test(model, X, tmp_path / "model.keras", compile_fn=fam["compile"])
+    name = type(model).__name__
+    if name in TWO_OPTIMIZERS:
+        if name in BACKBONE_NOT_SAVED:
+            request.applymarker(pytest.mark.xfail(strict=True, reason="backbone optimizer not saved yet (issue 23)"))
+        H.run_backbone_optimizer_saved_test(model, loaded)
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_card_under_mixed_bfloat16(card):
+    model = H.build_from_card(card)
+    H.run_mixed_precision_test(card, X, score_layers=_family(model)["score_layers"])
+
+
+# ------------------------------------------------------------------------------------------------------------- layers
+def _img(c=8, size=8):
+    return np.random.default_rng(1).normal(size=(2, size, size, c)).astype("float32")
+
+
+LAYERS = {  # registered name -> (init kwargs, input, expected output shapes, has weights)
+    "keras_iqa>ImageNetNormalization": ({}, H.images(2, 8), (2, 8, 8, 3), False),
+    "keras_iqa>FusedBatchNormalization": ({}, _img(), (2, 8, 8, 8), True),
+    "keras_iqa>FoldedBatchNormalization": ({}, _img(), (2, 8, 8, 8), False),
+    "keras_iqa>FeedbackBlock": (dict(hidden=4, steps=2, pool_size=2, proj_dim=8), _img(), (2, 2, 8), True),
+    "keras_iqa>QualityTransformer": (dict(dim=16, heads=2, mlp_dim=16, out_dim=8), _img(size=4), (2, 8), True),
+    "keras_iqa>DatasetSubnetworks": (dict(num_datasets=3, units=(16, 8)),
+                                     np.random.default_rng(2).normal(size=(2, 32)).astype("float32"), (2, 3, 8), True),
+    "keras_iqa>CQAC": (dict(num_datasets=3, num_heads=2, key_dim=4),
+                       np.random.default_rng(3).normal(size=(2, 3, 8)).astype("float32"), ((2, 3, 8), (2, 3)), True),
+    "keras_iqa>ConvBlock": (dict(filters=8), _img(c=4), (2, 8, 8, 8), True),
+    "keras_iqa>InceptionConv": (dict(filters=16), _img(c=4), (2, 8, 8, 16), True),
+}
+
+
+def _registered_layers():
+    import importlib
+    import pkgutil
+
+    import keras_iqa.layers
+
+    H.tiny_cards()  # imports every family, so their layers are registered
+    for mod in pkgutil.iter_modules(keras_iqa.layers.__path__, "keras_iqa.layers."):
+        importlib.import_module(mod.name)
+    return {name for name, obj in keras.saving.get_custom_objects().items()
+            if name.startswith("keras_iqa>") and isinstance(obj, type) and issubclass(obj, keras.layers.Layer)
+            and not issubclass(obj, keras.Model)}
+
+
+def test_every_custom_layer_has_a_harness_case():
+    missing = _registered_layers() - set(LAYERS)
+    assert not missing, f"add a case for {sorted(missing)} to LAYERS in {__file__}"
+
+
+# Known gaps the harness found (issue 23; layers/* belong to the layers work): strict, so each one fails once it is fixed
+# and its entry is then removed.
+KNOWN_GAPS = {
+    # no build(): a ConvBlock / InceptionConv saved on its own reloads with unbuilt sublayers (inside HCL the model's
+    # build_from_config calls it, so HCL's .keras files load)
+    ("keras_iqa>ConvBlock", "saving"): "no build(): sublayers unbuilt when loaded on their own",
+    ("keras_iqa>InceptionConv", "saving"): "no build(): sublayers unbuilt when loaded on their own",
+}
+
+
+def _layer_case(name):
+    _registered_layers()
+    keras.utils.set_random_seed(0)
+    return keras.saving.get_registered_object(name), LAYERS[name]
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_custom_layer(name, tmp_path):
+    cls, (kwargs, x, shape, has_weights) = _layer_case(name)
+    H.run_layer_test(cls, kwargs, x, shape, tmp_path / "layer.keras", expect_weights=has_weights,
+                     run_saving_check=(name, "saving") not in KNOWN_GAPS,
+                     run_precision_check=(name, "precision") not in KNOWN_GAPS)
+
+
+@pytest.mark.parametrize("name,check", [pytest.param(n, c, marks=pytest.mark.xfail(strict=True, reason=r))
+                                        for (n, c), r in sorted(KNOWN_GAPS.items())])
+def test_custom_layer_known_gap(name, check, tmp_path):
+    cls, (kwargs, x, shape, _) = _layer_case(name)
+    if check == "saving":
+        H.run_layer_saving_test(cls, kwargs, x, tmp_path / "layer.keras")
+    else:
+        H.run_layer_precision_test(cls, kwargs, x, shape)
