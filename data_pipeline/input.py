@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline import schema
-from data_pipeline.beam.writer import IMAGE_FIELDS, MANIFEST, SIDECAR, SPLITS, load_manifest
+from data_pipeline import layout, schema
+from data_pipeline.beam.writer import IMAGE_FIELDS
 from data_pipeline.images import DEFAULT_POLICY, DecodePolicy, try_decode_image_tensor
-from data_pipeline.splits import ids_for
+from data_pipeline.layout import SIDECAR
 from data_pipeline.test_time import TestTimeCrops
 from data_pipeline.test_time import ensure_min_side as _ensure_min_side
 from data_pipeline.test_time import resize_image as _resize_image
@@ -119,13 +118,10 @@ class RecordReader:
         if target is not None and target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS} (or None: no targets, pair_dataset only), got {target!r}")
         self.data_dir = data_dir
-        self.manifest = load_manifest(data_dir)
+        self.manifest = layout.load_manifest(data_dir, required=("kind", "score_range", "higher_better"))
         self.kind = self.manifest["kind"]
         if self.kind not in schema.KINDS:
-            raise ValueError(f"{os.path.join(data_dir, MANIFEST)}: unknown record kind {self.kind!r}")
-        if self.manifest.get("schema_version", 0) > schema.SCHEMA_VERSION:
-            raise ValueError(f"{data_dir}: schema version {self.manifest['schema_version']} is newer than this reader's "
-                             f"{schema.SCHEMA_VERSION}; upgrade keras-iqa")
+            raise ValueError(f"{layout.manifest_path(data_dir)}: unknown record kind {self.kind!r}")
         if target == "pseudo" and not self.manifest.get("pseudo_label"):
             raise ValueError(f"{data_dir}: target='pseudo' but the manifest names no pseudo-label (pseudo_label is null)")
         stats = self.manifest.get("statistics") or {}
@@ -139,15 +135,12 @@ class RecordReader:
         self.higher_better = bool(self.manifest["higher_better"])
         self.shuffle_buffer = int(shuffle_buffer)
         self.jpeg_crop_window = bool(jpeg_crop_window)
-        self.files = [os.path.join(data_dir, s["file"]) for s in self.manifest["shards"]]
-        missing = [f for f in self.files if not tf.io.gfile.exists(f)]
-        if missing:
-            raise FileNotFoundError(f"{data_dir}: shard files listed in manifest.json are missing: {missing[:3]}; re-run prepare")
+        self.files = layout.shard_files(data_dir, self.manifest)
         self.ids: Optional[list[str]] = None
         if subset is not None:
-            self.ids = ids_for(os.path.join(data_dir, SPLITS), split, subset)
+            self.ids = layout.ids_for(layout.splits_path(data_dir), split, subset)
             if not self.ids:
-                raise ValueError(f"{os.path.join(data_dir, SPLITS)}: no image has {split} == {subset!r}")
+                raise ValueError(f"{layout.splits_path(data_dir)}: no image has {split} == {subset!r}")
         self.count = len(self.ids) if self.ids is not None else int(self.manifest["count"])
         self._index_cache = None
         self._seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="records_seen")
@@ -166,8 +159,7 @@ class RecordReader:
         errors cannot be attributed to records, so they are not in `bad_records`; check here, re-run prepare to repair)."""
         from data_pipeline.beam.writer import sha256_file
 
-        return [os.path.join(self.data_dir, s["file"]) for s in self.manifest["shards"]
-                if sha256_file(os.path.join(self.data_dir, s["file"])) != s["sha256"]]
+        return [f for f, s in zip(self.files, self.manifest.get("shards") or []) if sha256_file(f) != s.get("sha256")]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(1, self.count // batch_size)

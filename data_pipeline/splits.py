@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 import os
 import re
@@ -25,6 +24,9 @@ from dataclasses import asdict, dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+
+# the reader and writer of `splits.csv` live with the rest of the on-disk layout; these names stay importable from here
+from data_pipeline.layout import ids_for, read_splits_csv, write_splits_csv  # noqa: F401
 
 OFFICIAL_VALUES = ("train", "validation", "test")
 
@@ -146,36 +148,3 @@ def make_splits(image_ids: Sequence[str], groups: Optional[Sequence[str]] = None
         out["official"] = vals
     return out
 
-
-def write_splits_csv(path: str, table: Mapping[str, Sequence[str]]) -> None:
-    """Writes the table of `make_splits` atomically (tmp file + rename)."""
-    cols = ["image_id"] + sorted(c for c in table if c.startswith("split_")) + (["official"] if "official" in table else [])
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for row in zip(*(table[c] for c in cols)):
-            w.writerow(row)
-    os.replace(tmp, path)
-
-
-def read_splits_csv(path: str) -> dict:
-    """Reads `splits.csv` (a local path or a URI, `data_pipeline.fs`) into `{column: list of str}`; raises a ValueError naming
-    the file if `image_id` is missing."""
-    import io
-
-    from data_pipeline import fs
-
-    rows = list(csv.reader(io.StringIO(fs.read_text(path), newline="")))
-    if not rows or "image_id" not in rows[0]:
-        raise ValueError(f"{path}: not a splits file (first row must name the column 'image_id'); got {rows[:1]}")
-    header = rows[0]
-    return {c: [r[j] for r in rows[1:]] for j, c in enumerate(header)}
-
-
-def ids_for(path: str, column: str, subset: str) -> list[str]:
-    """Image ids whose `column` equals `subset` (e.g. `ids_for(p, "split_03", "test")`)."""
-    table = read_splits_csv(path)
-    if column not in table:
-        raise ValueError(f"{path}: no split column {column!r}; available: {[c for c in table if c != 'image_id']}")
-    return [i for i, v in zip(table["image_id"], table[column]) if v == subset]

@@ -694,10 +694,12 @@ def registry_entry(preset_dir: os.PathLike, handle: str = "kaggle://ORG/keras-iq
 def metadata_from_run(run_dir: os.PathLike) -> dict:
     """Model-card fields from a training run directory: card (config.json / results.json "model"), training data,
     split and protocol, test metrics (results.json "test") and the machine and versions (run_info.json)."""
+    from data_pipeline import layout
+
     run = Path(run_dir)
-    cfg = _maybe_json(run / "config.json")
-    res = _maybe_json(run / "results.json")
-    info = _maybe_json(run / "run_info.json")
+    cfg = _maybe_json(run / layout.CONFIG_FILE)
+    res = _maybe_json(run / layout.RESULTS_FILE)
+    info = _maybe_json(run / layout.RUN_INFO_FILE)
     card = _run_card(res.get("model"), cfg.get("model"))
     data = res.get("data") or cfg.get("data") or info.get("data") or res.get("dataset")
     training = {k: v for k, v in {

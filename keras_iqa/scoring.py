@@ -67,6 +67,8 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from data_pipeline import layout
+
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -190,7 +192,7 @@ def load_scorer(model, precision: str = "fp32") -> Scorer:
     text = os.fspath(model)
     p = Path(text).expanduser()
     if p.exists():
-        if p.is_dir() and not (p / "model.keras").is_file() and not (p / "saved_model.pb").is_file() \
+        if p.is_dir() and layout.model_file(p) is None and not (p / "saved_model.pb").is_file() \
                 and _is_preset_handle(str(p)):
             return _from_preset(str(p), precision)
         return _load_path(p, precision)
@@ -240,8 +242,9 @@ def _load_path(p: Path, precision: str) -> Scorer:
         photo = _photo_scores(tfl) if tfl.is_photo else None
         return Scorer(tfl, "tflite", str(p), **_contract_fields(meta), extra={"contract": meta}, image_scores=photo)
     if p.is_dir():
-        if (p / "model.keras").is_file():  # run directory
-            return _from_keras_model(load_keras_model(p / "model.keras"), "run", str(p), precision)
+        run_model = layout.model_file(p)  # a run directory (an HCL `--stages all` folder: its last stage)
+        if run_model is not None:
+            return _from_keras_model(load_keras_model(run_model), "run", str(p), precision)
         if not (p / "saved_model.pb").is_file():
             latest = _latest_version(p)
             if latest is not None and (latest / "saved_model.pb").is_file():
@@ -249,9 +252,8 @@ def _load_path(p: Path, precision: str) -> Scorer:
         if (p / "saved_model.pb").is_file():
             _exported_precision(p, precision)
             return _load_savedmodel(p)
-        if (p / "checkpoints").is_dir() or (p / "config.json").is_file():
-            raise ValueError(f"{p} looks like a run directory without model.keras (training not finished?); "
-                             "finish training or pass a .keras file")
+        if layout.looks_like_run_dir(p):
+            layout.find_model_file(p)  # raises the run directory's message: no model.keras yet, and what to pass
         raise ValueError(f"{p} is neither a run directory (model.keras), nor a SavedModel (saved_model.pb), "
                          "nor a TF Serving model root (numbered version folders), nor a preset folder")
     raise ValueError(f"MODEL {p}: unsupported file type {p.suffix!r}; use a run directory, .keras, SavedModel directory or .tflite")
@@ -746,7 +748,7 @@ def _cached_scorer(model, precision: str) -> Scorer:
     p = Path(text).expanduser()
     stamp = None
     if p.exists():
-        target = p / "model.keras" if (p / "model.keras").is_file() else p
+        target = layout.model_file(p) or p
         stamp = target.stat().st_mtime_ns
     else:
         from keras_iqa import registry

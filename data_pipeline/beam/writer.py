@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import struct
 import time
 import uuid
@@ -40,28 +39,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 from data_pipeline import fs, schema
 from data_pipeline.images import ImageDecodeError
+from data_pipeline.layout import (MANIFEST, SHARD_PREFIX, SIDECAR, SPLITS, load_manifest,  # noqa: F401  (re-exported)
+                                  parse_shard_name, shard_name, splits_csv_text)
 from data_pipeline.splits import SplitConfig, dataset_groups, make_splits
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-SPLITS = "splits.csv"
-SIDECAR = ".meta.json"
-SHARD_PREFIX = "records-{:05d}-of-{:05d}"
-_SHARD_RE = re.compile(r"^records-(\d{5})-of-(\d{5})-([0-9a-f]{6,32})\.tfrecord$")
 #: Per-image facts kept in the sidecars (order of the lists in `images`).
 IMAGE_FIELDS = ("id", "mos", "normalized", "height", "width", "format", "reference", "type", "official", "type_name", "level")
-
-
-def shard_name(i: int, n: int, attempt: Optional[str] = None) -> str:
-    """`records-IIIII-of-NNNNN-<attempt>.tfrecord`: shard i of n, written by one attempt (a fresh random id unless given)."""
-    return f"{SHARD_PREFIX.format(i, n)}-{attempt or uuid.uuid4().hex[:12]}.tfrecord"
-
-
-def parse_shard_name(name: str) -> Optional[tuple[int, int, str]]:
-    """`(index, num_shards, attempt)` of a shard file name, None for any other name."""
-    m = _SHARD_RE.match(name)
-    return (int(m.group(1)), int(m.group(2)), m.group(3)) if m else None
 
 
 def default_num_shards(n_rows: int, rows_per_shard: int = 500) -> int:
@@ -561,7 +546,7 @@ def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Cal
         else:
             table = make_splits(ids, groups=[im[6] or im[0] for im in images] if group else None,
                                 num_splits=cfg.num_splits, train_ratio=cfg.train_ratio, seed=cfg.seed, official=official)
-        fs.replace_atomically(fs.join(out_dir, SPLITS), _splits_csv(table))
+        fs.replace_atomically(fs.join(out_dir, SPLITS), splits_csv_text(table))
         manifest["splits"] = dict(cfg.to_dict(), group_by_reference=group, official=official is not None)
         if by_subset is not None:
             manifest["splits"].update(by_subset=True, train_groups=by_subset[1], groups=sorted(set(by_subset[0])),
@@ -580,19 +565,6 @@ def _shown_args(pipeline_args: Sequence[str]) -> list[str]:
     return [a.split("=", 1)[0] + "=***" if a.split("=", 1)[0] in _SECRET_OPTIONS else a for a in pipeline_args]
 
 
-def _splits_csv(table) -> str:
-    """`splits.csv` as `data_pipeline.splits.write_splits_csv` writes it."""
-    import csv
-    import io
-
-    cols = ["image_id"] + sorted(c for c in table if c.startswith("split_")) + (["official"] if "official" in table else [])
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(cols)
-    w.writerows(zip(*(table[c] for c in cols)))
-    return buf.getvalue()
-
-
 def _remove_stale(out_dir: str, keep: set) -> None:
     """After the manifest: deletes shard objects (and sidecars) it does not list, and leftover temporary files."""
     stale = []
@@ -604,12 +576,3 @@ def _remove_stale(out_dir: str, keep: set) -> None:
         fs.delete(stale)
     except OSError as e:  # the dataset is complete and committed: leftovers are only disk space
         logger.warning("%s: could not delete %d leftover files (%s); the next run deletes them", out_dir, len(stale), e)
-
-
-def load_manifest(data_dir: str) -> dict:
-    """Reads `<data_dir>/manifest.json` (local or URI); the error says how to make one."""
-    path = fs.join(data_dir, MANIFEST)
-    try:
-        return json.loads(fs.read_bytes(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: {data_dir} is not a prepared dataset (run `keras-iqa prepare` first)") from None

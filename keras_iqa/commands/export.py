@@ -90,18 +90,13 @@ def load_model_arg(spec: str):
     """A run directory, .keras file or registry name -> built keras model."""
     from pathlib import Path
 
+    from data_pipeline import layout
     from keras_iqa import registry
     from keras_iqa.scoring import load_keras_model
 
     p = Path(spec)
-    if p.is_dir():
-        if not (p / "model.keras").is_file():
-            raise ValueError(f"{p}: no model.keras in this run directory (training not finished?); pass a .keras file")
-        return load_keras_model(p / "model.keras")
-    if p.suffix == ".keras":
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such .keras file")
-        return load_keras_model(p)
+    if p.is_dir() or p.suffix == ".keras":  # a run directory (an HCL `--stages all` folder: its last stage) or a .keras
+        return load_keras_model(layout.find_model_file(p))
     if spec in registry.list_models():
         import numpy as np
 

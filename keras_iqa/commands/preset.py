@@ -70,18 +70,16 @@ def _load_source(text: str):
     """(model, run metadata) from a run directory, a .keras file or a card name."""
     from pathlib import Path
 
+    from data_pipeline import layout
     from keras_iqa import presets, registry
     from keras_iqa.scoring import load_keras_model
 
     p = Path(text)
-    if p.is_dir() and not (p / "model.keras").is_file() and (p / "3-finetune" / "model.keras").is_file():
-        p = p / "3-finetune"  # `keras-iqa train hcl --stages all`: the deployable model is the last curriculum's
-    if p.is_dir():
-        if not (p / "model.keras").is_file():
-            raise FileNotFoundError(f"{p}: no model.keras (a run directory holds it once training finished)")
-        return load_keras_model(p / "model.keras"), presets.metadata_from_run(p)
+    if p.is_dir():  # a run directory; `keras-iqa train hcl --stages all`: the deployable model is the last curriculum's
+        model_file = layout.find_model_file(p)
+        return load_keras_model(model_file), presets.metadata_from_run(model_file.parent)
     if p.is_file() and p.suffix == ".keras":
-        meta = presets.metadata_from_run(p.parent) if (p.parent / "results.json").is_file() else {}
+        meta = presets.metadata_from_run(p.parent) if (p.parent / layout.RESULTS_FILE).is_file() else {}
         return load_keras_model(p), meta
     if text in registry.CARD_INDEX or text in registry.list_models():
         return registry.create_model(text), {"training": {"data": "none (random init)", "protocol": "none"}}

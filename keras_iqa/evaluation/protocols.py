@@ -20,7 +20,6 @@ returns a `ProtocolResult(results: dict, predictions: DataFrame)`; `keras_iqa.ev
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from data_pipeline import layout
 from keras_iqa import metrics as M
 from keras_iqa.evaluation.fine_grained import fine_grained_report
 
@@ -52,40 +52,21 @@ class ProtocolResult:
 
 # --------------------------------------------------------------------------------------------------------- datasets
 def load_dataset_info(data_dir) -> dict:
-    """manifest.json of a prepared dataset (name, kind, score_range, higher_better, ...), with a clear error if missing."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {data_dir} is not a prepared dataset (run `keras-iqa prepare` first)")
-    with open(path, encoding="utf-8") as f:
-        man = json.load(f)
-    for key in ("score_range", "higher_better"):
-        if key not in man:
-            raise ValueError(f"{path}: key {key!r} missing; re-run `keras-iqa prepare` to rewrite the manifest")
+    """manifest.json of a prepared dataset (name, kind, score_range, higher_better, ...), with a clear error if missing or
+    damaged (`data_pipeline.layout.load_manifest`)."""
+    man = layout.load_manifest(data_dir)
     man.setdefault("dataset", Path(data_dir).name)
     man.setdefault("kind", "authentic")
     return man
 
 
 def read_splits(data_dir):
-    """splits.csv as a DataFrame (image_id as str), validated: unique ids, values train|test|validation."""
+    """splits.csv as a DataFrame (image_id as str), validated: unique ids, values train|test|validation
+    (`data_pipeline.layout.read_splits`)."""
     import pandas as pd
 
-    path = Path(data_dir) / "splits.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; prepared datasets hold splits.csv (re-run `keras-iqa prepare`)")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if "image_id" not in df.columns:
-        raise ValueError(f"{path}: no 'image_id' column (columns: {list(df.columns)})")
-    dup = df.image_id[df.image_id.duplicated()]
-    if len(dup):
-        raise ValueError(f"{path}: image_id {dup.iloc[0]!r} appears more than once (row {dup.index[0] + 2}); "
-                         "an image can be in only one subset per split")
-    for col in df.columns[1:]:
-        bad = ~df[col].isin(["train", "test", "validation"])
-        if bad.any():
-            i = int(np.flatnonzero(bad.values)[0])
-            raise ValueError(f"{path}: column {col!r} row {i + 2} has {df[col].iloc[i]!r}; expected train, test or validation")
-    return df
+    table = layout.read_splits(data_dir)
+    return pd.DataFrame(table, columns=list(table), dtype=str)
 
 
 def split_columns(splits) -> list:
@@ -94,8 +75,7 @@ def split_columns(splits) -> list:
 
 def split_ids(splits, column: str, data_dir="") -> tuple:
     """(train ids, test ids) of one split column."""
-    if column not in splits.columns:
-        raise ValueError(f"{Path(data_dir) / 'splits.csv'}: no column {column!r}; available: {list(splits.columns[1:])}")
+    layout.check_split_column(splits, column, layout.splits_path(data_dir))
     return (set(splits.image_id[splits[column] == "train"]), set(splits.image_id[splits[column] == "test"]))
 
 
@@ -111,7 +91,7 @@ def check_split_hygiene(splits, column: str, metadata=None, data_dir="") -> None
         te = {ref.get(i, "") for i in test} - {""}
         shared = tr & te
         if shared:
-            raise ValueError(f"{Path(data_dir) / 'splits.csv'} column {column!r}: reference image(s) {sorted(shared)[:3]} have "
+            raise ValueError(f"{layout.splits_path(data_dir)} column {column!r}: reference image(s) {sorted(shared)[:3]} have "
                              "distorted versions in both train and test (content leak); synthetic sets must be split by "
                              "reference "
                              "(re-create the splits with `keras-iqa prepare`)")
@@ -123,10 +103,7 @@ def read_metadata(data_dir):
     import tensorflow as tf
 
     man = load_dataset_info(data_dir)
-    files = [str(Path(data_dir) / s["file"]) for s in man.get("shards", [])] or sorted(
-        str(p) for p in Path(data_dir).glob("*.tfrecord"))
-    if not files:
-        raise FileNotFoundError(f"{data_dir}: no TFRecord shards listed in manifest.json or present")
+    files = layout.shard_files(data_dir, man)
     spec = {
         "image/id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
         "score/mos": tf.io.FixedLenFeature([], tf.float32, default_value=np.nan),
@@ -185,13 +162,8 @@ def load_source(src: Union[str, os.PathLike, Any]) -> Source:
         return Source(name=getattr(src, "name", "model"), model=src)
     path = Path(src)
     if path.is_dir():
-        model_file = path / "model.keras"
-        if not model_file.is_file():
-            raise FileNotFoundError(f"{path} is not a run directory: no model.keras (train first, or pass the .keras file)")
-        cfg = {}
-        if (path / "config.json").is_file():
-            with open(path / "config.json", encoding="utf-8") as f:
-                cfg = json.load(f)
+        model_file = layout.find_model_file(path)  # the run's model.keras (an HCL `--stages all` folder: its last stage's)
+        cfg = layout.read_run_json(model_file.parent, layout.CONFIG_FILE)
         return Source(name=path.name, model=_load_keras(model_file), config=cfg, path=str(path))
     if path.suffix == ".keras":
         if not path.is_file():
@@ -266,7 +238,7 @@ def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[st
     if source.table is not None:
         df = source.table
         if ids is None:  # a table may hold several datasets' predictions: keep this dataset's images
-            known = (set(read_splits(data_dir).image_id) if (Path(data_dir) / "splits.csv").is_file()
+            known = (set(read_splits(data_dir).image_id) if layout.has_splits(data_dir)
                      else set(read_metadata(data_dir).image_id))
             df = df[df.image_id.isin(known)]
         if "target" not in df.columns:
@@ -408,7 +380,7 @@ def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, f
     table = read_splits(data_dir)
     cols = split_columns(table)
     if not cols:
-        raise ValueError(f"{Path(data_dir) / 'splits.csv'} has no split_XX columns")
+        raise ValueError(f"{layout.splits_path(data_dir)} has no split_XX columns")
     meta = read_metadata(data_dir) if info.get("kind") in ("synthetic", "pair") else None
     if len(srcs) == 1 and splits and len(splits) > 1:
         trained = _find_split(srcs[0].config)
@@ -429,7 +401,7 @@ def evaluate_splits(sources, data_dir, splits: Optional[Sequence[str]] = None, f
     rows, fgs, preds = [], [], []
     for s, col in _rows_bar(pairs, "evaluate splits", "split", progress):
         if col not in cols:
-            raise ValueError(f"{s.name}: split {col!r} is not a column of {Path(data_dir) / 'splits.csv'} ({cols})")
+            raise ValueError(f"{s.name}: split {col!r} is not a column of {layout.splits_path(data_dir)} ({cols})")
         check_split_hygiene(table, col, meta, data_dir)
         _, test = split_ids(table, col, data_dir)
         df = _predict(s, data_dir, col, "test", test, predict_kw, progress)
@@ -450,7 +422,7 @@ def evaluate_official(source, data_dir, subset: str = "test", fine: bool = True,
     table = read_splits(data_dir)
     if "official" not in table.columns:
         raise ValueError(f"{info.get('dataset')} has no official split (no 'official' column in "
-                         f"{Path(data_dir) / 'splits.csv'}); use --protocol splits")
+                         f"{layout.splits_path(data_dir)}); use --protocol splits")
     ids = set(table.image_id[table.official == subset])
     train = set(table.image_id[table.official == "train"])
     if not ids:

@@ -39,11 +39,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from data_pipeline.layout import HCL_STAGE_DIRS, RESULTS_FILE, find_model_file
 from keras_iqa.models.hcl import HCLModelConfig
 from keras_iqa.training.runner import RunDir, check_global_batch, fit, get_strategy, save_json, shard_by_data
 
 STAGES = ("restoration", "synthetic", "finetune")
-STAGE_DIRS = {"restoration": "1-restoration", "synthetic": "2-synthetic", "finetune": "3-finetune"}
+STAGE_DIRS = HCL_STAGE_DIRS  # <out>/1-restoration, 2-synthetic, 3-finetune (the names live in data_pipeline.layout)
 
 
 @dataclass
@@ -210,11 +211,12 @@ def load_stage_model(init):
     if init is None or isinstance(init, keras.Model):
         return init
     path = Path(init)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.exists():
-        raise FileNotFoundError(f"--init {init}: no {path.name} there; give the run directory of the previous HCL stage "
-                                "(it holds model.keras once that stage finished) or a .keras file")
+    if not path.is_file():  # a run directory (its model.keras), else a clear error
+        try:
+            path = find_model_file(init)
+        except FileNotFoundError as e:
+            raise type(e)(f"--init: {e}; give the run directory of the previous HCL stage (it holds model.keras once "
+                          "that stage finished) or a .keras file") from None
     return keras.models.load_model(path, compile=False)
 
 
@@ -565,5 +567,5 @@ def run_all(cfg: HCLTrainConfig, pairs: Optional[str], synthetic: Sequence[str],
         raise ValueError("curriculum 3 needs an authentic dataset: --data DIR")
     d = os.path.join(out, STAGE_DIRS["finetune"])
     results["finetune"] = train_finetune(cfg, data, d, init=prev)
-    save_json({"stages": results, "ablation": dataclasses.asdict(ab)}, os.path.join(out, "results.json"))
+    save_json({"stages": results, "ablation": dataclasses.asdict(ab)}, os.path.join(out, RESULTS_FILE))
     return results

@@ -54,6 +54,9 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from data_pipeline.layout import (BACKUP_DIR, CHECKPOINTS_DIR, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, RESULTS_FILE,
+                                  RUN_INFO_FILE)
+
 
 def set_seed(seed: int) -> None:
     """Seeds Python, NumPy, TensorFlow and Keras."""
@@ -399,7 +402,7 @@ class RunDir:
         run.path.mkdir(parents=True, exist_ok=True)
         run.checkpoints.mkdir(exist_ok=True)
         if config is not None:
-            save_json(config, run.path / "config.json")
+            save_json(config, run.path / CONFIG_FILE)
         info = {
             "versions": package_versions(),
             "seed": seed,
@@ -407,32 +410,32 @@ class RunDir:
             "started": _dt.datetime.now().isoformat(timespec="seconds"),
             **(extra or {}),
         }
-        save_json(info, run.path / "run_info.json")
+        save_json(info, run.path / RUN_INFO_FILE)
         if seed is not None:
             set_seed(seed)
         return run
 
     @property
     def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIR
 
     @property
     def history_csv(self) -> Path:
-        return self.path / "history.csv"
+        return self.path / HISTORY_FILE
 
     @property
     def final_model(self) -> Path:
-        return self.path / "model.keras"
+        return self.path / MODEL_FILE
 
     def backup_store(self, keep: int = 2) -> BackupStore:
         """The resume state of this run (`backup/`); non-chief workers write theirs to their own folder."""
-        return BackupStore(self.shared / "backup", keep=keep, write_dir=None if self.chief else self.path / "backup")
+        return BackupStore(self.shared / BACKUP_DIR, keep=keep, write_dir=None if self.chief else self.path / BACKUP_DIR)
 
     def config(self) -> dict:
-        with open(self.path / "config.json", encoding="utf-8") as f:
+        with open(self.path / CONFIG_FILE, encoding="utf-8") as f:
             return json.load(f)
 
-    def save_results(self, results: dict, name: str = "results.json") -> Path:
+    def save_results(self, results: dict, name: str = RESULTS_FILE) -> Path:
         save_json(results, self.path / name)
         return self.path / name
 
@@ -522,7 +525,7 @@ class RunDir:
                     continue
                 out.append((epoch, f"backup/{weights}", str(legacy / weights),
                             readable(f"backup/{weights}", str(legacy / weights))))
-        ckpt = self.shared / "checkpoints"
+        ckpt = self.shared / CHECKPOINTS_DIR
         if ckpt.is_dir():
             for p in ckpt.iterdir():
                 m = re.fullmatch(r"epoch_(\d+)\.weights\.h5", p.name)
