@@ -15,6 +15,7 @@ CORE = [
     "pyyaml",
     "openpyxl",  # BID / SPAQ score sheets (.xlsx)
     "tqdm",  # progress bars of keras-iqa score
+    "tensorflow-serving-api==2.21.*",  # ModelServerConfig proto for models.config (pure Python; needs the TF above)
 ]
 EXTRAS = {
     "beam": ["apache-beam[tfrecord]==2.77.*"],
@@ -27,7 +28,7 @@ EXTRAS = {
     "docs": ["mkdocs==1.6.1", "mkdocstrings-python==2.0.11"],  # the MkDocs site under docs/ (mkdocs.yml)
 }
 # demo: what `keras-iqa demo` (`make demo`) runs: Beam for synthesize/prepare (DirectRunner), the LiteRT interpreter for the
-# TFLite export's parity check and `score` on the .tflite. No torch, notebooks, serving API, pytest or docs.
+# TFLite export's parity check and `score` on the .tflite. No torch, notebooks, pytest or docs.
 EXTRAS["demo"] = sorted({d for k in ("beam", "lite") for d in EXTRAS[k]})
 # dev includes torch so the official-checkpoint converter tests run (the CPU wheel torch==2.13.0 installs here)
 EXTRAS["dev"] = sorted(

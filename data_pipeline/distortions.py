@@ -593,12 +593,21 @@ def _ssim_terms(x: np.ndarray, y: np.ndarray, data_range: float = 255.0, sigma: 
 
 
 def ssim(distorted: np.ndarray, reference: np.ndarray) -> float:
-    """SSIM (Wang et al. 2004, eq. 13) on BT.601 luma in [0, 255], 11x11 Gaussian window, sigma 1.5."""
+    """SSIM (Wang et al. 2004, eq. 13) on BT.601 luma in [0, 255], 11x11 Gaussian window, sigma 1.5.
+
+    ``skimage.metrics.structural_similarity`` (population covariances); images with a side under 11 px, which skimage
+    refuses, take the mean over the whole (reflect-padded) image from the same terms.
+    """
     x, y = _luma255(distorted), _luma255(reference)
     if x.shape != y.shape:
         raise ValueError(f"ssim: shapes differ {x.shape} vs {y.shape}")
-    lum, cs = _ssim_terms(x, y)
-    return float(np.mean(lum * cs))
+    if min(x.shape) < 11:
+        lum, cs = _ssim_terms(x, y)
+        return float(np.mean(lum * cs))
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(x, y, data_range=255.0, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False))
 
 
 def _down2(a: np.ndarray) -> np.ndarray:

@@ -11,23 +11,22 @@ from pathlib import Path
 
 
 def models_config(name: str, base_path: str = None) -> str:
-    """`--model_config_file` content (text protobuf ModelServerConfig) serving all versions' latest of `name`."""
-    base_path = base_path or f"/models/{name}"
-    return (
-        "model_config_list {\n"
-        "  config {\n"
-        f'    name: "{name}"\n'
-        f'    base_path: "{base_path}"\n'
-        '    model_platform: "tensorflow"\n'
-        "    model_version_policy { latest { num_versions: 1 } }\n"
-        "  }\n"
-        "}\n"
-    )
+    """`--model_config_file` content: a `tensorflow_serving` ModelServerConfig (text format) serving the latest version of
+    `name` from `base_path` (default /models/NAME)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(name=name, base_path=base_path or f"/models/{name}",
+                                                model_platform="tensorflow")
+    model.model_version_policy.latest.num_versions = 1
+    return text_format.MessageToString(config)
 
 
 def batching_parameters(max_batch_size: int = 32, batch_timeout_micros: int = 2000, num_batch_threads: int = 0,
                         max_enqueued_batches: int = 100) -> str:
-    """`--batching_parameters_file` content (text protobuf BatchingParameters).
+    """`--batching_parameters_file` content (text protobuf BatchingParameters; written by hand: tensorflow-serving-api
+    ships the config protos but not `session_bundle_config.proto`, docs/deployment.md).
 
     `num_batch_threads` 0 means os.cpu_count(). Requests are batched along dimension 0 of every signature input, so
     `serving_default` (tf.string [B]) and `predict_crops` batch across clients; `image_tensor` only batches equal-sized images.

@@ -162,9 +162,28 @@ def test_ssim_matches_skimage_and_ms_ssim(textured):
     ref = structural_similarity(D._luma255(d), D._luma255(textured), data_range=255, gaussian_weights=True, sigma=1.5,
                                 use_sample_covariance=False)
     assert ours == pytest.approx(ref, abs=1e-9)
+    # the hand-written terms (kept for MS-SSIM and for images under skimage's 11 px window) give the same SSIM
+    lum, cs = D._ssim_terms(D._luma255(d), D._luma255(textured))
+    assert float(np.mean(lum * cs)) == pytest.approx(ours, abs=1e-12)
+    tiny = textured[:8, :9]
+    assert D.ssim(tiny, tiny) == pytest.approx(1.0) and 0 < D.ssim(D.distort(tiny, 10, 5), tiny) < 1
     assert D.ssim(textured, textured) == pytest.approx(1.0) and D.ms_ssim(textured, textured) == pytest.approx(1.0)
     m = [D.ms_ssim(D.distort(textured, 1, lv), textured) for lv in (2, 4, 5)]
     assert 1 > m[0] > m[1] > m[2] > 0
+
+
+def test_ms_ssim_agrees_with_tensorflow_on_even_sides():
+    """tf.image.ssim_multiscale with the same window, constants and weights; it pads odd-sized scales where ms_ssim drops
+    the last row / column, so the sides here divide by 2^4 (docs/distortions.md gives the measured differences)."""
+    import tensorflow as tf
+
+    ref = np.ascontiguousarray(pristine.load_embedded("astronaut")[:192, :208])
+    for t in (1, 10, 12):
+        d = D.distort(ref, t, 3, np.random.default_rng(7))
+        x, y = D._luma255(d), D._luma255(ref)
+        theirs = float(tf.image.ssim_multiscale(x[..., None], y[..., None], max_val=255.0, filter_size=11, filter_sigma=1.5,
+                                                k1=0.01, k2=0.03))
+        assert D.ms_ssim(d, ref) == pytest.approx(theirs, abs=3e-5), t  # measured up to 6.6e-6 (TF returns float32)
 
 
 def test_embedded_pristine_set(tmp_path):

@@ -197,6 +197,20 @@ def test_savedmodel_rest_request_in_fresh_process_and_cli_show(tmp_path):
         export_savedmodel(model, root, version=1)
 
 
+def test_serving_configs_parse_as_tf_serving_protos(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from keras_iqa.export.serving import write_serving_configs
+
+    files = write_serving_configs(tmp_path / 'we"ird', 'we"ird', max_batch_size=8)
+    config = text_format.Parse(Path(files["models.config"]).read_text(), model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path, model.model_platform) == ('we"ird', '/models/we"ird', "tensorflow")
+    assert model.model_version_policy.latest.num_versions == 1
+    assert "max_batch_size { value: 8 }" in Path(files["batching_parameters.txt"]).read_text()
+
+
 def test_predict_crops_signature_matches_keras(tmp_path):
     import tensorflow as tf
 
