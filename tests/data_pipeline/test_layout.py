@@ -151,3 +151,17 @@ def test_evaluation_and_export_find_the_model_through_the_layout(tmp_path):
     for load in (load_source, load_model_arg):
         with pytest.raises(FileNotFoundError, match="looks like a run directory without model.keras"):
             load(str(half))
+
+
+def test_an_hcl_stages_folder_scores_and_evaluates_as_its_last_stage(tmp_path):
+    import keras_iqa
+    from keras_iqa.evaluation.protocols import load_source
+    from keras_iqa.scoring import load_scorer
+
+    out = tmp_path / "hcl"
+    final = _run_dir(out / "3-finetune", model=False)
+    keras_iqa.create_model("metaiqa-tiny").save(final / "model.keras")
+    scorer = load_scorer(out)
+    assert scorer.kind == "run" and scorer.source == str(out)
+    src = load_source(out)
+    assert src.config == {"split": "split_03"} and src.name == "hcl" and src.model is not None
