@@ -9,6 +9,7 @@ functions for pytest. A family's tests call them with a registry card name (see 
 - `run_config_round_trip_test(model, x)`: `from_config(get_config())` with copied weights gives the same scores;
 - `run_saving_test(model, x, path, compile_fn)`: `.keras` round trip: same scores, test-time contract and compile config
   (`run_backbone_optimizer_saved_test`: the second optimizer of two-optimizer families is restored too);
+- `run_optimizer_state_test(model, x, y, path, compile_fn)`: after one `fit` step every optimizer's state round-trips;
 - `run_mixed_precision_test(card, x, score_layers)`: under `mixed_bfloat16` the score layers stay float32 and the scores are
   float32, off the bf16 grid and close to the float32 model's (tolerance from bf16's 8-bit significand);
 - `run_layer_test(cls, kwargs, x, expected_shape, path)`: a custom layer builds, calls, has the expected (also symbolic)
@@ -134,8 +135,31 @@ def run_backbone_optimizer_saved_test(model, loaded):
     assert _json_equal(keras.optimizers.serialize(back), keras.optimizers.serialize(original))
 
 
-def run_mixed_precision_test(card, x, score_layers=None, roundings=1, **overrides):
-    """Builds `card` in float32 and under `mixed_bfloat16` with the same weights, then checks:
+def run_optimizer_state_test(model, x, y, path, compile_fn):
+    """After one `fit` step, a `.keras` round trip restores every optimizer's state (`optimizer`, and `backbone_optimizer`
+    where the family has one): the same iteration count and the same slot variables (issue 23: both optimizers' state
+    saved and restored for every family). Returns the loaded model."""
+    compile_fn(model)
+    model.run_eagerly = True  # one step on a tiny model: eager is faster than tracing the train function
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for attr in ("optimizer", "backbone_optimizer"):
+        original = getattr(model, attr, None)
+        if original is None:
+            continue
+        back = getattr(loaded, attr, None)
+        assert back is not None, f"{type(model).__name__}.{attr} is not restored by load_model"
+        assert int(back.iterations) == int(original.iterations) >= 1, (attr, int(back.iterations))
+        want, got = original.variables, back.variables
+        assert len(got) == len(want), f"{type(model).__name__}.{attr}: {len(got)} variables loaded, {len(want)} saved"
+        for a, b in zip(want, got):
+            np.testing.assert_allclose(_to_numpy(b), _to_numpy(a), rtol=1e-6, atol=1e-7, err_msg=f"{attr} {a.path}")
+    return loaded
+
+
+def run_mixed_precision_test(card, x, score_layers=None, roundings=1, f32_model=None, **overrides):
+    """Builds `card` in float32 (or takes `f32_model`) and under `mixed_bfloat16` with the same weights, then checks:
 
     - some layers compute in bfloat16 (the policy is in effect) while the `score_layers(model)` compute in and keep
       float32 variables (docs/heads.md);
@@ -144,7 +168,7 @@ def run_mixed_precision_test(card, x, score_layers=None, roundings=1, **override
       bf16 score layer alone would cost), and not exactly 0 (the bf16 path really ran). Measured on the tiny cards at
       64 px (float32 weights copied): at most 0.0021 on 0-100 (REQA), 0.0004 (HCL), 0.00016 on 0-1 (MetaIQA).
     Returns (float32 scores, bf16 scores)."""
-    f32 = build_from_card(card, **overrides)
+    f32 = f32_model if f32_model is not None else build_from_card(card, **overrides)
     s32 = run_forward_test(f32, x)
     with dtype_policy("mixed_bfloat16"):
         bf = build_from_card(card, **overrides)

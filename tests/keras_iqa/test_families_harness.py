@@ -31,9 +31,12 @@ FAMILIES = {
                 compile=lambda m: m.compile(optimizer=_adam(1e-3), backbone_optimizer=_adam(1e-4), loss="mse")),
 }
 TWO_OPTIMIZERS = {"REQA", "HCL"}
-# issue 23, deliverable 3 (both optimizers saved for every family): HCL's backbone optimizer is not in its .keras file yet
-# (models/hcl.py `_TwoLRMixin.compile_from_config`). strict: this fails once it is, so the mark is then removed.
-BACKBONE_NOT_SAVED = {"HCL"}
+# issue 23, deliverable 3 (both optimizers saved for every family): HCL's backbone optimizer is not in its .keras file yet,
+# and `_TwoLRMixin.compile_from_config` compiles one optimizer over every variable, so Keras also skips loading the saved
+# head optimizer's state (iterations back at 0). The test checks everything else, then reports the gap as an expected
+# failure; once the gap is fixed the test fails and asks for the entry to be removed.
+OPTIMIZER_STATE_NOT_SAVED = {"HCL": "HCL optimizer state not restored by load_model yet (issue 23)"}
+_BUILT = {}
 
 
 def _family(model):
@@ -42,34 +45,48 @@ def _family(model):
     return FAMILIES[name]
 
 
+def _built(card):
+    """The float32 model of `card`, built once for the read-only tests (forward, config round trip, mixed precision)."""
+    if card not in _BUILT:
+        _BUILT[card] = H.build_from_card(card)
+    return _BUILT[card]
+
+
 def test_every_family_has_a_tiny_card():
     assert {"reqa-tiny", "metaiqa-tiny", "hcl-tiny"} <= set(CARDS), CARDS
 
 
 @pytest.mark.parametrize("card", CARDS)
 def test_card_builds_scores_and_round_trips_its_config(card):
-    model = H.build_from_card(card)
+    model = _built(card)
     s = H.run_forward_test(model, X)
     assert s[0] != s[1], s  # two different images, two different scores
     H.run_config_round_trip_test(model, X)
 
 
 @pytest.mark.parametrize("card", CARDS)
-def test_card_saves_and_loads_with_its_compile_config(card, tmp_path, request):
-    model = H.build_from_card(card)
-    fam = _family(model)
-    loaded = H.run_saving_test(model, X, tmp_path / "model.keras", compile_fn=fam["compile"])
-    name = type(model).__name__
-    if name in TWO_OPTIMIZERS:
-        if name in BACKBONE_NOT_SAVED:
-            request.applymarker(pytest.mark.xfail(strict=True, reason="backbone optimizer not saved yet (issue 23)"))
-        H.run_backbone_optimizer_saved_test(model, loaded)
+def test_card_under_mixed_bfloat16(card):
+    model = _built(card)
+    H.run_mixed_precision_test(card, X, score_layers=_family(model)["score_layers"], f32_model=model)
 
 
 @pytest.mark.parametrize("card", CARDS)
-def test_card_under_mixed_bfloat16(card):
+def test_card_saves_compile_config_and_optimizer_state(card, tmp_path):
     model = H.build_from_card(card)
-    H.run_mixed_precision_test(card, X, score_layers=_family(model)["score_layers"])
+    fam, name = _family(model), type(model).__name__
+    loaded = H.run_saving_test(model, X, tmp_path / "model.keras", compile_fn=fam["compile"])
+    lo, hi = model.score_range
+    y = np.asarray([0.3, 0.7], "float32") * (hi - lo) + lo
+    gap = OPTIMIZER_STATE_NOT_SAVED.get(name)
+    try:
+        if name in TWO_OPTIMIZERS:
+            H.run_backbone_optimizer_saved_test(model, loaded)
+        H.run_optimizer_state_test(model, X, y, tmp_path / "trained.keras", compile_fn=fam["compile"])
+    except AssertionError:
+        if gap is None:
+            raise
+        pytest.xfail(gap)
+    assert gap is None, f"{name}: optimizer state now round-trips; remove it from OPTIMIZER_STATE_NOT_SAVED"
 
 
 # ------------------------------------------------------------------------------------------------------------- layers
