@@ -34,6 +34,14 @@ class ConvBlock(keras.layers.Layer):
         self.convs = [keras.layers.Conv2D(self.filters, 3, padding="same", use_bias=False, name=f"conv{i}") for i in (1, 2)]
         self.bns = [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn{i}") for i in (1, 2)]
 
+    def build(self, input_shape):
+        """Builds the sublayers from the input shape (so a block saved on its own reloads built)."""
+        s = tuple(input_shape)
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(s)
+            s = s[:-1] + (self.filters,)
+            bn.build(s)
+
     def call(self, x, training=None):
         for conv, bn in zip(self.convs, self.bns):
             x = ops.relu(bn(conv(x), training=training))
@@ -71,6 +79,20 @@ class InceptionConv(keras.layers.Layer):
         self.pool = L.MaxPooling2D(3, strides=1, padding="same")
         self.b4 = L.Conv2D(q, 1, name="b4")
         self.bn = L.BatchNormalization(name="bn", **bn)
+
+    def build(self, input_shape):
+        """Builds every branch from the input shape (so a block saved on its own reloads built)."""
+        s = tuple(input_shape)
+        q, h = max(1, self.filters // 4), max(1, self.filters // 8)
+        with_c = lambda c: s[:-1] + (c,)  # noqa: E731
+        self.b1.build(s)
+        c, b, g = self.b2
+        c.build(s), b.build(with_c(h)), g.build(with_c(h))
+        c1, b1, dw, b2, c2 = self.b3
+        c1.build(s), b1.build(with_c(h)), dw.build(with_c(h)), b2.build(with_c(h)), c2.build(with_c(h))
+        self.pool.build(s)
+        self.b4.build(s)
+        self.bn.build(with_c(4 * q))
 
     def call(self, x, training=None):
         y1 = self.b1(x)

@@ -235,7 +235,8 @@ def _plain(restoration) -> dict:
 
 
 class _Holder:
-    """Keeps an object out of Keras' attribute tracking and `.keras` saving (the second optimizer is training state)."""
+    """Keeps the backbone optimizer out of Keras' layer attribute tracking (`.keras` saving still reaches it through the
+    `backbone_optimizer` property and `get_compile_config`)."""
 
     def __init__(self, value=None):
         self.value = value
@@ -254,10 +255,20 @@ class _TwoLRMixin:
         if self.built:  # each optimizer on its own group, now (under the strategy scope when there is one)
             build_optimizer_groups(self.optimizer_groups())
 
+    def get_compile_config(self):
+        """Keras's compile config plus the backbone optimizer's, so `load_model` rebuilds both optimizers (and restores
+        both optimizers' state, saved under `backbone_optimizer` in the `.keras` file)."""
+        cfg = super().get_compile_config() or {}
+        bo = self.backbone_optimizer
+        return {**cfg, "backbone_optimizer": keras.optimizers.serialize(bo)} if bo is not None else cfg
+
     def compile_from_config(self, config):
-        """A loaded model compiles with Keras' single optimizer (the backbone optimizer is training state, not saved)."""
+        """Re-compiles a loaded model with both optimizers built on their groups, before Keras loads their variables
+        (a file without a backbone optimizer compiles with Keras' single optimizer, as it was saved)."""
+        config = dict(config or {})
+        bopt = config.pop("backbone_optimizer", None)
         config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+        self.compile(**config, backbone_optimizer=keras.optimizers.deserialize(bopt) if bopt else None)
 
     @property
     def backbone_optimizer(self):

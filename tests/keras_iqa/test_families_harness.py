@@ -35,7 +35,7 @@ TWO_OPTIMIZERS = {"REQA", "HCL"}
 # and `_TwoLRMixin.compile_from_config` compiles one optimizer over every variable, so Keras also skips loading the saved
 # head optimizer's state (iterations back at 0). The test checks everything else, then reports the gap as an expected
 # failure; once the gap is fixed the test fails and asks for the entry to be removed.
-OPTIMIZER_STATE_NOT_SAVED = {"HCL": "HCL optimizer state not restored by load_model yet (issue 23)"}
+OPTIMIZER_STATE_NOT_SAVED = {}  # family class name -> reason, for a family whose optimizer state does not round-trip yet
 _BUILT = {}
 
 
@@ -128,16 +128,6 @@ def test_every_custom_layer_has_a_harness_case():
     assert not missing, f"add a case for {sorted(missing)} to LAYERS in {__file__}"
 
 
-# Known gaps the harness found (issue 23; layers/* belong to the layers work): strict, so each one fails once it is fixed
-# and its entry is then removed.
-KNOWN_GAPS = {
-    # no build(): a ConvBlock / InceptionConv saved on its own reloads with unbuilt sublayers (inside HCL the model's
-    # build_from_config calls it, so HCL's .keras files load)
-    ("keras_iqa>ConvBlock", "saving"): "no build(): sublayers unbuilt when loaded on their own",
-    ("keras_iqa>InceptionConv", "saving"): "no build(): sublayers unbuilt when loaded on their own",
-}
-
-
 def _layer_case(name):
     _registered_layers()
     keras.utils.set_random_seed(0)
@@ -147,16 +137,4 @@ def _layer_case(name):
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_custom_layer(name, tmp_path):
     cls, (kwargs, x, shape, has_weights) = _layer_case(name)
-    H.run_layer_test(cls, kwargs, x, shape, tmp_path / "layer.keras", expect_weights=has_weights,
-                     run_saving_check=(name, "saving") not in KNOWN_GAPS,
-                     run_precision_check=(name, "precision") not in KNOWN_GAPS)
-
-
-@pytest.mark.parametrize("name,check", [pytest.param(n, c, marks=pytest.mark.xfail(strict=True, reason=r))
-                                        for (n, c), r in sorted(KNOWN_GAPS.items())])
-def test_custom_layer_known_gap(name, check, tmp_path):
-    cls, (kwargs, x, shape, _) = _layer_case(name)
-    if check == "saving":
-        H.run_layer_saving_test(cls, kwargs, x, tmp_path / "layer.keras")
-    else:
-        H.run_layer_precision_test(cls, kwargs, x, shape)
+    H.run_layer_test(cls, kwargs, x, shape, tmp_path / "layer.keras", expect_weights=has_weights)
