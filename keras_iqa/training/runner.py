@@ -451,11 +451,12 @@ class RunDir:
         file written atomically. Resuming is `restore` (which `fit` calls before `model.fit`)."""
         import keras
 
-        cbs = []
+        # the history row first: a committed backup then always has its epoch's row (a kill between the two leaves a row
+        # that the resumed run re-does and drops, never a backup whose row is missing)
+        cbs = [_ResumableCSVLogger(str(self.history_csv))]
         if backup:
             cbs.append(_make_backup_callback()(self.backup_store()))
         cbs.append(_make_checkpoint_callback()(self.checkpoints, monitor=monitor, mode=mode))
-        cbs.append(_ResumableCSVLogger(str(self.history_csv)))
         if tensorboard:
             cbs.append(keras.callbacks.TensorBoard(str(self.path / "logs"), write_graph=False, profile_batch=0))
         return cbs
