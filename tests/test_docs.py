@@ -46,10 +46,12 @@ DOCTEST_MODULES = (
     "keras_iqa.presets",
     "keras_iqa.registry",
     "keras_iqa.scoring",
+    "keras_iqa.tasks.metaiqa",
+    "keras_iqa.training.backup",
     "keras_iqa.training.cpu",
     "keras_iqa.training.hcl",
     "keras_iqa.training.lr",
-    "keras_iqa.training.meta",
+    "keras_iqa.training.meta_learner",
     "keras_iqa.training.optimizers",
     "keras_iqa.training.runner",
 )
