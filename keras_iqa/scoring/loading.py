@@ -1,0 +1,185 @@
+"""Opening any MODEL as a `Scorer`: run directory, `.keras`, SavedModel, `.tflite`, preset handle, card name, model."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from data_pipeline import layout
+from keras_iqa.scoring.scorer import PRECISIONS, Scorer, _contract_fields, resolve_precision
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _from_keras_model(model, kind: str, source: str, precision: str = "fp32") -> Scorer:
+    from keras_iqa.evaluation.predict import make_score_fn, policy_twin
+
+    precision = resolve_precision(precision)
+    scored = policy_twin(model, "mixed_bfloat16" if precision == "bf16" else "float32")  # fp32: as saved and exported
+    c = int(model.crop_size)
+    fn = make_score_fn(scored, c, fold_bn=True)  # bf16: the backbone's BN folded into its convolutions (one trace)
+    return Scorer(lambda crops: np.asarray(fn(crops)), kind, source, tuple(model.score_range), bool(model.higher_better),
+                  c, int(model.test_crops), model.crop_policy, max_crops_per_call=64, extra={"model": model, "scored": scored},
+                  test_resize=getattr(model, "test_resize", None), precision=precision)
+
+
+def load_keras_model(path: os.PathLike):
+    """Loads a `.keras` file with every keras-iqa family registered (so their custom classes deserialize)."""
+    import keras
+
+    from keras_iqa import registry
+
+    registry.list_models()  # imports the family modules: registers their serializable classes
+    return keras.saving.load_model(str(path), compile=False)
+
+
+def _latest_version(root: Path) -> Optional[Path]:
+    versions = sorted((int(p.name), p) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return versions[-1][1] if versions else None
+
+
+def _is_keras_model(obj) -> bool:
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras is a dependency
+        return False
+    return isinstance(obj, keras.Model) and hasattr(obj, "score") and hasattr(obj, "crop_size")
+
+
+def _is_preset_handle(text: str) -> bool:
+    from keras_iqa.presets import is_preset_handle
+
+    return is_preset_handle(text)
+
+
+def load_scorer(model, precision: str = "fp32") -> Scorer:
+    """Opens any MODEL (see the module docstring) as a `Scorer`. Errors name the model and what was expected there.
+
+    Args:
+        model: path, preset handle, card name, keras-iqa `keras.Model` or `Scorer` (returned as it is).
+        precision: "fp32" (default: the scores of evaluation and the exports), "bf16" (Keras models only: a
+            `mixed_bfloat16` copy with the backbone's batch norm folded; faster on CPUs with native bf16) or "auto"
+            (bf16 where the CPU has native bf16, else fp32; exported models keep their own precision).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if isinstance(model, Scorer):
+        return model
+    if _is_keras_model(model):
+        return _from_keras_model(model, "keras", getattr(model, "card_name", None) or model.name, precision)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a path, preset handle, card name, keras-iqa keras.Model or Scorer, got "
+                        f"{type(model).__name__}")
+    text = os.fspath(model)
+    p = Path(text).expanduser()
+    if p.exists():
+        if p.is_dir() and layout.model_file(p) is None and not (p / "saved_model.pb").is_file() \
+                and _is_preset_handle(str(p)):
+            return _from_preset(str(p), precision)
+        return _load_path(p, precision)
+    if _is_preset_handle(text):
+        return _from_preset(text, precision)
+    from keras_iqa import registry
+
+    if text in registry.list_models():
+        card = registry.get_card(text)
+        warnings.warn(f"model {text!r} is a model card: a freshly built model ({card.trained_on}) whose scores mean "
+                      "nothing until it is trained; pass a run directory, .keras, SavedModel, .tflite or a preset with "
+                      "trained weights", UserWarning, stacklevel=_caller_stacklevel())
+        return _from_keras_model(registry.create_model(text), "card", text, precision)
+    import difflib
+
+    close = difflib.get_close_matches(text, registry.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean the card {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise FileNotFoundError(f"MODEL {text} does not exist (expected a run directory, .keras file, SavedModel directory, "
+                            f".tflite, a preset handle or a model card name){hint}")
+
+
+def _from_preset(handle: str, precision: str) -> Scorer:
+    from keras_iqa.presets import from_preset
+
+    return _from_keras_model(from_preset(handle), "preset", handle, precision)
+
+
+def _exported_precision(p: Path, precision: str) -> None:
+    if precision == "bf16":
+        raise ValueError(f"{p}: precision bf16 applies to Keras models (run directory, .keras, preset, card); an exported "
+                         "SavedModel or .tflite runs in the precision it was exported with")
+
+
+def _load_path(p: Path, precision: str) -> Scorer:
+    if p.is_file() and p.suffix == ".keras":
+        return _from_keras_model(load_keras_model(p), "keras", str(p), precision)
+    if p.is_file() and p.suffix == ".tflite":
+        _exported_precision(p, precision)
+        from keras_iqa.export.tflite import TFLiteScorer, read_contract
+
+        sidecar = p.with_suffix(".json")
+        meta = read_contract(p) or (json.loads(sidecar.read_text()) if sidecar.exists() else None)
+        if meta is None:
+            raise ValueError(f"{p}: no keras-iqa contract in the model's metadata and no sidecar {sidecar.name} (score range, "
+                             "crop policy); re-export with keras-iqa export")
+        tfl = TFLiteScorer(p, num_threads=min(4, os.cpu_count() or 1))
+        photo = _photo_scores(tfl) if tfl.is_photo else None
+        return Scorer(tfl, "tflite", str(p), **_contract_fields(meta), extra={"contract": meta}, image_scores=photo)
+    if p.is_dir():
+        run_model = layout.model_file(p)  # a run directory (an HCL `--stages all` folder: its last stage)
+        if run_model is not None:
+            return _from_keras_model(load_keras_model(run_model), "run", str(p), precision)
+        if not (p / "saved_model.pb").is_file():
+            latest = _latest_version(p)
+            if latest is not None and (latest / "saved_model.pb").is_file():
+                p = latest
+        if (p / "saved_model.pb").is_file():
+            _exported_precision(p, precision)
+            return _load_savedmodel(p)
+        if layout.looks_like_run_dir(p):
+            layout.find_model_file(p)  # raises the run directory's message: no model.keras yet, and what to pass
+        raise ValueError(f"{p} is neither a run directory (model.keras), nor a SavedModel (saved_model.pb), "
+                         "nor a TF Serving model root (numbered version folders), nor a preset folder")
+    raise ValueError(f"MODEL {p}: unsupported file type {p.suffix!r}; use a run directory, .keras, SavedModel directory or .tflite")
+
+
+def _photo_scores(tfl) -> Callable[[list], np.ndarray]:
+    """Scores decoded images with a whole-photo .tflite: each scaled to its photo size (bilinear) when it differs."""
+    from data_pipeline.test_time import scale_to_photo_size
+
+    def run(images):
+        return tfl.score_photos([scale_to_photo_size(img, tfl.photo_size) for img in images]).astype(np.float64)
+
+    return run
+
+
+def _load_savedmodel(p: Path) -> Scorer:
+    import tensorflow as tf
+
+    from keras_iqa.export.savedmodel import CONTRACT_FILE
+
+    meta_path = p / CONTRACT_FILE
+    if not meta_path.is_file():
+        raise ValueError(f"{p}: {CONTRACT_FILE} is missing (not written by keras-iqa export); cannot know the crop contract")
+    meta = json.loads(meta_path.read_text())
+    loaded = tf.saved_model.load(str(p))
+    if "predict_crops" not in loaded.signatures:
+        raise ValueError(f"{p}: no predict_crops signature (has {sorted(loaded.signatures)})")
+    sig = loaded.signatures["predict_crops"]
+
+    def run(crops):
+        return np.asarray(sig(crops=tf.constant(crops, tf.float32))["score"])
+
+    return Scorer(run, "savedmodel", str(p), **_contract_fields(meta), extra={"contract": meta, "loaded": loaded})
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` of the first frame outside this package (a warning then points at the user's line)."""
+    import sys
+
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+        level, frame = level + 1, frame.f_back
+    return level
