@@ -90,12 +90,12 @@ def test_jpeg_crop_window_decode_matches_full_decode(auth):
     full = tf.cast(decode_image_tensor(p["image/encoded"]), tf.float32)
     for s in range(5):
         seed = tf.constant([s, 11], tf.int64)
-        fast, ok = r._decode_random_crop(p["image/encoded"], p["image/height"], p["image/width"], seed, C, None, False)
+        fast, ok = r.parser.random_crop(p["image/encoded"], p["image/height"], p["image/width"], seed, C, None, False)
         oy, ox = _offsets(seed, p["image/height"] - C, p["image/width"] - C)
         np.testing.assert_array_equal(fast.numpy(), full[oy:oy + C, ox:ox + C].numpy())
         assert bool(ok)
     # resize-first path still gives valid crops
-    img, ok = r._decode_random_crop(p["image/encoded"], p["image/height"], p["image/width"], tf.constant([1, 2], tf.int64),
+    img, ok = r.parser.random_crop(p["image/encoded"], p["image/height"], p["image/width"], tf.constant([1, 2], tf.int64),
                                     C, 30, True)
     assert img.shape == (C, C, 3) and bool(ok)
 
