@@ -36,6 +36,8 @@ FIELDS = {
     "reference_id": "reference/id",
     "reference_encoded": "reference/encoded",
 }
+#: bytes fields that hold text (`scan` gives them as str; the encoded images stay bytes).
+TEXT = ("format", "id", "dataset", "distortion_name", "reference_id")
 #: The small per-image facts (no pixels): what an index or a metadata table reads.
 METADATA = ("id", "mos", "normalized", "distortion_type", "distortion_name", "distortion_level", "reference_id")
 
@@ -72,8 +74,8 @@ class Decoder:
         return {f: parsed[FIELDS[f]] for f in self.fields}
 
     def scan(self, files: Sequence[str], batch_size: int = 512) -> dict:
-        """The decoded fields of every readable record of `files`, in file order, as numpy arrays (bytes fields become
-        str). A record that is not a tf.Example is skipped, and a corrupt shard (CRC) ends at its first bad record,
+        """The decoded fields of every readable record of `files`, in file order, as numpy arrays (text fields become
+        str, undecodable UTF-8 replaced by U+FFFD; images stay bytes). A record that is not a tf.Example is skipped, and a corrupt shard (CRC) ends at its first bad record,
         without failing the scan."""
         ds = tf.data.TFRecordDataset(list(files)).ignore_errors()
         ds = ds.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(batch_size)
@@ -84,7 +86,7 @@ class Decoder:
         out = {}
         for f in self.fields:
             a = np.concatenate(cols[f]) if cols[f] else np.zeros(0, self.spec[FIELDS[f]].dtype.as_numpy_dtype)
-            if a.dtype == object or a.dtype.kind == "S":
-                a = np.asarray([x.decode("utf-8") for x in a], dtype=str)
+            if f in TEXT:
+                a = np.asarray([x.decode("utf-8", errors="replace") for x in a], dtype=str)
             out[f] = a
         return out

@@ -98,34 +98,20 @@ def check_split_hygiene(splits, column: str, metadata=None, data_dir="") -> None
 
 
 def read_metadata(data_dir):
-    """image_id, mos, distortion_type / name / level, reference_id of every record (images are not decoded)."""
+    """image_id, mos, distortion_type / name / level, reference_id of every record (images are not decoded; the records
+    are read by `data_pipeline.dataloaders.Decoder`, a record that is not a tf.Example is skipped)."""
     import pandas as pd
-    import tensorflow as tf
+
+    from data_pipeline.dataloaders.decoder import Decoder
 
     man = load_dataset_info(data_dir)
     files = layout.shard_files(data_dir, man)
-    spec = {
-        "image/id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-        "score/mos": tf.io.FixedLenFeature([], tf.float32, default_value=np.nan),
-        "distortion/type": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-        "distortion/name": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-        "distortion/level": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-        "reference/id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    }
-    ds = tf.data.TFRecordDataset(files).batch(1024).map(lambda s: tf.io.parse_example(s, spec)).ignore_errors()
-    cols = {k: [] for k in spec}
-    for batch in ds:
-        for k in spec:
-            cols[k].append(batch[k].numpy())
-    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
-
-    def dec(a):
-        return [x.decode("utf-8") for x in a]
-
+    fields = ("id", "mos", "distortion_type", "distortion_name", "distortion_level", "reference_id")
+    cols = Decoder(fields=fields).scan(files, batch_size=1024)  # fields a kind lacks decode to their defaults
     return pd.DataFrame({
-        "image_id": dec(cat["image/id"]), "mos": cat["score/mos"].astype(np.float64),
-        "distortion_type": cat["distortion/type"].astype(np.int64), "distortion_name": dec(cat["distortion/name"]),
-        "distortion_level": cat["distortion/level"].astype(np.int64), "reference_id": dec(cat["reference/id"]),
+        "image_id": cols["id"].tolist(), "mos": cols["mos"].astype(np.float64),
+        "distortion_type": cols["distortion_type"].astype(np.int64), "distortion_name": cols["distortion_name"].tolist(),
+        "distortion_level": cols["distortion_level"].astype(np.int64), "reference_id": cols["reference_id"].tolist(),
     })
 
 
