@@ -15,6 +15,7 @@ CORE = [
     "pyyaml",
     "openpyxl",  # BID / SPAQ score sheets (.xlsx)
     "tqdm",  # progress bars of keras-iqa score
+    "tabulate",  # pandas DataFrame.to_markdown: keras-iqa report tables
     "tensorflow-serving-api==2.21.*",  # ModelServerConfig proto for models.config (pure Python; needs the TF above)
 ]
 EXTRAS = {

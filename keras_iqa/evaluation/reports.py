@@ -302,12 +302,10 @@ def compare_table(paths: Sequence, stat: str = "median"):
 
 
 def table_markdown(df) -> str:
-    cols = list(df.columns)
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        out.append("| " + " | ".join(_fmt(v) if isinstance(v, (float, np.floating)) else ("-" if v is None else str(v))
-                                     for v in r.values) + " |")
-    return "\n".join(out) + "\n"
+    """`df` as a GitHub markdown table (pandas `DataFrame.to_markdown`, through tabulate): floats with 4 decimals
+    (`_fmt`), missing values "-", other cells as text (never re-parsed as numbers)."""
+    cells = df.astype(object).map(lambda v: _fmt(v) if isinstance(v, (float, np.floating)) else "-" if v is None else str(v))
+    return cells.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------------- demo report

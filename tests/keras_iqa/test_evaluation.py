@@ -312,7 +312,10 @@ def test_reports_plots_and_side_by_side(dataset, tmp_path):
     table = R.compare_table([tmp_path / "rep_a", tmp_path / "rep_b"])
     assert list(table.protocol) == ["splits", "official"] and table.srocc[0] > table.srocc[1]
     assert "srocc[Bad]" in table.columns
-    assert "| run |" in R.table_markdown(table)
+    md = R.table_markdown(table).splitlines()  # pandas to_markdown: header, separator, one row per run
+    assert [c.strip() for c in md[0].strip("|").split("|")] == list(table.columns)
+    assert set(md[1]) <= set("|-") and len(md) == 2 + len(table)
+    assert md[2].strip("|").split("|")[list(table.columns).index("srocc")].strip() == f"{table.srocc[0]:.4f}"
 
 
 def test_cli_evaluate_and_report(dataset, tmp_path, capsys):
