@@ -22,6 +22,8 @@ DOCTEST_MODULES = (
     "bench.peers.reqa_torch",
     "bench.peers.resnet_torch",
     "data_pipeline.beam.synthesize",
+    "data_pipeline.dataloaders.decoder",
+    "data_pipeline.dataloaders.parser",
     "data_pipeline.fixtures",
     "data_pipeline.fs",
     "data_pipeline.input",
