@@ -1,4 +1,5 @@
-"""`keras-iqa train hcl`: HCL (reconstruction), three curricula, one stage at a time or all in sequence."""
+"""`keras-iqa train hcl`: HCL (reconstruction), three curricula, one stage at a time or all in sequence (arguments -> config ->
+`keras_iqa.tasks.hcl.train`)."""
 
 from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
 
@@ -80,7 +81,7 @@ def run(args):
     applied = configure_cpu(args.precision)  # first: it sets TF options that only act before TensorFlow starts
     from keras_iqa.config import load_config
     from keras_iqa.registry import get_card
-    from keras_iqa.training import hcl as T
+    from keras_iqa.tasks import hcl as T
 
     cfg = T.HCLTrainConfig(model=get_card(args.model).config())
     over = {}
@@ -91,25 +92,9 @@ def run(args):
     if args.distribute:
         over["distribute"] = args.distribute
     cfg = load_config(cfg, files=args.config, sets=args.set, overrides=over)
-
-    if args.stages == "all":
-        if len(args.data) > 1:
-            raise SystemExit("--stages all takes ONE authentic --data DIR; give the synthetic datasets with --synthetic")
-        res = T.run_all(cfg, args.pairs, args.synthetic, args.data[0] if args.data else None, args.out, init=args.init)
-        summary = {k: v.get("holdout") or v.get("test") or v.get("head_correlation_last_epoch") for k, v in res.items()}
-    elif args.stage == "restoration":
-        if not args.pairs:
-            raise SystemExit("--stage restoration needs --pairs DIR (prepared pair records)")
-        summary = T.train_restoration(cfg, args.pairs, args.out).get("holdout")
-    elif args.stage == "synthetic":
-        data = list(args.synthetic) + list(args.data)
-        if not data:
-            raise SystemExit("--stage synthetic needs at least one --data DIR (a prepared synthetic IQA dataset)")
-        summary = T.train_synthetic(cfg, data, args.out, init=args.init)["head_correlation_last_epoch"]
-    else:
-        if len(args.data) != 1:
-            raise SystemExit(f"--stage finetune needs exactly one --data DIR (the authentic dataset), got {len(args.data)}")
-        summary = T.train_finetune(cfg, args.data[0], args.out, init=args.init)["test"]
+    stage = args.stages or args.stage
+    res = T.train(cfg, args.out, stage=stage, pairs=args.pairs, data=args.data, synthetic=args.synthetic, init=args.init)
+    summary = T.stage_summary(stage, res)
     print(json.dumps({"out": args.out, "model": "HCL (reconstruction)", "summary": summary,
                       "ablation": dataclasses.asdict(cfg.ablation), "cpu": applied}, indent=2, default=str))
     return 0
