@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline import layout
+
 BUDGETS = {
     # small: tiny random-init networks (keras-iqa models reqa-tiny ...) at 96-px crops, a few epochs: minutes on 2 CPU cores.
     # The `*_set` dicts are passed as `--set key=value` to the train commands (printed with each command).
@@ -177,8 +179,10 @@ def _split_counts(data: Path, csv: Path, split: str = "split_00") -> tuple:
     try:
         import pandas as pd
 
-        sp = pd.read_csv(data / "splits.csv").merge(pd.read_csv(csv)[["image", "reference"]], left_on="image_id",
-                                                       right_on="image")
+        from data_pipeline.layout import read_splits
+
+        sp = pd.DataFrame(read_splits(data)).merge(pd.read_csv(csv, dtype=str)[["image", "reference"]],
+                                                   left_on="image_id", right_on="image")
         return tuple(int(sp.loc[sp[split] == s, "reference"].nunique()) for s in ("train", "test"))
     except Exception:  # noqa: BLE001 - the report then says "?"
         return ("?", "?")
@@ -257,7 +261,7 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
     _run_cli(hcl_argv)
 
     step(6, "evaluate each model on the held-out references of pseudo_msssim", "6. evaluate")
-    sources = {"metaiqa": meta_run, "reqa": reqa_run, "hcl": hcl_run / "3-finetune"}
+    sources = {"metaiqa": meta_run, "reqa": reqa_run, "hcl": Path(layout.hcl_stage_dir(hcl_run, "finetune"))}
     for name, src in sources.items():
         _run_cli(["evaluate", str(src), "--data", str(target), "--protocol", "splits", "--split", "split_00",
                   "--out", str(reports / name)])

@@ -113,6 +113,9 @@ def test_demo_helpers(tmp_path):
     (tmp_path / "m.csv").write_text("image,reference,mos\na1.png,a,1\na2.png,a,2\nb1.png,b,3\nc1.png,c,4\n")
     assert demo._split_counts(tmp_path, tmp_path / "m.csv") == (2, 1)
     assert demo._split_counts(tmp_path / "none", tmp_path / "m.csv") == ("?", "?")
+    (tmp_path / "bad").mkdir()  # a damaged splits.csv (a value that is no subset): "?" in the report, no traceback
+    (tmp_path / "bad" / "splits.csv").write_text("image_id,split_00\na1.png,train\na2.png,bogus\n")
+    assert demo._split_counts(tmp_path / "bad", tmp_path / "m.csv") == ("?", "?")
 
 
 def test_demo_budgets_are_valid_train_configs():
