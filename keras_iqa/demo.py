@@ -179,8 +179,8 @@ def _split_counts(data: Path, csv: Path, split: str = "split_00") -> tuple:
     try:
         import pandas as pd
 
-        sp = pd.DataFrame(layout.read_splits(data)).merge(pd.read_csv(csv, dtype=str)[["image", "reference"]],
-                                                   left_on="image_id", right_on="image")
+        refs = pd.read_csv(csv, dtype=str)[["image", "reference"]]
+        sp = pd.DataFrame(layout.read_splits(data)).merge(refs, left_on="image_id", right_on="image")
         return tuple(int(sp.loc[sp[split] == s, "reference"].nunique()) for s in ("train", "test"))
     except Exception:  # noqa: BLE001 - the report then says "?"
         return ("?", "?")
