@@ -1,17 +1,19 @@
-"""`keras-iqa train METHOD`: one sub-command per method, each in its own module (`train_reqa`, `train_metaiqa`, `train_hcl`)."""
+"""`keras-iqa train METHOD`: one sub-command per training task (`keras_iqa.tasks.TASKS`), each an adapter module
+`keras_iqa.commands.train_<method>` (arguments -> config -> task)."""
 
 import importlib
 
 from keras_iqa.commands import formatter
+from keras_iqa.tasks import task_names
 
-METHODS = ("reqa", "metaiqa", "hcl")
+METHODS = task_names()  # reqa, metaiqa, hcl: the task registry's order
 
 
 def register(sub):
     p = sub.add_parser(
         "train",
-        help="train a model (reqa | metaiqa | hcl)",
-        description="Train one of the three methods. Each writes a run directory (config.json, history.csv, checkpoints/, "
+        help=f"train a model ({' | '.join(METHODS)})",
+        description="Train one of the methods. Each writes a run directory (config.json, history.csv, checkpoints/, "
         "model.keras, results.json) and resumes when re-run with the same --out.",
         epilog="Examples:\n  keras-iqa train reqa --data records/koniq10k --split split_00 --out runs/reqa\n"
         "  keras-iqa train metaiqa --meta-data records/kadid10k --meta-data records/tid2013 --data records/clive --out runs/meta\n"
