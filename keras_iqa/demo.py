@@ -9,7 +9,7 @@ Steps (each one is the same `keras-iqa` command a user would type; the demo prin
 4. evaluate each on the held-out references of `pseudo_msssim` (same split for all), side-by-side table
    (`reports/comparison.md`);
 5. export the best to a SavedModel and a TFLite int8 model and score a few images with both;
-6. write `report.md` (`keras_iqa.evaluation.reports.demo_report_markdown`): what ran, each method's held-out SROCC / PLCC /
+6. write `report.md` (`keras_iqa.evaluation.demo_report.demo_report_markdown`): what ran, each method's held-out SROCC / PLCC /
    MAE against the held-out MOS spread, sentences whose verdict follows the numbers (learned / weak / did NOT learn; on the
    MOS scale or not), the plots inline, what the numbers do not show, and the time per step; paths relative to report.md.
 

@@ -1,4 +1,4 @@
-"""The demo's report.md (keras_iqa.evaluation.reports.demo_report_markdown) and the demo's small helpers: fast, no training."""
+"""The demo's report.md (keras_iqa.evaluation.demo_report.demo_report_markdown) and the demo's small helpers: fast, no training."""
 
 import json
 import re
