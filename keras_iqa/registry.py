@@ -1,7 +1,9 @@
 """Model cards: name -> builder, default config, input contract, score range and direction, training data, citation.
 
-Each model family registers its cards at import time with `register(ModelCard(...))`; the families listed in
-`_FAMILY_MODULES` are imported lazily the first time the registry is read, so `import keras_iqa` stays light.
+`FAMILIES` is the one list of model families: each is a package `keras_iqa/models/<family>/` (keras-hub's layout: config,
+model, presets) that registers its cards at import time with `register(ModelCard(...))`. The packages are imported lazily
+the first time the registry is read, so `import keras_iqa` stays light; `keras_iqa.models` resolves the model classes a
+family lists, and `keras-iqa train` offers one method per family. Adding a family = one model package + one `Family` entry.
 
 Example:
 >>> import keras_iqa
@@ -18,7 +20,35 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-_FAMILY_MODULES = ("keras_iqa.models.reqa", "keras_iqa.models.metaiqa", "keras_iqa.models.hcl")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its `name` (the `keras-iqa train` method), its `package` (imported to register its cards) and the
+    model `classes` that `keras_iqa.models` exports from it."""
+
+    name: str
+    package: str
+    classes: tuple = ()
+
+
+#: The model families, in `keras-iqa train`'s order.
+FAMILIES: dict = {f.name: f for f in (
+    Family("reqa", "keras_iqa.models.reqa", ("REQA",)),
+    Family("metaiqa", "keras_iqa.models.metaiqa", ("MetaIQA",)),
+    Family("hcl", "keras_iqa.models.hcl", ("HCL", "HCLSynthetic", "RestorationNet")),
+)}
+_FAMILY_MODULES = tuple(f.package for f in FAMILIES.values())
+
+
+def families() -> tuple:
+    """The family names (`keras-iqa train` methods), without importing any model."""
+    return tuple(FAMILIES)
+
+
+def model_classes() -> dict:
+    """Class name -> the family package that defines it (what `keras_iqa.models` resolves lazily)."""
+    return {cls: f.package for f in FAMILIES.values() for cls in f.classes}
 
 
 @dataclass(frozen=True)
@@ -121,9 +151,18 @@ def card_index() -> list:
     plus any card registered at run time (those are already imported)."""
     entries = dict(CARD_INDEX)
     for name, card in _REGISTRY.items():
-        entries[name] = CardEntry(name, getattr(card.builder, "__module__", ""), tuple(card.score_range),
-                                  card.higher_better, card.description)
+        entries[name] = CardEntry(name, card_family(card), tuple(card.score_range), card.higher_better, card.description)
     return [entries[k] for k in sorted(entries)]
+
+
+def card_family(card: ModelCard) -> str:
+    """The family package a card's builder lives in (`keras_iqa.models.reqa` for `build_reqa`), else the builder's module
+    (a card registered at run time)."""
+    module = getattr(card.builder, "__module__", "") or ""
+    for package in _FAMILY_MODULES:
+        if module == package or module.startswith(package + "."):
+            return package
+    return module
 
 
 def register(card: ModelCard) -> ModelCard:

@@ -1,16 +1,15 @@
-"""Model families: REQA, MetaIQA, HCL (one module each), imported lazily: `from keras_iqa.models import REQA` works and
-`import keras_iqa.models` stays light."""
+"""Model families, one package each in keras-hub's layout (`reqa/`, `metaiqa/`, `hcl/`: config, model, presets), plus
+`base.IQAModel` (the contract every model offers) and `two_optimizer.TwoOptimizerModel` (backbone + rest optimizers).
+
+The classes are imported lazily, so `from keras_iqa.models import REQA` works and `import keras_iqa.models` stays light;
+which class lives in which family package comes from the registry's family table (`keras_iqa.registry.FAMILIES`).
+"""
 
 import importlib
 
-_LAZY = {
-    "IQAModel": "keras_iqa.models.base",
-    "REQA": "keras_iqa.models.reqa",
-    "MetaIQA": "keras_iqa.models.metaiqa",
-    "HCL": "keras_iqa.models.hcl",
-    "HCLSynthetic": "keras_iqa.models.hcl",
-    "RestorationNet": "keras_iqa.models.hcl",
-}
+from keras_iqa.registry import model_classes
+
+_LAZY = {"IQAModel": "keras_iqa.models.base", "TwoOptimizerModel": "keras_iqa.models.two_optimizer", **model_classes()}
 __all__ = sorted(_LAZY)
 
 

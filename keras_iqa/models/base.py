@@ -9,8 +9,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 from keras import ops
+
+#: The `IQAModel` arguments that describe the test-time contract (saved by `get_config`).
+CONTRACT_ARGS = ("score_range", "higher_better", "crop_size", "test_crops", "crop_policy", "test_resize")
 
 
 class IQAModel(keras.Model):
@@ -37,6 +42,14 @@ class IQAModel(keras.Model):
         self.test_crops = int(test_crops)
         self.crop_policy = crop_policy
         self.test_resize = _resize_value(test_resize)
+
+    def use_model_config(self, cfg) -> None:
+        """Keeps a family's config dataclass as `self.model_config` (as built) and its fields as attributes (`model.steps`,
+        ...; the contract fields are `IQAModel`'s attributes, set by `__init__`)."""
+        self.model_config = cfg
+        for f in dataclasses.fields(cfg):
+            if f.name not in CONTRACT_ARGS:
+                setattr(self, f.name, getattr(cfg, f.name))
 
     def score(self, crops):
         """Final score per crop, shape [B]. Subclasses whose `call` returns several outputs override this."""
@@ -76,3 +89,25 @@ def _resize_value(value):
         return int(value)
     h, w = (int(v) for v in value)
     return (h, w)
+
+
+def split_config(config_cls, kwargs: dict):
+    """`(config, rest)`: the fields of the model config dataclass `config_cls` taken out of a model's `kwargs` (the rest
+    goes to `IQAModel` / `keras.Model`). The contract fields the config holds (`crop_size`, `score_range`, ...) are passed
+    on in `rest` too, so a family's `__init__(**kwargs)` spells none of its hyper-parameters."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    cfg = config_cls(**{k: v for k, v in kwargs.items() if k in names})
+    rest.update({k: getattr(cfg, k) for k in CONTRACT_ARGS if k in names})
+    return cfg, rest
+
+
+def config_json(cfg) -> dict:
+    """A model config as `get_config` saves it, less the contract fields (`IQAModel.get_config` saves those from the
+    model's attributes, which a training command may set after building: `test_crops`, `crop_policy`, ...): JSON types
+    (tuples as lists) and `backbone_weights` None, since the weights come from the saved file (a loaded model rebuilds
+    its backbone without downloading a preset)."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items() if k not in CONTRACT_ARGS}
+    if "backbone_weights" in out:
+        out["backbone_weights"] = None
+    return out

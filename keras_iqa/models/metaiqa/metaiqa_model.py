@@ -1,4 +1,4 @@
-"""MetaIQA (Zhu et al., CVPR 2020): a ResNet-18 quality regressor meta-trained on distortion-specific tasks.
+"""The MetaIQA model (Zhu et al., CVPR 2020): a ResNet-18 quality regressor meta-trained on distortion-specific tasks.
 
 The network is ResNet-18 (keras-hub, torchvision v1.5 layout) + global average pooling + a regression head:
 
@@ -26,48 +26,15 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import dataclasses
 
 import keras
 from keras import ops
 
 from keras_iqa.backbones import resnet_features
 from keras_iqa.layers.preprocessing import ImageNetNormalization
-from keras_iqa.models.base import IQAModel
-from keras_iqa.registry import InputContract, ModelCard, register
-
-HEADS = ("paper", "official")
-PAPER = ("H. Zhu, L. Li, J. Wu, W. Dong, G. Shi. MetaIQA: Deep Meta-learning for No-Reference Image Quality Assessment. "
-         "CVPR 2020")
-
-
-@dataclass
-class MetaIQAConfig:
-    """Model config of MetaIQA.
-
-    Args:
-        depth: ResNet depth (18 in the paper).
-        backbone_weights: None (random), "imagenet" (keras-hub preset) or a local preset directory.
-        width, blocks: shrink the backbone for tests (`width=0.125, blocks=(1, 1, 1, 1)`).
-        head: "paper" (GAP -> FC -> FC) or "official" (ImageNet FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout, sigmoid).
-        head_units: hidden width of the paper head (the official head's widths are fixed: 1000, 1024, 512).
-        dropout: drop rate of the official head (1 - keep_probability = 0.5).
-        crop_size, score_range, test_crops, crop_policy: the test-time contract (`IQAModel`); 25 random crops at the
-            training scale (the official card: whole image resized to 224).
-    """
-
-    depth: int = 18
-    backbone_weights: Optional[str] = None
-    width: float = 1.0
-    blocks: Optional[tuple] = None
-    head: str = "paper"
-    head_units: int = 512
-    dropout: float = 0.5
-    crop_size: int = 224
-    score_range: tuple = (0.0, 1.0)
-    test_crops: int = 25
-    crop_policy: str = "random"
+from keras_iqa.models.base import IQAModel, config_json, split_config
+from keras_iqa.models.metaiqa.metaiqa_config import MetaIQAConfig
 
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
@@ -85,24 +52,17 @@ class MetaIQA(IQAModel):
     (1, 1)
     """
 
-    def __init__(self, depth=18, backbone_weights=None, width=1.0, blocks=None, head="paper", head_units=512, dropout=0.5,
-                 score_range=(0.0, 1.0), crop_size=224, test_crops=25, crop_policy="random", **kwargs):
+    def __init__(self, **kwargs):
+        cfg, kwargs = split_config(MetaIQAConfig, kwargs)
         kwargs.setdefault("name", "metaiqa")
-        super().__init__(score_range=score_range, crop_size=crop_size, test_crops=test_crops, crop_policy=crop_policy,
-                         higher_better=kwargs.pop("higher_better", True), **kwargs)
-        if head not in HEADS:
-            raise ValueError(f"MetaIQA head must be one of {HEADS}, got {head!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.depth, self.backbone_weights, self.width = int(depth), backbone_weights, float(width)
-        self.blocks = tuple(int(b) for b in blocks) if blocks is not None else None
-        self.head, self.head_units, self.dropout = head, int(head_units), float(dropout)
+        super().__init__(**kwargs)
+        self.use_model_config(cfg)
 
         self.normalize = ImageNetNormalization(name="imagenet_norm")
-        self.backbone = resnet_features(depth=self.depth, weights=backbone_weights, width=self.width, blocks=self.blocks,
+        self.backbone = resnet_features(depth=self.depth, weights=self.backbone_weights, width=self.width, blocks=self.blocks,
                                         name="backbone")
         self.pool = keras.layers.GlobalAveragePooling2D(name="gap")
-        if head == "paper":
+        if cfg.head == "paper":
             # fc2 (ours, docs/heads.md): float32 under mixed precision; bias at the score-range midpoint and a small kernel, so
             # a fresh model predicts ~mid-range (the paper is silent; Keras' default bias 0 starts at the bottom of the scale)
             lo, hi = self.score_range
@@ -139,42 +99,17 @@ class MetaIQA(IQAModel):
             x = layer(x, training=training)
         return self.head_layers[-1](ops.cast(x, "float32"))  # the score layer in float32 (also under mixed precision)
 
+    @classmethod
+    def from_model_config(cls, cfg: MetaIQAConfig, **kwargs) -> "MetaIQA":
+        """A MetaIQA model of the config `cfg` (kwargs: `IQAModel` / Keras arguments such as `name`)."""
+        return cls(**dataclasses.asdict(cfg), **kwargs)
+
     def get_config(self):
-        cfg = super().get_config()
-        cfg.update(depth=self.depth, backbone_weights=None, width=self.width,
-                   blocks=list(self.blocks) if self.blocks else None, head=self.head, head_units=self.head_units,
-                   dropout=self.dropout)
-        return cfg  # weights come from the saved file, so the backbone is rebuilt without downloading a preset
+        return {**super().get_config(), **config_json(self.model_config)}
 
 
 def build_metaiqa(cfg: MetaIQAConfig) -> MetaIQA:
     """Builds (and builds the variables of) a MetaIQA model from its config."""
-    model = MetaIQA(depth=cfg.depth, backbone_weights=cfg.backbone_weights, width=cfg.width, blocks=cfg.blocks, head=cfg.head,
-                    head_units=cfg.head_units, dropout=cfg.dropout, score_range=cfg.score_range, crop_size=cfg.crop_size,
-                    test_crops=cfg.test_crops, crop_policy=cfg.crop_policy)
+    model = MetaIQA.from_model_config(cfg)
     model(keras.ops.zeros((1, cfg.crop_size, cfg.crop_size, 3)))
     return model
-
-
-_INPUT = InputContract(crop_size=224, test_crops="25 random 224x224 crops at native resolution, averaged (training scale)")
-_INPUT_OFFICIAL = InputContract(crop_size=224, test_crops="whole image resized to 224x224 (1 pass; the released code)")
-register(ModelCard(
-    name="metaiqa", builder=build_metaiqa, config_cls=MetaIQAConfig, score_range=(0.0, 1.0), higher_better=True,
-    paper=PAPER, input=_INPUT,
-    description="MetaIQA, ResNet-18 + GAP + FC + FC (paper head); meta-train with `keras-iqa train metaiqa`",
-))
-register(ModelCard(
-    name="metaiqa-official", builder=build_metaiqa, config_cls=MetaIQAConfig,
-    defaults={"head": "official", "test_crops": 1, "crop_policy": "resize"},
-    score_range=(0.0, 1.0), higher_better=True, paper=PAPER, input=_INPUT_OFFICIAL,
-    trained_on="random init; convert released PyTorch weights with `keras-iqa convert metaiqa CKPT.pt --out PRESET_DIR`",
-    description="MetaIQA with the released code's head (FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout 0.5, sigmoid)",
-))
-register(ModelCard(
-    name="metaiqa-tiny", builder=build_metaiqa, config_cls=MetaIQAConfig,
-    defaults={"width": 0.125, "blocks": (1, 1, 1, 1), "head_units": 16, "crop_size": 64, "test_crops": 4},
-    score_range=(0.0, 1.0), higher_better=True, paper=PAPER,
-    input=InputContract(crop_size=64, test_crops="4 random 64x64 crops averaged"),
-    description="tiny MetaIQA (width 0.125, one block per stage, 64 px) for tests and smoke runs",
-))
-
