@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from keras_iqa.training.meta import MetaLearner, lodo_splits, leave_one_distortion_out, lr_factor  # noqa: E402
+from keras_iqa.tasks.metaiqa import leave_one_distortion_out, lodo_splits  # noqa: E402
+from keras_iqa.training.meta_learner import MetaLearner, lr_factor  # noqa: E402
 
 
 def linear_model(d=3, seed=0):
@@ -262,7 +263,7 @@ def test_leave_one_distortion_out_runs_end_to_end():
 
 
 def test_synthetic_to_authentic_and_table4_baseline_helpers():
-    from keras_iqa.training.meta import baseline_then_finetune, synthetic_to_authentic, tasks_to_dataset
+    from keras_iqa.tasks.metaiqa import baseline_then_finetune, synthetic_to_authentic, tasks_to_dataset
 
     rng = np.random.default_rng(8)
     tasks = dataset_tasks(rng, n=3)
@@ -289,7 +290,7 @@ def test_official_finetune_schedule_is_cumulative():
 
 def test_lodo_default_tests_every_held_out_image_without_finetuning(monkeypatch):
     """Paper Sec. 4.4: N-1 types train, "the remaining one kind of distortion is used for performance test"."""
-    import keras_iqa.training.meta as M
+    import keras_iqa.tasks.metaiqa_protocols as M
 
     def no_finetune(*a, **k):
         raise AssertionError("the paper's LODO does not fine-tune on the held-out type")
@@ -304,7 +305,7 @@ def test_lodo_default_tests_every_held_out_image_without_finetuning(monkeypatch)
 
 
 def test_lodo_reference_split_is_reference_disjoint():
-    from keras_iqa.training.meta import lodo_reference_split
+    from keras_iqa.tasks.metaiqa import lodo_reference_split
 
     ids = [f"r{r}_l{lv}" for r in range(5) for lv in range(4)]
     refs = [i.split("_")[0] for i in ids]
@@ -314,3 +315,16 @@ def test_lodo_reference_split_is_reference_disjoint():
     assert not {ref[i] for i in ft} & {ref[i] for i in test}
     with pytest.raises(ValueError, match="references"):
         lodo_reference_split(ids[:4], refs[:4])
+
+
+def test_old_import_paths_are_the_new_objects():
+    """`keras_iqa.training.meta` (the learner, fine-tuning and protocols before issue 23) re-exports their new homes."""
+    import keras_iqa.tasks.metaiqa as T
+    import keras_iqa.training.meta as old
+    import keras_iqa.training.meta_learner as L
+
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(T, name), name
+    assert old.MetaLearner is L.MetaLearner and old.lr_factor is L.lr_factor
+    with pytest.raises(AttributeError, match="no attribute"):
+        T.not_a_name

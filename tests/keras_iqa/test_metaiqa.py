@@ -10,7 +10,7 @@ import keras  # noqa: E402
 import keras_iqa  # noqa: E402
 from keras_iqa.cli import main as cli_main  # noqa: E402
 from keras_iqa.models.metaiqa import MetaIQA  # noqa: E402
-from keras_iqa.training.meta import FINETUNE_PRESETS, MetaLearner, finetune, load_meta_weights  # noqa: E402
+from keras_iqa.tasks.metaiqa import FINETUNE_PRESETS, MetaLearner, finetune, load_meta_weights  # noqa: E402
 
 TINY = dict(width=0.125, blocks=(1, 1, 1, 1), crop_size=32, head_units=8)
 
@@ -172,3 +172,25 @@ def test_cards_test_at_their_training_scale():
     paper, official = get_card("metaiqa").config(), get_card("metaiqa-official").config()
     assert (paper.crop_policy, paper.test_crops) == ("random", 25)
     assert (official.crop_policy, official.test_crops) == ("resize", 1)
+
+
+def test_the_command_is_an_adapter_over_the_task():
+    """`keras-iqa train metaiqa` and the Python API share the task: one config class, one preset table, one validation,
+    one test-time contract; bad choices are errors that name the key."""
+    import keras_iqa.commands.train_metaiqa as C
+    import keras_iqa.tasks.metaiqa as T
+    from keras_iqa.tasks import get_task
+
+    assert get_task("metaiqa") is T.TASK and T.TASK.config_cls is T.MetaIQATrainConfig is C.MetaIQATrainConfig
+    assert C.PRESETS is T.PRESETS and C.set_test_contract is T.set_test_contract
+    assert _metaiqa_cfg("official", "protocol=lodo") == T.validate(T.MetaIQATrainConfig(**{**T.PRESETS["official"],
+                                                                                          "protocol": "lodo"}))
+    for bad, match in (("protocol=table9", "protocol must be meta, lodo or baseline"),
+                       ("eval_mode=center", "eval_mode must be random, grid or resize"),
+                       ("precision=fp8", "precision must be auto, fp32 or bf16")):
+        with pytest.raises(ValueError, match=match):
+            _metaiqa_cfg("paper", bad)
+    with pytest.raises(ValueError, match="adam_state=fresh"):
+        _metaiqa_cfg("official", "distribute=mirrored")
+    with pytest.raises(ValueError, match="--meta-data DIR is required"):
+        T.train(T.MetaIQATrainConfig(model="metaiqa-tiny"), meta_data=[], data=None, out="unused")
