@@ -38,7 +38,7 @@ FAMILIES: dict = {f.name: f for f in (
     Family("metaiqa", "keras_iqa.models.metaiqa", ("MetaIQA",)),
     Family("hcl", "keras_iqa.models.hcl", ("HCL", "HCLSynthetic", "RestorationNet")),
 )}
-_FAMILY_MODULES = tuple(f.package for f in FAMILIES.values())
+_FAMILY_MODULES = tuple(f.package for f in FAMILIES.values())  # the built-in family packages (read FAMILIES instead)
 
 
 def families() -> tuple:
@@ -159,7 +159,7 @@ def card_family(card: ModelCard) -> str:
     """The family package a card's builder lives in (`keras_iqa.models.reqa` for `build_reqa`), else the builder's module
     (a card registered at run time)."""
     module = getattr(card.builder, "__module__", "") or ""
-    for package in _FAMILY_MODULES:
+    for package in (f.package for f in FAMILIES.values()):
         if module == package or module.startswith(package + "."):
             return package
     return module
@@ -176,7 +176,7 @@ def _load_families() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in _FAMILY_MODULES:
+    for mod in (f.package for f in FAMILIES.values()):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -10,6 +10,9 @@ functions for pytest. A family's tests call them with a registry card name (see 
 - `run_saving_test(model, x, path, compile_fn)`: `.keras` round trip: same scores, test-time contract and compile config
   (`run_backbone_optimizer_saved_test`: the second optimizer of two-optimizer families is restored too);
 - `run_optimizer_state_test(model, x, y, path, compile_fn)`: after one `fit` step every optimizer's state round-trips;
+- `run_resume_test(model, loaded, x, y)`: the loaded model's next `fit` step is the original's next step (every weight
+  equal, every optimizer one iteration on): a resumed run continues where it stopped (`no_dropout(card)` makes the
+  step deterministic);
 - `run_mixed_precision_test(card, x, score_layers)`: under `mixed_bfloat16` the score layers stay float32 and the scores are
   float32, off the bf16 grid and close to the float32 model's (tolerance from bf16's 8-bit significand);
 - `run_layer_test(cls, kwargs, x, expected_shape, path)`: a custom layer builds, calls, has the expected (also symbolic)
@@ -19,6 +22,7 @@ functions for pytest. A family's tests call them with a registry card name (see 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import keras
@@ -59,6 +63,13 @@ def _to_numpy(x):
 
 def _shapes(out):
     return keras.tree.map_structure(lambda t: tuple(t.shape), out)
+
+
+def no_dropout(card):
+    """Overrides that turn off every dropout of `card`'s config (the fields named `*dropout`), so that a training step
+    is deterministic under a fixed seed (tiny cards: REQA's transformer, HCL's subnetworks, MetaIQA's official head)."""
+    cfg = keras_iqa.get_card(card).config()
+    return {f.name: 0.0 for f in dataclasses.fields(cfg) if f.name.endswith("dropout")}
 
 
 # ------------------------------------------------------------------------------------------------------------- models
@@ -156,6 +167,32 @@ def run_optimizer_state_test(model, x, y, path, compile_fn):
         for a, b in zip(want, got):
             np.testing.assert_allclose(_to_numpy(b), _to_numpy(a), rtol=1e-6, atol=1e-7, err_msg=f"{attr} {a.path}")
     return loaded
+
+
+def run_resume_test(model, loaded, x, y, seed=1):
+    """A resumed fit continues: one more `fit` step of `loaded` (a `.keras` round trip of the fitted, compiled `model`)
+    gives the weights the same step of `model` gives, and every optimizer (`optimizer`, `backbone_optimizer`) counts one
+    more iteration. A lost optimizer state (Adam's moments, its step count) would change the step. The model's training
+    step must be deterministic under a seed (`no_dropout`). Returns the largest weight difference (0 when exact)."""
+    before = [_to_numpy(w) for w in model.weights]
+    iterations = {a: int(getattr(model, a).iterations) for a in ("optimizer", "backbone_optimizer")
+                  if getattr(model, a, None) is not None}
+    for m in (model, loaded):
+        m.run_eagerly = True
+        keras.utils.set_random_seed(seed)
+        m.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    for attr, n in iterations.items():
+        assert int(getattr(model, attr).iterations) == int(getattr(loaded, attr).iterations) == n + 1, attr
+    after, resumed = [_to_numpy(w) for w in model.weights], [_to_numpy(w) for w in loaded.weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "the step changed no weight"
+    bo = getattr(model, "backbone_optimizer", None)
+    if bo is not None:  # the backbone optimizer took its step too
+        ids = {id(v) for v in model.backbone_variables()}
+        moved = [not np.array_equal(b, _to_numpy(w)) for b, w in zip(before, model.weights) if id(w) in ids]
+        assert any(moved), "the backbone optimizer did not move the backbone"
+    diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in zip(after, resumed))
+    assert diff <= 1e-6, f"{type(model).__name__}: the resumed step differs from the original's by {diff}"
+    return diff
 
 
 def run_mixed_precision_test(card, x, score_layers=None, roundings=1, f32_model=None, **overrides):

@@ -9,11 +9,12 @@ import importlib
 
 from keras_iqa.registry import model_classes
 
-_LAZY = {"IQAModel": "keras_iqa.models.base", "TwoOptimizerModel": "keras_iqa.models.two_optimizer", **model_classes()}
-__all__ = sorted(_LAZY)
+_BASE = {"IQAModel": "keras_iqa.models.base", "TwoOptimizerModel": "keras_iqa.models.two_optimizer"}
+__all__ = sorted({**_BASE, **model_classes()})
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    homes = {**_BASE, **model_classes()}  # read when asked: a family added to the registry's table is found too
+    if name in homes:
+        return getattr(importlib.import_module(homes[name]), name)
     raise AttributeError(f"module 'keras_iqa.models' has no attribute {name!r}")

@@ -30,12 +30,10 @@ FAMILIES = {
     "HCL": dict(score_layers=lambda m: [m.out],
                 compile=lambda m: m.compile(optimizer=_adam(1e-3), backbone_optimizer=_adam(1e-4), loss="mse")),
 }
-TWO_OPTIMIZERS = {"REQA", "HCL"}
-# issue 23, deliverable 3 (both optimizers saved for every family): HCL's backbone optimizer is not in its .keras file yet,
-# and `_TwoLRMixin.compile_from_config` compiles one optimizer over every variable, so Keras also skips loading the saved
-# head optimizer's state (iterations back at 0). The test checks everything else, then reports the gap as an expected
-# failure; once the gap is fixed the test fails and asks for the entry to be removed.
-OPTIMIZER_STATE_NOT_SAVED = {}  # family class name -> reason, for a family whose optimizer state does not round-trip yet
+TWO_OPTIMIZERS = {"REQA", "HCL"}  # `keras_iqa.models.two_optimizer.TwoOptimizerModel` families
+# A family whose optimizer state does not round-trip yet: class name -> reason. The test checks everything else, then
+# reports the gap as an expected failure; once the gap is fixed the test fails and asks for the entry to be removed.
+OPTIMIZER_STATE_NOT_SAVED = {}
 _BUILT = {}
 
 
@@ -71,8 +69,8 @@ def test_card_under_mixed_bfloat16(card):
 
 
 @pytest.mark.parametrize("card", CARDS)
-def test_card_saves_compile_config_and_optimizer_state(card, tmp_path):
-    model = H.build_from_card(card)
+def test_card_saves_compile_config_and_optimizer_state_and_resumes(card, tmp_path):
+    model = H.build_from_card(card, **H.no_dropout(card))  # a deterministic training step, for the resume check
     fam, name = _family(model), type(model).__name__
     loaded = H.run_saving_test(model, X, tmp_path / "model.keras", compile_fn=fam["compile"])
     lo, hi = model.score_range
@@ -81,7 +79,8 @@ def test_card_saves_compile_config_and_optimizer_state(card, tmp_path):
     try:
         if name in TWO_OPTIMIZERS:
             H.run_backbone_optimizer_saved_test(model, loaded)
-        H.run_optimizer_state_test(model, X, y, tmp_path / "trained.keras", compile_fn=fam["compile"])
+        trained = H.run_optimizer_state_test(model, X, y, tmp_path / "trained.keras", compile_fn=fam["compile"])
+        H.run_resume_test(model, trained, X, y)
     except AssertionError:
         if gap is None:
             raise

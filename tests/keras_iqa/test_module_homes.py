@@ -137,3 +137,41 @@ def test_is_functional_on_each_kind_of_model():
         fold_batch_norm(sub)
     x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
     np.testing.assert_allclose(fold_batch_norm(sequential)(x), sequential(x), rtol=1e-6)
+
+
+# The model configs of the tiny cards exactly as `.keras` files written before the family packages (keras_iqa/models/
+# reqa.py, metaiqa.py, hcl.py as modules) store them: copied from the config.json of such files.
+_PRE_SPLIT = [
+    {"module": "keras_iqa.models.reqa", "class_name": "REQA", "registered_name": "keras_iqa>REQA", "config": {
+        "score_range": [0.0, 100.0], "higher_better": True, "crop_size": 64, "test_crops": 2, "crop_policy": "random",
+        "test_resize": None, "name": "reqa", "depth": 50, "backbone_weights": None, "width": 0.125, "blocks": [1, 1, 1, 1],
+        "steps": 4, "hidden": [4, 4, 4], "pool_size": 2, "proj_dim": 8, "feedback": True, "transformer": True, "dim": 16,
+        "heads": 2, "depth_te": 1, "mlp_dim": 16, "context_dim": 8, "dropout": 0.1, "norm_first": True,
+        "head_units": [16, 8], "final_relu": True, "score_scale": 10.0}},
+    {"module": "keras_iqa.models.hcl", "class_name": "HCL", "registered_name": "keras_iqa>HCL", "config": {
+        "score_range": [0.0, 100.0], "higher_better": True, "crop_size": 64, "test_crops": 25, "crop_policy": "random",
+        "test_resize": None, "name": "hcl", "restoration": {
+            "depth": 50, "backbone_weights": None, "width": 0.125, "blocks": [1, 1, 1, 1],
+            "decoder_filters": [32, 16, 16, 8, 8], "decoder_block": "conv", "input_norm": "imagenet", "output": "direct",
+            "input_skip": False},
+        "num_datasets": 2, "subnet_units": [32, 16], "subnet_dropout": 0.1, "cqac": True, "cqac_heads": 2,
+        "cqac_key_dim": 8, "head_units": 16}},
+    {"module": "keras_iqa.models.metaiqa", "class_name": "MetaIQA", "registered_name": "keras_iqa>MetaIQA", "config": {
+        "score_range": [0.0, 1.0], "higher_better": True, "crop_size": 64, "test_crops": 4, "crop_policy": "random",
+        "test_resize": None, "name": "metaiqa", "depth": 18, "backbone_weights": None, "width": 0.125,
+        "blocks": [1, 1, 1, 1], "head": "paper", "head_units": 16, "dropout": 0.5}},
+]
+
+
+@pytest.mark.parametrize("saved", _PRE_SPLIT, ids=lambda s: s["class_name"])
+def test_model_configs_saved_before_the_family_packages_load_unchanged(saved):
+    """Registered names and config keys are what `.keras` files of the module layout hold: such a config deserialises
+    to the family's class, which saves the very same config (the family packages changed no saved name or key)."""
+    import keras_iqa
+
+    keras_iqa.list_models()  # registers the families, as the project's loaders do before `load_model`
+    model = keras.saving.deserialize_keras_object(json.loads(json.dumps(saved)))
+    assert keras.saving.get_registered_name(type(model)) == saved["registered_name"]
+    assert json.loads(json.dumps(model.get_config())) == saved["config"]
+    name = {"REQA": "reqa-tiny", "HCL": "hcl-tiny", "MetaIQA": "metaiqa-tiny"}[saved["class_name"]]
+    assert json.loads(json.dumps(keras_iqa.create_model(name).get_config())) == saved["config"]

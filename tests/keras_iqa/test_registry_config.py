@@ -94,3 +94,51 @@ def test_registered_families_and_lazy_model_imports():
         assert isinstance(getattr(models, cls), type)
     with pytest.raises(AttributeError):
         models.Nope
+
+
+def test_the_family_table_is_the_one_list_of_families():
+    """`registry.FAMILIES` names each family's package and classes; the cards, `keras_iqa.models` and
+    `registry.families()` (the `keras-iqa train` methods) all derive from it."""
+    import importlib
+
+    import keras_iqa.models as models
+
+    assert registry.families() == ("reqa", "metaiqa", "hcl")
+    assert set(models.__all__) == {"IQAModel", "TwoOptimizerModel", *registry.model_classes()}
+    for fam in registry.FAMILIES.values():
+        package = importlib.import_module(fam.package)
+        for cls in fam.classes:
+            assert getattr(models, cls) is getattr(package, cls), cls
+    built_in = {registry.card_family(registry.get_card(n)) for n in registry.CARD_INDEX}
+    assert built_in == {f.package for f in registry.FAMILIES.values()}
+
+
+def test_adding_a_family_is_one_package_and_one_table_entry(tmp_path, monkeypatch):
+    """A new family package that registers its cards on import, plus its `Family` entry: its cards list and build, its
+    class resolves from `keras_iqa.models`, and `registry.families()` offers it."""
+    import keras_iqa.models as models
+
+    pkg = tmp_path / "extra_family"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import dataclasses\n"
+        "from keras_iqa.registry import ModelCard, register\n"
+        "@dataclasses.dataclass\n"
+        "class ExtraConfig:\n"
+        "    width: int = 2\n"
+        "class ExtraModel:\n"
+        "    def __init__(self, cfg):\n"
+        "        self.cfg = cfg\n"
+        "def build_extra(cfg):\n"
+        "    return ExtraModel(cfg)\n"
+        "register(ModelCard(name='extra-small', builder=build_extra, config_cls=ExtraConfig))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "FAMILIES", {**registry.FAMILIES,
+                                               "extra": registry.Family("extra", "extra_family", ("ExtraModel",))})
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the test's card goes when the test ends
+    monkeypatch.setattr(registry, "_loaded", False)
+    assert "extra-small" in registry.list_models()
+    assert registry.create_model("extra-small", width=3).cfg.width == 3
+    assert registry.card_family(registry.get_card("extra-small")) == "extra_family"
+    assert registry.families()[-1] == "extra"
+    assert models.ExtraModel.__module__ == "extra_family"
