@@ -27,7 +27,7 @@ from keras_iqa.tasks.base import Task, resolve_backbone_weights
 from keras_iqa.tasks.base import set_test_contract as _set_contract
 
 __all__ = ["PRESETS", "REQATask", "REQATrainConfig", "TARGET", "TASK", "build_inputs", "build_model",
-           "check_replica_batches", "set_test_contract", "train", "train_data", "train_repetitions", "validate"]
+           "check_replica_batches", "set_test_contract", "summary_line", "train", "train_data", "train_repetitions", "validate"]
 
 
 @dataclass
