@@ -76,4 +76,5 @@ class Task:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, config_cls={getattr(self.config_cls, '__name__', self.config_cls)})"
+        cls = getattr(self.config_cls, "__name__", self.config_cls)
+        return f"{type(self).__name__}(name={self.name!r}, config_cls={cls})"

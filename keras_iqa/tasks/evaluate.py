@@ -56,7 +56,8 @@ def predict_batches(model, data) -> tuple:
 def failed_metrics(n: int, error: str, pred=None, target=None) -> dict:
     """The metrics dict of an evaluation whose correlations are undefined: NaN correlations, `error` = why; raw RMSE / MAE
     when there is at least one finite (pred, target) pair."""
-    out = {"n": int(n), "srocc": NAN, "krocc": NAN, "plcc": NAN, "rmse": NAN, "rmse_raw": NAN, "mae": NAN, "error": str(error)}
+    out = {"n": int(n), "srocc": NAN, "krocc": NAN, "plcc": NAN, "rmse": NAN, "rmse_raw": NAN, "mae": NAN,
+           "error": str(error)}
     if pred is not None and target is not None and len(pred) and len(pred) == len(target):
         p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
         if np.all(np.isfinite(p)) and np.all(np.isfinite(t)):

@@ -1,9 +1,11 @@
-"""HCL's stage hand-off: each curriculum starts from the previous one's `model.keras` (docs/methods/hcl.md, Stages and hand-off).
+"""HCL's stage hand-off: each curriculum starts from the previous one's `model.keras` (docs/methods/hcl.md, Stages and
+hand-off).
 
-`load_stage_model` opens a stage's run directory (or `.keras` file), `transfer_weights` copies the parts two stage models share
-(the restoration network; the subnetworks and CQAC when K matches), `model_cfg_from` makes a stage's model config follow the
-previous stage's architecture so the weights fit; `init_synthetic` / `init_finetune` build the model of curriculum 2 / 3 (a
-`keras_iqa.tasks.hcl.HCLTrainConfig`, its ablations applied) and load what the previous stage hands over.
+`load_stage_model` opens a stage's run directory (or `.keras` file), `transfer_weights` copies the parts two stage models
+share (the restoration network; the subnetworks and CQAC when K matches), `model_cfg_from` makes a stage's model config
+follow the previous stage's architecture so the weights fit; `init_synthetic` / `init_finetune` build the model of
+curriculum 2 / 3 (from a `keras_iqa.tasks.hcl.HCLTrainConfig`, its ablations applied) and load what the previous stage
+hands over.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Optional
 from data_pipeline.layout import HCL_STAGE_DIRS, find_model_file
 from keras_iqa.models.hcl import HCLModelConfig
 
-__all__ = ["STAGES", "STAGE_DIRS", "init_finetune", "init_synthetic", "load_stage_model", "model_cfg_from", "transfer_weights"]
+__all__ = ["STAGES", "STAGE_DIRS", "init_finetune", "init_synthetic", "load_stage_model", "model_cfg_from",
+           "transfer_weights"]
 
 STAGES = ("restoration", "synthetic", "finetune")
 STAGE_DIRS = HCL_STAGE_DIRS  # <out>/1-restoration, 2-synthetic, 3-finetune (the names live in data_pipeline.layout)

@@ -1,4 +1,5 @@
-"""Callbacks and learning-rate schedules of two-optimizer training (the backbone and the rest), and HCL's head-correlation log.
+"""Callbacks and learning-rate schedules of two-optimizer training (the backbone and the rest), and HCL's head-correlation
+log.
 
 `GroupLRSchedule` sets `model.optimizer` and `model.backbone_optimizer` (the `keras_iqa.models.two_optimizer` contract) per
 epoch; `freeze_then_low_lr` / `step_decay` are HCL's curriculum-2 / curriculum-3 schedules for it; `HeadCorrelationLogger`
