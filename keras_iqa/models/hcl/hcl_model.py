@@ -5,11 +5,8 @@ distorted-reference pairs; lightweight per-dataset subnetworks tied by a CQAC mo
 an authentic dataset), with curriculum 1 built on the same authors' public TeacherIQA restoration network and a CQAC module of
 our own design (docs/methods/hcl.md, Design (ours)). Every number produced with it is "HCL (reconstruction)".
 
-- `RestorationNet` (curriculum 1): ResNet-50 v1.5 encoder (taps e0 = stem 112x112x64 before max-pool, e1..e3 = stages 1-3,
-  bottom = stage 4 7x7x2048) + U-Net decoder: 5 up-steps Conv2DTranspose(k2, s2) 2048->1024->512->256->64->64, the first 4
-  concatenated with the matching tap and followed by a conv block (two 3x3 conv + BN + ReLU, or TeacherIQA's inception block),
-  then Conv 1x1 -> 3 + sigmoid = restored RGB in [0, 1]. Its quality-knowledge vector
-  q(x) = concat[GAP(bottom), GAP(dec 14x14), GAP(dec 28x28), GAP(dec 56x56)] is 2048 + 1024 + 512 + 256 = 3840-d.
+- `RestorationNet` (curriculum 1, `hcl_restoration.py`): ResNet-50 v1.5 encoder + U-Net decoder restoring the distorted
+  image; its quality-knowledge vector q(x) (3840-d at full size) feeds the two models below.
 - `HCLSynthetic` (curriculum 2): q(x) -> K subnetworks -> CQAC -> K per-dataset scores [B, K]; trained with the
   correlation-consistency loss on batches tagged with their dataset id (`keras_iqa.layers.cqac`).
 - `HCL` (curriculum 3, the deployable `IQAModel`): concat of the K refined embeddings -> Dense(128) + ReLU -> Dense(1).
