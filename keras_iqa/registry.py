@@ -3,7 +3,8 @@
 `FAMILIES` is the one list of model families: each is a package `keras_iqa/models/<family>/` (keras-hub's layout: config,
 model, presets) that registers its cards at import time with `register(ModelCard(...))`. The packages are imported lazily
 the first time the registry is read, so `import keras_iqa` stays light; `keras_iqa.models` resolves the model classes a
-family lists, and `keras-iqa train` offers one method per family. Adding a family = one model package + one `Family` entry.
+family lists, and `keras-iqa train` offers one method per family (its task). Adding a method = one model package, one
+task module and one `Family` entry (docs/contributing.md).
 
 Example:
 >>> import keras_iqa
@@ -23,20 +24,61 @@ from typing import Any, Callable, Optional
 
 
 @dataclass(frozen=True)
+class CardListing:
+    """What `keras-iqa models` lists for a built-in card, readable without importing its model code (and so without
+    TensorFlow / Keras); tests/keras_iqa/test_cli_rules.py keeps it in step with the registered card."""
+
+    name: str
+    score_range: tuple
+    higher_better: bool
+    description: str
+
+
+@dataclass(frozen=True)
 class Family:
-    """A model family: its `name` (the `keras-iqa train` method), its `package` (imported to register its cards) and the
-    model `classes` that `keras_iqa.models` exports from it."""
+    """A model family, the one registry entry a method needs: its `name` (the `keras-iqa train` method), its `package`
+    (imported to register its cards), the model `classes` that `keras_iqa.models` exports from it, its training `task`
+    module (exposing `TASK`, a `keras_iqa.tasks.base.Task`), the `command` module with its own `keras-iqa train NAME`
+    flags (empty: the generic adapter of `keras_iqa.commands.train`, built from the task) and its `cards`' listings."""
 
     name: str
     package: str
     classes: tuple = ()
+    task: str = ""
+    command: str = ""
+    cards: tuple = ()
 
 
 #: The model families, in `keras-iqa train`'s order.
 FAMILIES: dict = {f.name: f for f in (
-    Family("reqa", "keras_iqa.models.reqa", ("REQA",)),
-    Family("metaiqa", "keras_iqa.models.metaiqa", ("MetaIQA",)),
-    Family("hcl", "keras_iqa.models.hcl", ("HCL", "HCLSynthetic", "RestorationNet")),
+    Family("reqa", "keras_iqa.models.reqa", ("REQA",), task="keras_iqa.tasks.reqa", command="keras_iqa.commands.train_reqa",
+           cards=(
+               CardListing("reqa", (0.0, 100.0), True,
+                           "REQA: ResNet-50 + ConvLSTM feedback (T=4) + quality transformer, coarse-to-fine; `keras-iqa train "
+                           "reqa` (paper protocol: micro-batches of 5, 4-stage curriculum)"),
+               CardListing("reqa-official", (0.0, 100.0), True,
+                           "REQA with the official-code training preset (same network; train with `keras-iqa train reqa "
+                           "--preset official`: batches of 16, whole-batch RankLoss1, constant weights 0.25/0.125/0.25/0.375)"),
+               CardListing("reqa-tiny", (0.0, 100.0), True, "a tiny REQA (64 px, 1/8-width ResNet) for tests and smoke runs"),
+           )),
+    Family("metaiqa", "keras_iqa.models.metaiqa", ("MetaIQA",), task="keras_iqa.tasks.metaiqa",
+           command="keras_iqa.commands.train_metaiqa", cards=(
+               CardListing("metaiqa", (0.0, 1.0), True,
+                           "MetaIQA, ResNet-18 + GAP + FC + FC (paper head); meta-train with `keras-iqa train metaiqa`"),
+               CardListing("metaiqa-official", (0.0, 1.0), True,
+                           "MetaIQA with the released code's head (FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout 0.5, "
+                           "sigmoid)"),
+               CardListing("metaiqa-tiny", (0.0, 1.0), True,
+                           "tiny MetaIQA (width 0.125, one block per stage, 64 px) for tests and smoke runs"),
+           )),
+    Family("hcl", "keras_iqa.models.hcl", ("HCL", "HCLSynthetic", "RestorationNet"), task="keras_iqa.tasks.hcl",
+           command="keras_iqa.commands.train_hcl", cards=(
+               CardListing("hcl", (0.0, 100.0), True,
+                           "HCL (reconstruction): ResNet-50 U-Net restoration features + K subnetworks + CQAC + fused head"),
+               CardListing("hcl-tiny", (0.0, 100.0), True,
+                           "tiny HCL (reconstruction) (width 0.125, one block per stage, 64 px, K=2) for tests and smoke "
+                           "runs"),
+           )),
 )}
 _FAMILY_MODULES = tuple(f.package for f in FAMILIES.values())  # the built-in family packages (read FAMILIES instead)
 
@@ -44,6 +86,11 @@ _FAMILY_MODULES = tuple(f.package for f in FAMILIES.values())  # the built-in fa
 def families() -> tuple:
     """The family names (`keras-iqa train` methods), without importing any model."""
     return tuple(FAMILIES)
+
+
+def family_of_class(cls_name: str) -> Optional[str]:
+    """The family whose first (its IQA model) class is `cls_name` ("REQA" -> "reqa"), else None."""
+    return next((f.name for f in FAMILIES.values() if f.classes and f.classes[0] == cls_name), None)
 
 
 def model_classes() -> dict:
@@ -122,28 +169,9 @@ class CardEntry:
     description: str
 
 
-# What `keras-iqa models` lists: the built-in cards' names, families, score ranges, directions and descriptions, kept in
-# step with the registered cards by tests/keras_iqa/test_cli_rules.py (change both when a card changes).
-CARD_INDEX: dict[str, CardEntry] = {e.name: e for e in (
-    CardEntry("hcl", "keras_iqa.models.hcl", (0.0, 100.0), True,
-              "HCL (reconstruction): ResNet-50 U-Net restoration features + K subnetworks + CQAC + fused head"),
-    CardEntry("hcl-tiny", "keras_iqa.models.hcl", (0.0, 100.0), True,
-              "tiny HCL (reconstruction) (width 0.125, one block per stage, 64 px, K=2) for tests and smoke runs"),
-    CardEntry("metaiqa", "keras_iqa.models.metaiqa", (0.0, 1.0), True,
-              "MetaIQA, ResNet-18 + GAP + FC + FC (paper head); meta-train with `keras-iqa train metaiqa`"),
-    CardEntry("metaiqa-official", "keras_iqa.models.metaiqa", (0.0, 1.0), True,
-              "MetaIQA with the released code's head (FC-1000 -> 1024 -> 512 -> 1, BN, PReLU, dropout 0.5, sigmoid)"),
-    CardEntry("metaiqa-tiny", "keras_iqa.models.metaiqa", (0.0, 1.0), True,
-              "tiny MetaIQA (width 0.125, one block per stage, 64 px) for tests and smoke runs"),
-    CardEntry("reqa", "keras_iqa.models.reqa", (0.0, 100.0), True,
-              "REQA: ResNet-50 + ConvLSTM feedback (T=4) + quality transformer, coarse-to-fine; `keras-iqa train reqa` "
-              "(paper protocol: micro-batches of 5, 4-stage curriculum)"),
-    CardEntry("reqa-official", "keras_iqa.models.reqa", (0.0, 100.0), True,
-              "REQA with the official-code training preset (same network; train with `keras-iqa train reqa --preset "
-              "official`: batches of 16, whole-batch RankLoss1, constant weights 0.25/0.125/0.25/0.375)"),
-    CardEntry("reqa-tiny", "keras_iqa.models.reqa", (0.0, 100.0), True,
-              "a tiny REQA (64 px, 1/8-width ResNet) for tests and smoke runs"),
-)}
+# What `keras-iqa models` lists: the built-in cards' listings from their `Family` entries.
+CARD_INDEX: dict[str, CardEntry] = {c.name: CardEntry(c.name, f.package, tuple(c.score_range), c.higher_better, c.description)
+                                    for f in FAMILIES.values() for c in f.cards}
 
 
 def card_index() -> list:

@@ -1,18 +1,21 @@
-"""`keras-iqa train METHOD`: one sub-command per training task (`keras_iqa.tasks.TASKS`), each an adapter module
-`keras_iqa.commands.train_<method>` (arguments -> config -> task)."""
+"""`keras-iqa train METHOD`: one sub-command per model family of the registry (`keras_iqa.registry.FAMILIES`): the
+family's own adapter module when it names one (`keras_iqa.commands.train_<method>`: its flags -> config -> task), else
+the generic adapter below, built from the family's task (`--data`, `--out`, `--model`, `--config`, `--set` -> config ->
+`TASK.train(cfg, data, out)`)."""
 
 import importlib
 
-from keras_iqa.commands import formatter
+from keras_iqa import registry
+from keras_iqa.commands import add_config_args, formatter
 from keras_iqa.tasks import task_names
 
-METHODS = task_names()  # reqa, metaiqa, hcl: the task registry's order
+METHODS = task_names()  # reqa, metaiqa, hcl: the registry's order
 
 
 def register(sub):
     p = sub.add_parser(
         "train",
-        help=f"train a model ({' | '.join(METHODS)})",
+        help=f"train a model ({' | '.join(task_names())})",
         description="Train one of the methods. Each writes a run directory (config.json, history.csv, checkpoints/, "
         "model.keras, results.json) and resumes when re-run with the same --out.",
         epilog="Examples:\n  keras-iqa train reqa --data records/koniq10k --split split_00 --out runs/reqa\n"
@@ -21,5 +24,41 @@ def register(sub):
         formatter_class=formatter(),
     )
     methods = p.add_subparsers(dest="method", metavar="METHOD")
-    for m in METHODS:
-        importlib.import_module(f"keras_iqa.commands.train_{m}").register(methods)
+    for family in registry.FAMILIES.values():
+        if family.command:
+            importlib.import_module(family.command).register(methods)
+        elif family.task:
+            register_generic(methods, family.name)
+
+
+def register_generic(methods, name: str):
+    """`keras-iqa train NAME` for a task without a command module: --data (repeatable), --out, --model, --config, --set."""
+    from keras_iqa.tasks import get_task
+
+    task = get_task(name)
+    text = task.description or f"train {name}"
+    p = methods.add_parser(name, help=text.splitlines()[0], description=text, formatter_class=formatter(),
+                           epilog=f"Example:\n  keras-iqa train {name} --data records/clive --out runs/{name} --set epochs=10\n")
+    p.add_argument("--data", required=True, action="append", metavar="DIR",
+                   help="prepared dataset (keras-iqa prepare ...); repeatable where the task takes several")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    p.add_argument("--model", help="registry card (keras-iqa models)")
+    add_config_args(p)
+    p.set_defaults(func=lambda args: run_generic(task, args))
+    return p
+
+
+def run_generic(task, args) -> int:
+    """Arguments -> the task's config (`--config` files, then `--model`, then `--set`) -> `task.train(cfg, data, out)`."""
+    import dataclasses
+    import json
+
+    from keras_iqa.config import load_config
+
+    fields = {f.name for f in dataclasses.fields(task.config_cls)}
+    overrides = {"model": args.model} if args.model and "model" in fields else {}
+    cfg = load_config(task.config_cls, files=args.config, sets=args.set, overrides=overrides)
+    data = args.data[0] if len(args.data) == 1 else list(args.data)
+    results = task.train(cfg, data, args.out)
+    print(json.dumps(results, default=str, indent=1, sort_keys=True))
+    return 0

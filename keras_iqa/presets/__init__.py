@@ -52,7 +52,7 @@ from keras_iqa.presets.entries import (register_preset, registered_presets, regi
 from keras_iqa.presets.fetch import (_check_url, _fetch_hf, _fetch_kaggle, _fetch_one, _fetch_url,  # noqa: F401
                                      _unavailable, _Unreachable, _verify_cached, cache_dir, cache_key, cached_path,
                                      fetch_preset, is_preset_handle, list_presets, load_metadata, local_dir)
-from keras_iqa.presets.format import (_FAMILIES, _LOOPBACK_HOSTS, CACHE_ENV, CONFIG_FILE,  # noqa: F401
+from keras_iqa.presets.format import (_LOOPBACK_HOSTS, CACHE_ENV, CONFIG_FILE,  # noqa: F401
                                       ENTRY_METADATA_FIELDS, FORMAT, FORMAT_VERSION, METADATA_FILE, PRESET_FILES,
                                       REMOTE_SCHEMES, WEIGHTS_FILE, PresetError, PresetHashError,
                                       PresetUnavailableError, _expected_from_metadata, _file_records, _is_preset_dir,

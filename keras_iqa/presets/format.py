@@ -18,7 +18,6 @@ FORMAT_VERSION = 1
 CACHE_ENV = "KERAS_IQA_CACHE"
 REMOTE_SCHEMES = ("kaggle", "hf", "https", "http")
 ENTRY_METADATA_FIELDS = ("card", "description", "dataset", "protocol", "srocc", "plcc", "machine", "license", "command")
-_FAMILIES = {"REQA": "reqa", "MetaIQA": "metaiqa", "HCL": "hcl"}
 _LOOPBACK_HOSTS = ("localhost",)
 
 

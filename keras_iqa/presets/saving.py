@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Optional
 
 from keras_iqa.presets.fetch import fetch_preset
-from keras_iqa.presets.format import (_FAMILIES, CONFIG_FILE, FORMAT, FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE,
+from keras_iqa.presets.format import (CONFIG_FILE, FORMAT, FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE,
                                       PresetError, _file_records, _read_json)
+from keras_iqa.registry import family_of_class
 
 
 def _family(model) -> str:
     for cls in type(model).__mro__:
-        if cls.__name__ in _FAMILIES:
-            return _FAMILIES[cls.__name__]
+        family = family_of_class(cls.__name__)
+        if family:
+            return family
     return type(model).__name__.lower()
 
 

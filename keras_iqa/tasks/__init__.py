@@ -2,8 +2,10 @@
 `build_inputs`, `train` and the protocols it runs (TF Model Garden's task style). `keras-iqa train METHOD` is a thin adapter
 over the task; `evaluate` (keras_iqa.tasks.evaluate) is the one evaluation they share.
 
-Adding a method: a model module (keras_iqa/models), a task module here exposing `TASK` (a `keras_iqa.tasks.base.Task`), its
-entry in `TASKS` below, and its command `keras_iqa/commands/train_<name>.py` (`register(subparsers)`).
+Adding a method: a model package (keras_iqa/models/<name>/), a task module here exposing `TASK` (a
+`keras_iqa.tasks.base.Task`) and one `keras_iqa.registry.Family` entry naming both; `keras-iqa train <name>` then runs the
+task through the generic adapter of `keras_iqa.commands.train`, or through the family's own `command` module when it
+needs flags of its own (docs/contributing.md).
 
 Example:
 >>> from keras_iqa.tasks import TASKS, get_task
@@ -17,23 +19,28 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["TASKS", "get_task", "task_names"]
+from keras_iqa import registry
 
-# method name -> the module that defines its `TASK` (imported on first use: the CLI lists methods without loading TensorFlow)
-TASKS = {
-    "reqa": "keras_iqa.tasks.reqa",
-    "metaiqa": "keras_iqa.tasks.metaiqa",
-    "hcl": "keras_iqa.tasks.hcl",
-}
+__all__ = ["TASKS", "get_task", "task_modules", "task_names"]
+
+
+def task_modules() -> dict:
+    """Method name -> the module that defines its `TASK`, from the registry's family table (imported on first use: the
+    CLI lists methods without loading TensorFlow)."""
+    return {f.name: f.task for f in registry.FAMILIES.values() if f.task}
+
+
+TASKS = task_modules()  # the built-in methods (read `task_modules()` for families added at run time)
 
 
 def task_names() -> tuple:
     """The method names, in the order `keras-iqa train` lists them."""
-    return tuple(TASKS)
+    return tuple(task_modules())
 
 
 def get_task(name: str):
     """The `Task` of a method ("reqa", "metaiqa", "hcl")."""
-    if name not in TASKS:
-        raise KeyError(f"unknown training task {name!r}; known: {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[name]).TASK
+    tasks = task_modules()
+    if name not in tasks:
+        raise KeyError(f"unknown training task {name!r}; known: {', '.join(tasks)}")
+    return importlib.import_module(tasks[name]).TASK

@@ -72,7 +72,9 @@ class Task:
         raise NotImplementedError
 
     def train(self, cfg, *args, **kwargs) -> dict:
-        """Trains, saves and evaluates into a run directory; returns what it wrote to `results.json`."""
+        """Trains, saves and evaluates into a run directory; returns what it wrote to `results.json`. A task without a
+        command module of its own is run by `keras-iqa train NAME --data DIR --out DIR` as `train(cfg, data, out)`
+        (`data`: the one --data directory, or a list when the flag is repeated)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
