@@ -41,8 +41,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
+from scipy.signal import fftconvolve
+from skimage.color import rgb2lab, lab2rgb
+from skimage.metrics import structural_similarity
+from skimage.restoration import denoise_nl_means
 
 __all__ = [
     "Distortion", "DISTORTIONS", "LEVELS", "NAMES", "KEYS", "MONOTONE", "NON_MONOTONE", "distort", "get", "parse_types",
@@ -90,7 +95,6 @@ def _filter_rgb(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """
     if max(kernel.shape) < 9:
         return ndimage.correlate(x, kernel[:, :, None], mode="nearest")
-    from scipy.signal import fftconvolve
 
     ry, rx = kernel.shape[0] // 2, kernel.shape[1] // 2
     padded = np.pad(x, ((ry, ry), (rx, rx), (0, 0)), mode="edge")
@@ -98,14 +102,10 @@ def _filter_rgb(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def _rgb2lab(x):
-    from skimage.color import rgb2lab
-
     return rgb2lab(x)
 
 
 def _lab2rgb(lab):
-    from skimage.color import lab2rgb
-
     with warnings.catch_warnings():  # out-of-gamut values are clipped, which is what we want
         warnings.simplefilter("ignore")
         return lab2rgb(lab)
@@ -215,8 +215,6 @@ def color_quantization(x, colours, rng=None):
     The palette is computed on a regular subsample of at most ~32k pixels (same error, 8x faster at 512x384); every
     pixel is then mapped to it with dithering.
     """
-    from PIL import Image
-
     u8 = to_uint8(x)
     img = Image.fromarray(u8)
     stride = max(1, int(math.ceil(math.sqrt(u8.shape[0] * u8.shape[1] / 32768))))  # palette from <= ~32k pixels (speed)
@@ -249,8 +247,6 @@ def saturation_lab(x, factor, rng=None):
 # ------------------------------------------------------------------------------------------------ 9-10 compression
 def jpeg2000(x, ratio, rng=None):
     """9 JPEG2000: Pillow/OpenJPEG irreversible (9/7) encode at compression ``ratio`` (MATLAB ``CompressionRatio``), decode."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(to_uint8(x)).save(buf, format="JPEG2000", quality_mode="rates", quality_layers=[float(ratio)],
                                        irreversible=True)
@@ -259,8 +255,6 @@ def jpeg2000(x, ratio, rng=None):
 
 def jpeg(x, quality, rng=None):
     """10 JPEG: Pillow (libjpeg) encode at ``quality`` (4:2:0 chroma subsampling, as MATLAB ``imwrite``), decode."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(to_uint8(x)).save(buf, format="JPEG", quality=int(quality), subsampling="4:2:0")
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float64) / 255.0
@@ -311,8 +305,6 @@ def denoise(x, variance, rng):
 
     ``denoise_nl_means(fast_mode=True, patch_size=5, patch_distance=6, h=0.8*sigma, sigma=sigma)``, RGB channels jointly.
     """
-    from skimage.restoration import denoise_nl_means
-
     sigma = math.sqrt(variance)
     noisy = np.clip(x + rng.normal(0.0, sigma, x.shape), 0.0, 1.0)
     return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5, patch_distance=6,
@@ -604,7 +596,6 @@ def ssim(distorted: np.ndarray, reference: np.ndarray) -> float:
     if min(x.shape) < 11:
         lum, cs = _ssim_terms(x, y)
         return float(np.mean(lum * cs))
-    from skimage.metrics import structural_similarity
 
     return float(structural_similarity(x, y, data_range=255.0, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False))

@@ -18,9 +18,14 @@ import zlib
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFilter
+import scipy.io
 
 from data_pipeline import schema
+from data_pipeline.beam.writer import write_records
+from data_pipeline.sources.synthetic import LIVE_FOLDERS
+from data_pipeline.splits import SplitConfig
 
 KIND_RANGES = {"authentic": ((0.0, 100.0), True), "synthetic": ((1.0, 5.0), True), "pair": ((1.0, 5.0), True)}
 
@@ -123,9 +128,6 @@ def write_tiny_records(out_dir: str, kind: str = "authentic", n: int = 20, size=
         >>> write_tiny_records(tempfile.mkdtemp(), kind="synthetic", n=30)["count"]
         30
     """
-    from data_pipeline.beam.writer import write_records
-    from data_pipeline.splits import SplitConfig
-
     if kind not in KIND_RANGES:
         raise ValueError(f"kind must be one of {sorted(KIND_RANGES)}, got {kind!r}")
     rows = _tiny_rows(kind, n, n_types, n_refs, seed, quality_range)
@@ -157,8 +159,6 @@ def _cell(strings) -> np.ndarray:
 
 def make_koniq10k(root: str, n: int = 8, size=(24, 32), seed: int = 0) -> dict:
     """KonIQ-10k layout: 1024x768/ and 512x384/ (here tiny), the scores CSV and the official sets CSV."""
-    import pandas as pd
-
     q = _qualities(n, seed)
     names = [f"{1000000 + 37 * i}.jpg" for i in range(n)]
     for i, name in enumerate(names):
@@ -180,8 +180,6 @@ def make_koniq10k(root: str, n: int = 8, size=(24, 32), seed: int = 0) -> dict:
 
 def make_clive(root: str, n: int = 8, size=(24, 24), seed: int = 0) -> dict:
     """CLIVE layout: Images/ (BMP and upper-case .JPG), Data/*.mat cells; 7 leading training images (t1.bmp..t7.bmp)."""
-    import scipy.io
-
     names = [f"t{i + 1}.bmp" for i in range(7)] + [f"{100 + i}.{'bmp' if i % 2 else 'JPG'}" for i in range(n)]
     q = np.concatenate([np.full(7, 0.5), _qualities(n, seed)])
     for i, name in enumerate(names):
@@ -195,8 +193,6 @@ def make_clive(root: str, n: int = 8, size=(24, 24), seed: int = 0) -> dict:
 
 def make_bid(root: str, n: int = 6, size=(24, 32), seed: int = 0) -> dict:
     """BID layout: DatabaseImage0001.JPG ... and DatabaseGrades.xlsx (image number, MOS 0-5)."""
-    import pandas as pd
-
     q = _qualities(n, seed)
     for i in range(n):
         save(_img(seed * 1000 + i, q[i], size), os.path.join(root, f"DatabaseImage{i + 1:04d}.JPG"))
@@ -207,8 +203,6 @@ def make_bid(root: str, n: int = 6, size=(24, 32), seed: int = 0) -> dict:
 
 def make_spaq(root: str, n: int = 5, size=(48, 64), seed: int = 0) -> dict:
     """SPAQ layout: TestImage/00001.jpg ... and Annotations/MOS and Image attribute scores.xlsx."""
-    import pandas as pd
-
     q = _qualities(n, seed)
     names = [f"{i + 1:05d}.jpg" for i in range(n)]
     for i, name in enumerate(names):
@@ -282,10 +276,6 @@ def make_live(root: str, per_folder: int = 2, size=(24, 32), seed: int = 0) -> d
     """LIVE release 2 layout: dmos.mat (1x982 dmos + orgs), refnames_all.mat, 5 folders of imgK.bmp, refimgs/.
     Only `per_folder` entries per folder are distorted images (orgs = 0, files written); the rest are marked as undistorted
     copies (orgs = 1), which the adapter drops, so no file is needed for them."""
-    import scipy.io
-
-    from data_pipeline.sources.synthetic import LIVE_FOLDERS
-
     refs = ["parrots.bmp", "buildings.bmp", "caps.bmp"]
     for j, r in enumerate(refs):
         save(content_image(seed * 1000 + j, size), os.path.join(root, "refimgs", r))

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from data_pipeline import layout, schema
-from data_pipeline.beam.writer import IMAGE_FIELDS
+from data_pipeline.beam.writer import IMAGE_FIELDS, sha256_file
 from data_pipeline.dataloaders import hcl_sampler, metaiqa_sampler, reqa_sampler
 from data_pipeline.dataloaders.decoder import METADATA, Decoder
 from data_pipeline.dataloaders.hcl_sampler import multi_dataset
@@ -145,8 +145,6 @@ class RecordReader:
     def verify_shards(self) -> list[str]:
         """Shard files whose sha256 differs from the manifest (a corrupt shard's stream ends at the first bad record: CRC
         errors cannot be attributed to records, so they are not in `bad_records`; check here, re-run prepare to repair)."""
-        from data_pipeline.beam.writer import sha256_file
-
         return [f for f, s in zip(self.files, self.manifest.get("shards") or []) if sha256_file(f) != s.get("sha256")]
 
     def steps_per_epoch(self, batch_size: int) -> int:

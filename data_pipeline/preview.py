@@ -16,12 +16,13 @@ import os
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from data_pipeline import distortions as D
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:
     """Centre square crop resized (Lanczos) to ``size`` x ``size``."""
-    from PIL import Image
-
     h, w = image.shape[:2]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
@@ -30,8 +31,6 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def _fit(tile: np.ndarray, size: int):
-    from PIL import Image
-
     img = Image.fromarray(tile)
     return img if tile.shape[0] == size else img.resize((size, size), Image.LANCZOS)
 
@@ -48,10 +47,6 @@ def contact_sheet(reference: np.ndarray, out_path: str | os.PathLike | None = No
     Returns:
         the sheet as a PIL image; also saved to ``out_path`` (PNG) when given.
     """
-    from PIL import Image, ImageDraw
-
-    from data_pipeline import distortions as D
-
     types = list(types) if types else sorted(D.DISTORTIONS)
     work = int(work_size or size)
     ref = _square(np.asarray(reference)[..., :3].astype(np.uint8), work)

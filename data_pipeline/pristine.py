@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import skimage.data
+
+from data_pipeline import fs
+from data_pipeline.images import load_image, is_image_file, DecodePolicy, canonical_bytes, encode_png
 
 #: Embedded photo name -> (scikit-image loader name, index into a tuple result or None).
 EMBEDDED = {
@@ -53,8 +57,6 @@ def embedded_names() -> list[str]:
 
 def load_embedded(name: str) -> np.ndarray:
     """One embedded photo as uint8 HxWx3."""
-    import skimage.data
-
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded pristine photo {name!r}; available: {', '.join(EMBEDDED)}")
     fn, idx = EMBEDDED[name]
@@ -78,16 +80,11 @@ def from_folder(directory: str | os.PathLike, recursive: bool = True) -> list[tu
     Raises:
         FileNotFoundError: the folder does not exist or holds no image files.
     """
-    from data_pipeline.images import load_image
-
     return [(reference_id(p), load_image(p)) for p in list_folder(directory, recursive)]
 
 
 def list_folder(directory: str | os.PathLike, recursive: bool = True) -> list[str]:
     """Sorted image file paths under ``directory``: a local folder or a URI (gs://, s3://, ...; one listing, no image read)."""
-    from data_pipeline import fs
-    from data_pipeline.images import is_image_file
-
     d = fs.abspath(directory) if fs.is_uri(directory) else str(directory)
     if not fs.is_uri(d):
         p = Path(d)
@@ -133,15 +130,12 @@ def load_reference(source: str, max_long_side: int = 0, encode: bool = True):
         max_long_side: downscale (area) so that the long side is at most this; 0 keeps the size.
         encode: False skips making the stored bytes (returns ``(pixels, None, None)``).
     """
-    from data_pipeline.images import DecodePolicy, canonical_bytes, encode_png, load_image
-
     policy = DecodePolicy(max_long_side=int(max_long_side or 0))
     if source.startswith(PREFIX):
         pixels = load_embedded(source[len(PREFIX):])
         if max_long_side and max(pixels.shape[:2]) > max_long_side:
             pixels = load_image(encode_png(pixels), policy)
         return (pixels, encode_png(pixels), "png") if encode else (pixels, None, None)
-    from data_pipeline import fs
 
     raw = fs.read_image(source)  # local or URI, read once
     with fs.named_errors(source):

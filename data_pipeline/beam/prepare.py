@@ -17,9 +17,13 @@ import logging
 import time
 from typing import Optional, Sequence
 
+import numpy as np
+from PIL import Image
+
 from data_pipeline import fs, schema
-from data_pipeline.beam.writer import RowIndex
+from data_pipeline.beam.writer import RowIndex, write_records
 from data_pipeline.images import canonical_bytes, load_image
+from data_pipeline.sources import get_source
 from data_pipeline.splits import SplitConfig
 
 logger = logging.getLogger(__name__)
@@ -37,9 +41,6 @@ def _examples(raw: bytes, row: dict, kind: str, dataset: str, score_range, highe
     side = row.get("resize_short_side")
     arr = load_image(raw) if side else None  # decode once: truncated / corrupt data fails here, not in training
     if side and min(arr.shape[:2]) > side:
-        import numpy as np
-        from PIL import Image
-
         h, w = arr.shape[:2]
         s = side / min(h, w)
         arr = np.asarray(Image.fromarray(arr).resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC))
@@ -71,8 +72,6 @@ class SourceIndex(RowIndex):
         self.dataset, self.root, self.options, self.limit = dataset, root, dict(options or {}), limit
 
     def source(self):
-        from data_pipeline.sources import get_source
-
         return get_source(self.dataset)(self.root, **self.options)
 
     def expand(self):
@@ -105,8 +104,6 @@ def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, n
     Raises:
         MetadataError / ValueError: unreadable score files, unknown dataset or option; RuntimeError: nothing could be prepared.
     """
-    from data_pipeline.beam.writer import write_records
-
     t0 = time.time()
     fs.configure(pipeline_args)  # the driver reaches root and out with the pipeline's options (S3 endpoint, keys, ...)
     index = SourceIndex(dataset, fs.abspath(root), options, limit)

@@ -31,10 +31,14 @@ import zlib
 from typing import Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from data_pipeline import distortions as D
 from data_pipeline import fs, pristine
-from data_pipeline.beam.writer import RowIndex, iter_records
+from data_pipeline.beam.writer import RowIndex, iter_records, default_num_shards, write_records
+from data_pipeline.images import encode_png
+from data_pipeline.schema import make_example
+from data_pipeline.splits import SplitConfig
 
 PSEUDO_LABELS = {"ssim": "SSIM (Wang et al. 2004) on BT.601 luma, 11x11 Gaussian window sigma 1.5",
                  "ms-ssim": "MS-SSIM (Wang et al. 2003), 5 scales, weights 0.0448/0.2856/0.3001/0.2363/0.1333, on BT.601 luma"}
@@ -111,9 +115,6 @@ class DistortedExamples:
         self.seed, self.max_long_side, self.restretch = int(seed), int(max_long_side), bool(restretch)
 
     def __call__(self, row: dict):
-        from data_pipeline.images import encode_png
-        from data_pipeline.schema import make_example
-
         pixels, ref_bytes, _fmt = pristine.load_reference(row["path"], self.max_long_side, encode=self.kind == "pair")
         ref, t = row["reference_id"], int(row["type"])
         h, w = pixels.shape[:2]
@@ -166,8 +167,6 @@ class PairsFromSynthetic:
             return None
 
     def _take(self, shard_file: str, ids: list[str]):
-        import tensorflow as tf
-
         if self._file != shard_file:
             path = fs.join(self.synthetic_dir, shard_file)
             if not fs.exists(path):
@@ -265,9 +264,6 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
         num_splits, train_ratio: reference-grouped random splits in ``splits.csv`` (column k seeded by ``seed + k``).
         progress: per-image bars on stderr, one per dataset written (see ``writer.write_records``).
     """
-    from data_pipeline.beam.writer import default_num_shards, write_records
-    from data_pipeline.splits import SplitConfig
-
     fs.configure(pipeline_args)  # the driver lists the pristine folder and writes with the pipeline's options
     type_ids, level_ids = D.parse_types(types), D.parse_levels(levels)
     embedded = str(pristine_spec) == "embedded" or str(pristine_spec).startswith("embedded:")

@@ -27,21 +27,26 @@ each shard's rows against the driver's fingerprint. `runner=None` writes inline 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 import hashlib
 import json
 import logging
 import math
 import struct
+import threading
 import time
 import uuid
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import tensorflow as tf
 
 from data_pipeline import fs, schema
 from data_pipeline.images import ImageDecodeError
 from data_pipeline.layout import (MANIFEST, SHARD_PREFIX, SIDECAR, SPLITS, load_manifest,  # noqa: F401  (re-exported)
                                   parse_shard_name, shard_name, splits_csv_text)
 from data_pipeline.splits import SplitConfig, dataset_groups, make_splits
+from keras_iqa.progress import progress as make_bar
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +130,6 @@ def iter_records(path: str) -> Iterator[bytes]:
     """The records of a TFRecord file at a local path or URI (CRCs checked); ValueError at a truncated or corrupt record."""
     crc = _crc32c()
     if crc is None:  # no Beam: TensorFlow's reader (local paths, gs://)
-        import tensorflow as tf
 
         yield from tf.data.TFRecordDataset(path).as_numpy_iterator()
         return
@@ -167,8 +171,6 @@ def _row_name(row: Mapping) -> str:
 
 def _image_info(serialized: bytes, row: Mapping) -> list:
     """The IMAGE_FIELDS of one serialized Example (for statistics, splits and duplicate checks)."""
-    import tensorflow as tf
-
     feats = tf.train.Example.FromString(serialized).features.feature
 
     def b(key):
@@ -200,7 +202,6 @@ def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple
     crc = _crc32c()
     tf_writer = None
     if crc is None:  # no Beam installed: TensorFlow writes the framing (local paths, gs://); hashed below
-        import tensorflow as tf
 
         fs.makedirs(out_dir)
         raw = tf_writer = tf.io.TFRecordWriter(path)
@@ -251,8 +252,6 @@ def _complete_shards(out_dir: str, fps: Sequence[str], prefer: Iterable[str] = (
     names = [nm for lst in cands.values() for nm in lst]
     paths = [fs.join(out_dir, nm + SIDECAR) for nm in names]
     if fs.is_uri(out_dir) and len(paths) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=16) as pool:
             metas = dict(zip(names, pool.map(_read_json, paths)))
     else:
@@ -309,8 +308,6 @@ class _Tracker:
     """The driver's side of the writer's progress bar: rows reported in-process, or whole shards once their sidecar is there."""
 
     def __init__(self, bar, out_dir, todo, weight):
-        import threading
-
         self.bar, self.out_dir, self.weight = bar, out_dir, weight
         self.rows = {i: {ri: weight(r) for ri, r in items} for i, items, _ in todo}
         self.totals = {i: sum(w.values()) for i, w in self.rows.items()}
@@ -363,8 +360,6 @@ class _Tracker:
             self.poll_once()
 
     def start_polling(self, every: float = 2.0):
-        import threading
-
         self.thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
         self.thread.start()
 
@@ -475,8 +470,6 @@ def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Cal
     weight = row_weight or (lambda _row: 1)
     bar = tracker = token = None
     if progress:
-        from keras_iqa.progress import progress as make_bar
-
         total = sum(weight(r) for b in buckets for _, r in b)
         bar = make_bar(total, progress_desc or f"write {dataset_name}", unit=progress_unit)
         bar.update(sum(weight(r) for i in done for _, r in buckets[i]))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 
+import pandas as pd
+
 from data_pipeline import fs
 from data_pipeline.sources.base import MetadataError, Source, cell_str, check_columns, load_mat
 
 
 def _read_table(path: str):
-    import pandas as pd
-
     try:
         src = path if not fs.is_uri(path) else io.BytesIO(fs.read_bytes(path))
         if path.lower().endswith((".xlsx", ".xls")):

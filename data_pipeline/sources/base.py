@@ -19,6 +19,9 @@ import math
 import os
 from typing import Iterable, Optional
 
+import numpy as np
+import scipy.io
+
 from data_pipeline import fs
 from data_pipeline.images import is_image_file
 
@@ -181,8 +184,6 @@ class Source:
 
 def cell_str(x) -> str:
     """A MATLAB cell entry (nested numpy object arrays from scipy.io.loadmat) -> str."""
-    import numpy as np
-
     while isinstance(x, np.ndarray) and x.dtype == object:
         x = x.flat[0] if x.size else ""
     if isinstance(x, np.ndarray):
@@ -192,8 +193,6 @@ def cell_str(x) -> str:
 
 def load_mat(path: str, key: str):
     """`scipy.io.loadmat(path)[key]` with errors naming the file and the keys found."""
-    import scipy.io
-
     try:
         data = scipy.io.loadmat(path if not fs.is_uri(path) else io.BytesIO(fs.read_bytes(path)))
     except Exception as e:

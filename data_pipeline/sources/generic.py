@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from data_pipeline import fs
 from data_pipeline.sources.base import MetadataError, Source, check_columns
 
@@ -59,8 +61,6 @@ class FolderCSV(Source):
         self.name = str(o["name"])
 
     def read(self):
-        import pandas as pd
-
         o = self.opts
         p = o["csv"] if fs.isabs(o["csv"]) else self.path(o["csv"])
         if not self.exists(p):

@@ -8,6 +8,8 @@ import io
 import math
 import re
 
+import pandas as pd
+
 from data_pipeline import fs
 from data_pipeline.sources.base import MetadataError, Source, cell_str, check_columns, load_mat
 
@@ -40,8 +42,6 @@ class KADID10k(Source):
     layout = "ROOT/images/I01_01_01.png ... ROOT/images/I81.png, ROOT/dmos.csv (dist_img,ref_img,dmos,var)"
 
     def read(self):
-        import pandas as pd
-
         p = self.require("dmos.csv")
         try:
             df = pd.read_csv(self.open_table(p))
