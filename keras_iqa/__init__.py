@@ -1,5 +1,7 @@
 """keras-iqa: no-reference image quality assessment on TensorFlow 2 / Keras 3 (HCL reconstruction, REQA, MetaIQA)."""
 
+import importlib
+
 from keras_iqa.registry import create_model, get_card, list_models
 
 __version__ = "0.1.0"
@@ -11,7 +13,5 @@ _LAZY = {"from_preset": "keras_iqa.presets", "score": "keras_iqa.scoring"}
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'keras_iqa' has no attribute {name!r}")

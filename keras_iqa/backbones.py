@@ -20,6 +20,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import keras
+import keras_hub
+
+from keras_iqa.layers.fused_batch_norm import fuse_batch_norm
 
 PRESETS = {18: "resnet_18_imagenet", 50: "resnet_50_imagenet"}
 _ARCH = {
@@ -44,8 +47,6 @@ def _stage_filters(width: float) -> list[int]:
 
 
 def _build_backbone(depth: int, width: float, blocks: Optional[Sequence[int]]):
-    import keras_hub
-
     if depth not in _ARCH:
         raise ValueError(f"depth must be 18 or 50, got {depth!r}")
     arch = _ARCH[depth]
@@ -64,8 +65,6 @@ def _build_backbone(depth: int, width: float, blocks: Optional[Sequence[int]]):
 
 def load_preset_backbone(preset: str):
     """Loads a keras-hub ResNet preset (name or local directory) or fails with instructions for offline machines."""
-    import keras_hub
-
     try:
         return keras_hub.models.Backbone.from_preset(preset)
     except Exception as e:  # network errors surface as ConnectionError / OSError / kagglehub errors
@@ -119,8 +118,6 @@ def resnet_features(
         outputs[f"stage{i + 1}"] = backbone.pyramid_outputs[key]
     model = keras.Model(backbone.inputs, outputs, name=name or f"resnet{depth}_features")
     if fused_bn:
-        from keras_iqa.layers.fused_batch_norm import fuse_batch_norm
-
         model = fuse_batch_norm(model)
     return model
 

@@ -19,10 +19,13 @@ import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
+from importlib.metadata import version
 import importlib.util
 import logging
 import os
 import sys
+
+from keras_iqa.commands import add_output_args
 
 COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "preset", "models", "demo")
 
@@ -49,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"keras_iqa.commands.{name}").register(sub)
-    from keras_iqa.commands import add_output_args
 
     for leaf in leaf_parsers(parser):  # every runnable subcommand: -q/--quiet and -v/--verbose
         add_output_args(leaf)
@@ -70,8 +72,6 @@ def leaf_parsers(parser: argparse.ArgumentParser, path=()):
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return f"keras-iqa {version('keras-iqa')}"
     except Exception:
         return "keras-iqa (not installed)"

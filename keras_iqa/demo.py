@@ -29,8 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import tensorflow as tf
 
-from data_pipeline import layout
+from data_pipeline import layout, pristine, distortions as D
+from data_pipeline.images import decode_image_tensor, encode_png
+from data_pipeline.schema import feature_spec
+from keras_iqa import cli
+from keras_iqa.evaluation import reports as R
+from keras_iqa.progress import progress as make_bar
 
 BUDGETS = {
     # small: tiny random-init networks (keras-iqa models reqa-tiny ...) at 96-px crops, a few epochs: minutes on 2 CPU cores.
@@ -75,8 +82,6 @@ def _pristine(name: str) -> str:
     `moon` is left out because its grey levels span 96-123 between the 5th and 95th percentiles (the other scenes: 80-200):
     as a held-out scene, all three small models ranked its distortions backwards (within-scene SROCC -0.19 to -0.17; they
     learn "contrast and detail mean quality" from the pseudo-MOS of nine scenes, and the undistorted moon has neither)."""
-    from data_pipeline import pristine
-
     if name == "natural":
         return "embedded:" + ",".join(n for n in pristine.NATURAL if n != "moon")
     return name
@@ -105,13 +110,6 @@ def write_pseudo_mos_folders(synth_dir: Path, out_root: Path) -> dict:
     Returns `{"folder": path, "msssim_csv": path, "ssim_csv": path, "count": n}`. SSIM is computed here from the pair records;
     MS-SSIM comes from the records' `score/pseudo`.
     """
-    import pandas as pd
-    import tensorflow as tf
-
-    from data_pipeline import distortions as D
-    from data_pipeline.images import decode_image_tensor, encode_png
-    from data_pipeline.schema import feature_spec
-
     folder = out_root / "pseudo_folder"
     (folder / "images").mkdir(parents=True, exist_ok=True)
     pairs = sorted(Path(str(synth_dir) + "_pairs").glob("*.tfrecord"))
@@ -177,8 +175,6 @@ def _split_counts(data: Path, csv: Path, split: str = "split_00") -> tuple:
     """(train, test) reference counts of a prepared dataset's split column, references from the adapter's CSV ("?" when
     unreadable)."""
     try:
-        import pandas as pd
-
         refs = pd.read_csv(csv, dtype=str)[["image", "reference"]]
         sp = pd.DataFrame(layout.read_splits(data)).merge(refs, left_on="image_id", right_on="image")
         return tuple(int(sp.loc[sp[split] == s, "reference"].nunique()) for s in ("train", "test"))
@@ -191,8 +187,6 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
 
     progress: a bar over the steps on stderr (elapsed and ETA, redrawn as each step starts); the commands it runs show their
     own bars."""
-    from keras_iqa.evaluation import reports as R
-
     if budget not in BUDGETS:
         raise ValueError(f"--budget must be one of {sorted(BUDGETS)}, got {budget!r}")
     b = BUDGETS[budget]
@@ -202,7 +196,6 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n = 9
-    from keras_iqa.progress import progress as make_bar
 
     bar = make_bar(n, "demo", progress, unit="step", mininterval=0)
     steps = []  # (title, seconds)
@@ -282,9 +275,6 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
     step(8, "score a few images with the SavedModel and the TFLite model", "8. score")
     samples = out_p / "samples"
     samples.mkdir(exist_ok=True)
-    from data_pipeline import distortions as D
-    from data_pipeline import pristine
-    from data_pipeline.images import encode_png
 
     ref = pristine.load_embedded("chelsea")
     for level in (1, 3, 5):
@@ -333,7 +323,6 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
 
 
 def main(argv=None) -> int:  # pragma: no cover - thin wrapper, the command module is the entry point
-    from keras_iqa import cli
 
     return cli.main(["demo", *(argv or sys.argv[1:])])
 

@@ -19,6 +19,8 @@ import math
 
 import keras
 from keras import ops
+import numpy as np
+import tensorflow as tf
 
 REQA_SIGMA = 1e-4
 REQA_FINE_THRESHOLDS = (5.0, 2.5, 0.0)
@@ -146,8 +148,6 @@ def reqa_step_weights(weights=REQA_OFFICIAL_WEIGHTS, steps=4):
     """Eq. 14 weights w_1..w_T (float32 numpy) for T = `steps`: `weights` as given for T = 4 (the paper's and the code's
     T); for other T (Table V ablations, not defined by the paper) w_1 is kept and 1 - w_1 is split equally over steps
     2..T ([1] for T = 1). `keras_iqa.training.curriculum` builds its presets on it."""
-    import numpy as np
-
     steps = int(steps)
     if steps == 4:
         return np.asarray(weights, "float32")
@@ -197,7 +197,6 @@ class RestorationLoss(keras.losses.Loss):
             loss = (10.0 / math.log(10.0)) * ops.log(ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3)) + 1e-5)
         if self.ssim_weight == 0.0:
             return loss
-        import tensorflow as tf
 
         ssim = tf.image.ssim(y_true, y_pred, max_val=1.0)
         return loss + self.ssim_weight * (1.0 - ssim)

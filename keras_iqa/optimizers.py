@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+import tensorflow as tf
 
 __all__ = ["FusedAdam", "replicas_in_sync", "scale_for_replicas", "build_optimizer_groups", "apply_optimizer_groups"]
 
@@ -36,8 +37,6 @@ class FusedAdam(keras.optimizers.Adam):
         super().__init__(*args, name=name, **kwargs)
 
     def update_step(self, gradient, variable, learning_rate):
-        import tensorflow as tf
-
         if (keras.backend.backend() != "tensorflow" or self.amsgrad or isinstance(gradient, tf.IndexedSlices)
                 or not hasattr(variable, "handle") or tf.distribute.has_strategy()):  # tf.distribute: Keras's update
             return super().update_step(gradient, variable, learning_rate)
@@ -56,8 +55,6 @@ class FusedAdam(keras.optimizers.Adam):
 # ------------------------------------------------------------------------------------------------ custom train steps
 def replicas_in_sync() -> int:
     """Replicas that the current `tf.distribute` strategy runs a step on (1 outside any strategy)."""
-    import tensorflow as tf
-
     return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Optional
 
+from tqdm import tqdm
+
 ENV = "KERAS_IQA_PROGRESS"
 
 
@@ -29,8 +31,6 @@ def _disable(enabled: bool) -> Optional[bool]:
 
 def progress(total: Optional[int], desc: str, enabled: bool = True, unit: str = "it", **kwargs):
     """A tqdm bar on stderr (`desc: 3/10 image [00:04<00:09, 0.7image/s]`), or a silent one with the same methods."""
-    from tqdm import tqdm
-
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", True)
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=_disable(enabled), **kwargs)

@@ -1,5 +1,7 @@
 """`keras-iqa convert`: an official PyTorch checkpoint -> a keras-iqa preset folder (`keras_iqa.converters`). Needs torch."""
 
+import shlex
+
 from keras_iqa.commands import formatter
 
 EPILOG = """\
@@ -51,8 +53,6 @@ def register(sub):
 
 
 def run(args) -> int:
-    import shlex
-
     from keras_iqa.converters import CONVERTERS, convert_to_preset
 
     card = args.card or CONVERTERS[args.family][1]

@@ -1,5 +1,9 @@
 """`keras-iqa evaluate`: metrics under the field's protocols (splits, official, cross, lodo), significance tests and gMAD."""
 
+import glob
+import warnings
+from pathlib import Path
+
 from keras_iqa.commands import formatter
 
 DESCRIPTION = """\
@@ -79,8 +83,6 @@ def register(sub):
 
 def _expand(values) -> list:
     """Values as given; a value with glob characters that matches paths is replaced by its sorted matches."""
-    import glob
-
     out = []
     for v in values:
         hits = sorted(glob.glob(v)) if any(c in v for c in "*?[") else []
@@ -89,8 +91,6 @@ def _expand(values) -> list:
 
 
 def _default_report(args, dataset: str) -> str:
-    from pathlib import Path
-
     first = Path(args.sources[0])
     base = first / "eval" if first.is_dir() else Path("reports") / first.stem
     return str(base / f"{args.protocol}-{dataset}")
@@ -134,8 +134,6 @@ def _significance(S, res, base) -> list:
 
 
 def _run_gmad(args):
-    from pathlib import Path
-
     from data_pipeline.images import is_image_file
     from keras_iqa.evaluation import gmad as G
     from keras_iqa.evaluation import protocols as P
@@ -155,8 +153,6 @@ def _run_gmad(args):
 
 
 def run(args):
-    import warnings
-
     from keras_iqa.evaluation import protocols as P
     from keras_iqa.evaluation import reports as R
     from keras_iqa.evaluation import significance as S

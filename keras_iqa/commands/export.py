@@ -1,8 +1,11 @@
 """`keras-iqa export`: SavedModel (TF Serving layout) and TFLite (builtin ops only, fp32/fp16/dynamic/int8) export."""
 
+import argparse
 import json
+from pathlib import Path
 import sys
 
+from keras_iqa import registry
 from keras_iqa.commands import formatter
 
 EPILOG = """\
@@ -29,8 +32,6 @@ Exit status 1 when a parity target is missed (the files are still written; see p
 
 def _photo_size(text: str) -> tuple:
     """'768x1024' -> (768, 1024) (height x width)."""
-    import argparse
-
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -88,10 +89,7 @@ def register(sub):
 
 def load_model_arg(spec: str):
     """A run directory, .keras file or registry name -> built keras model."""
-    from pathlib import Path
-
     from data_pipeline import layout
-    from keras_iqa import registry
     from keras_iqa.scoring import load_keras_model
 
     p = Path(spec)
@@ -109,8 +107,6 @@ def load_model_arg(spec: str):
 
 
 def run(args):
-    from pathlib import Path
-
     model = load_model_arg(args.model)
     if args.format == "savedmodel":
         from keras_iqa.export.savedmodel import export_savedmodel

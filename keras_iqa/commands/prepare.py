@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 
 from keras_iqa.commands import formatter
@@ -107,8 +109,6 @@ def _parse_options(items) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from data_pipeline.beam.prepare import prepare
 
     logging.basicConfig(level=logging.WARNING)
@@ -123,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: m[k] for k in ("dataset", "kind", "count", "score_range", "higher_better")}
                          | {"shards": len(m["shards"]), "shards_reused": m["writer"]["shards_reused"],
                             "rejects": len(rejects), "seconds": m.get("prepare_seconds")}))
-    import os
 
     print(f"prepared {m['count']} images of {m['dataset']} into {os.path.join(args.out, m['dataset'])} "
           f"({len(rejects)} rejected)")

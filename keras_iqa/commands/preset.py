@@ -5,6 +5,7 @@ docs/presets.md). `save` prints the registry entry (keras_iqa/iqa_presets.py) fo
 """
 
 import json
+from pathlib import Path
 import pprint
 import sys
 
@@ -68,8 +69,6 @@ def register(sub):
 
 def _load_source(text: str):
     """(model, run metadata) from a run directory, a .keras file or a card name."""
-    from pathlib import Path
-
     from data_pipeline import layout
     from keras_iqa import presets, registry
     from keras_iqa.scoring import load_keras_model

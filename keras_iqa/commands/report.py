@@ -1,5 +1,7 @@
 """`keras-iqa report`: side-by-side table of several evaluated runs."""
 
+from pathlib import Path
+
 from keras_iqa.commands import formatter
 
 DESCRIPTION = """\
@@ -27,8 +29,6 @@ def register(sub):
 
 
 def run(args):
-    from pathlib import Path
-
     from keras_iqa.evaluation import reports as R
 
     table = R.compare_table(args.runs, stat=args.stat)

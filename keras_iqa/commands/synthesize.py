@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from keras_iqa.commands import formatter
 
 DESCRIPTION = """\
@@ -85,9 +88,6 @@ def _runner_args(args) -> list[str]:
 
 
 def run(args) -> int:
-    import os
-    import sys
-
     if not args.out and not args.preview:
         raise ValueError("give --out DIR to synthesize datasets, or --preview OUT.png for a contact sheet (see --help)")
     if args.preview:

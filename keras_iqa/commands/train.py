@@ -3,11 +3,13 @@ family's own adapter module when it names one (`keras_iqa.commands.train_<method
 the generic adapter below, built from the family's task (`--data`, `--out`, `--model`, `--config`, `--set` -> config ->
 `TASK.train(cfg, data, out)`)."""
 
+import dataclasses
 import importlib
+import json
 
 from keras_iqa import registry
 from keras_iqa.commands import add_config_args, formatter
-from keras_iqa.tasks import task_names
+from keras_iqa.tasks import task_names, get_task
 
 METHODS = task_names()  # reqa, metaiqa, hcl: the registry's order
 
@@ -33,8 +35,6 @@ def register(sub):
 
 def register_generic(methods, name: str):
     """`keras-iqa train NAME` for a task without a command module: --data (repeatable), --out, --model, --config, --set."""
-    from keras_iqa.tasks import get_task
-
     task = get_task(name)
     text = task.description or f"train {name}"
     p = methods.add_parser(name, help=text.splitlines()[0], description=text, formatter_class=formatter(),
@@ -50,9 +50,6 @@ def register_generic(methods, name: str):
 
 def run_generic(task, args) -> int:
     """Arguments -> the task's config (`--config` files, then `--model`, then `--set`) -> `task.train(cfg, data, out)`."""
-    import dataclasses
-    import json
-
     from keras_iqa.config import load_config
 
     fields = {f.name for f in dataclasses.fields(task.config_cls)}

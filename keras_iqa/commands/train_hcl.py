@@ -1,7 +1,11 @@
 """`keras-iqa train hcl`: HCL (reconstruction), three curricula, one stage at a time or all in sequence (arguments -> config ->
 `keras_iqa.tasks.hcl.train`)."""
 
+import dataclasses
+import json
+
 from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
+from keras_iqa.registry import get_card
 
 DESCRIPTION = """\
 Train HCL (reconstruction) (Wang et al., IJCV 2023; the paper body is unavailable, so this follows the design in README, HCL).
@@ -72,15 +76,11 @@ def _check_args(args):
 
 
 def run(args):
-    import dataclasses
-    import json
-
     _check_args(args)  # before anything global changes
     from keras_iqa.training.cpu import configure_cpu
 
     applied = configure_cpu(args.precision)  # first: it sets TF options that only act before TensorFlow starts
     from keras_iqa.config import load_config
-    from keras_iqa.registry import get_card
     from keras_iqa.tasks import hcl as T
 
     cfg = T.HCLTrainConfig(model=get_card(args.model).config())

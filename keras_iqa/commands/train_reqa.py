@@ -11,9 +11,13 @@ or, with the run directory, resume and results.json: `keras_iqa.tasks.reqa.train
 
 from __future__ import annotations
 
+import json
+
 from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
-from keras_iqa.tasks.reqa import (PRESETS, TARGET, REQATrainConfig, build_model, check_replica_batches,  # noqa: F401
-                                  set_test_contract, train_data)  # re-exported: the recipe lives in keras_iqa.tasks.reqa
+from keras_iqa.tasks import reqa
+from keras_iqa.tasks.reqa import (
+    PRESETS, TARGET, REQATrainConfig, build_model, check_replica_batches, set_test_contract, train_data, validate
+)
 
 
 def register(sub):
@@ -61,7 +65,6 @@ def register(sub):
 
 def _config(args) -> REQATrainConfig:
     from keras_iqa.config import load_config
-    from keras_iqa.tasks.reqa import validate
 
     flags = {"model": args.model, "split": args.split, "precision": args.precision, "distribute": args.distribute,
              "epochs": args.epochs, "crop_size": args.crop_size, "seed": args.seed}
@@ -72,10 +75,6 @@ def _config(args) -> REQATrainConfig:
 def run(args) -> int:
     """One split (`--split split_03`), or `--split all`: the paper's protocol, `repetitions` (20) train-test iterations on
     split_00 .. split_{repetitions-1}, one run directory each under --out, and the median over them in --out/results.json."""
-    import json
-
-    from keras_iqa.tasks import reqa
-
     cfg = _config(args)
     if cfg.split == "all":
         doc = reqa.train_repetitions(cfg, args.data, args.out, protocol=args.preset, quiet=args.quiet)

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -41,8 +42,6 @@ CONVERTERS = {
 
 def converter(family: str):
     """The converter module of a family ("metaiqa", "reqa")."""
-    import importlib
-
     if family not in CONVERTERS:
         raise ValueError(f"no converter for {family!r}; choose one of {sorted(CONVERTERS)}")
     return importlib.import_module(CONVERTERS[family][0])

@@ -23,7 +23,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+import keras_iqa
 from keras_iqa.converters.common import Plan, check_unused, strip_prefix
+from keras_iqa.converters.safe_load import load_state_dict
 
 #: Keras head layer -> module path in the released `Net` ("{bb}" = the ResNet prefix)
 HEAD_MAP = {"imagenet_fc": "{bb}fc", "fc1": "net.fc1", "bn1": "net.bn1", "prelu1": "net.relu1", "fc2": "net.fc2",
@@ -103,9 +105,6 @@ def convert(checkpoint, card: str = "metaiqa-official", strict: bool = True, **o
         strict: refuse checkpoints holding tensors the network does not have.
         **overrides: config overrides for the card.
     """
-    import keras_iqa
-    from keras_iqa.converters.safe_load import load_state_dict
-
     state = load_state_dict(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     model = keras_iqa.create_model(card, **overrides)
     return model, load_state(model, state, strict=strict)

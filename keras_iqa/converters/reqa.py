@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 
+import keras_iqa
 from keras_iqa.converters.common import Plan, check_unused, conv_kernel, dense_kernel, strip_prefix
 from keras_iqa.converters.metaiqa import resnet_plan
+from keras_iqa.converters.safe_load import load_state_dict
 
 WHAT = "official REQA"
 LDPM = "local_distortion_perception_module."
@@ -157,9 +159,6 @@ def convert(checkpoint, card: str = "reqa", strict: bool = True, **overrides):
         strict: refuse checkpoints holding tensors the network does not have.
         **overrides: config overrides for the card (e.g. steps).
     """
-    import keras_iqa
-    from keras_iqa.converters.safe_load import load_state_dict
-
     state = load_state_dict(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     model = keras_iqa.create_model(card, **overrides)
     return model, load_state(model, state, strict=strict)

@@ -24,8 +24,11 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import pickletools
 import re
+import shlex
 import zipfile
 from typing import Mapping
 
@@ -67,9 +70,6 @@ def state_dict_recipe(path: str, out: str, globals_needed=()) -> str:
     get empty `nn.Module` stand-ins: unpickling restores a module's parameters and submodules without its class's code.
     It still runs whatever the file names, so it belongs on a machine trusted with the file, never in keras-iqa.
     """
-    import json
-    import shlex
-
     stubs = [g.split(".", 1)[1] for g in globals_needed if g.startswith("__main__.") and g.split(".", 1)[1].isidentifier()]
     code = "import torch; from torch import nn; " + "".join(f"{n} = type({json.dumps(n)}, (nn.Module,), {{}}); "
                                                               for n in dict.fromkeys(stubs))
@@ -127,8 +127,6 @@ def _legacy_unsafe_globals(path: str) -> list:
     """The globals a legacy-format (pre-zip) checkpoint names that PyTorch's restricted unpickler does not allow, read from
     the opcodes of its leading pickles (magic number, protocol, system info, the object) with `pickletools` (nothing is
     executed). Best effort, for the error message only: [] when it cannot tell."""
-    import pickletools
-
     try:
         from torch._weights_only_unpickler import _get_allowed_globals
 

@@ -15,15 +15,21 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
+from scipy import stats
+
+from data_pipeline.images import load_image
+from data_pipeline.test_time import TestTimeCrops
+from keras_iqa.evaluation.predict import make_score_fn
 
 __all__ = ["gmad_pairs", "score_images", "contact_sheet", "gmad"]
 
 
 def _rank01(x):
     """Scores to [0, 1] by rank (scale-free, so `tol` means the same for both models)."""
-    from scipy import stats
-
     r = stats.rankdata(x, method="average")
     return (r - 1) / max(1, len(x) - 1)
 
@@ -68,10 +74,6 @@ def gmad_pairs(scores_a, scores_b, levels: int = 5, tol: float = 0.02, names: Se
 def score_images(model, paths: Sequence, num_crops: Optional[int] = None, batch_size: int = 32) -> np.ndarray:
     """Image scores of `paths` in `model`'s own scale, through its test-time contract (`data_pipeline.test_time`;
     `num_crops` overrides its number of crops)."""
-    from data_pipeline.images import load_image
-    from data_pipeline.test_time import TestTimeCrops
-    from keras_iqa.evaluation.predict import make_score_fn
-
     contract = TestTimeCrops.from_model(model, num_crops=num_crops)
     crop, n = contract.crop_function(), contract.num_crops
     fn = make_score_fn(model, contract.crop_size)
@@ -85,13 +87,7 @@ def score_images(model, paths: Sequence, num_crops: Optional[int] = None, batch_
 
 def contact_sheet(pairs: list, paths: Sequence, path, thumb: int = 256) -> Path:
     """One row per pair (attacker's best | attacker's worst) with both models' scores; PNG."""
-    import matplotlib
-
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    from data_pipeline.images import load_image
 
     rows = max(1, len(pairs))
     fig, axes = plt.subplots(rows, 2, figsize=(6, 3 * rows), dpi=max(60, thumb // 3), squeeze=False)

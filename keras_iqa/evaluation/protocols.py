@@ -25,11 +25,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import keras
 import numpy as np
+import pandas as pd
 
 from data_pipeline import layout
-from keras_iqa import metrics as M
+from data_pipeline.dataloaders.decoder import Decoder
+from keras_iqa import metrics as M, registry
 from keras_iqa.evaluation.fine_grained import fine_grained_report
+from keras_iqa.evaluation.predict import predict_reader
+from keras_iqa.progress import progress as make_bar
 
 __all__ = [
     "ProtocolResult", "to_data_scale", "load_dataset_info", "read_splits", "split_ids", "check_split_hygiene", "read_metadata",
@@ -63,8 +68,6 @@ def load_dataset_info(data_dir) -> dict:
 def read_splits(data_dir):
     """splits.csv as a DataFrame (image_id as str), validated: unique ids, values train|test|validation
     (`data_pipeline.layout.read_splits`)."""
-    import pandas as pd
-
     table = layout.read_splits(data_dir)
     return pd.DataFrame(table, columns=list(table), dtype=str)
 
@@ -100,10 +103,6 @@ def check_split_hygiene(splits, column: str, metadata=None, data_dir="") -> None
 def read_metadata(data_dir):
     """image_id, mos, distortion_type / name / level, reference_id of every record (images are not decoded; the records
     are read by `data_pipeline.dataloaders.Decoder`, a record that is not a tf.Example is skipped)."""
-    import pandas as pd
-
-    from data_pipeline.dataloaders.decoder import Decoder
-
     man = load_dataset_info(data_dir)
     files = layout.shard_files(data_dir, man)
     fields = ("id", "mos", "distortion_type", "distortion_name", "distortion_level", "reference_id")
@@ -137,8 +136,6 @@ class Source:
 
 def load_source(src: Union[str, os.PathLike, Any]) -> Source:
     """Run dir | .keras file | prediction CSV | IQAModel | DataFrame -> `Source`."""
-    import pandas as pd
-
     if isinstance(src, Source):
         return src
     if isinstance(src, pd.DataFrame):
@@ -165,8 +162,6 @@ def load_source(src: Union[str, os.PathLike, Any]) -> Source:
 
 
 def pd_frame(rows):
-    import pandas as pd
-
     return pd.DataFrame(rows)
 
 
@@ -177,12 +172,7 @@ def _check_table(df, what):
 
 
 def _load_keras(path):
-    import keras
-
-    from keras_iqa import registry
-
     registry.list_models()  # imports the model families so their classes are registered for deserialisation
-    import keras_iqa.metrics  # noqa: F401
     return keras.saving.load_model(path, compile=False)
 
 
@@ -236,9 +226,8 @@ def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[st
             raise ValueError(f"{source.name}: predictions missing for {len(ids) - len(df)} of the {len(ids)} test images "
                              f"(e.g. {sorted(set(ids) - set(df.image_id))[0]!r})")
         return df[["image_id", "target", "pred"]].reset_index(drop=True)
-    from data_pipeline.input import RecordReader  # written by the data-pipeline issue (docs/CONTRACTS.md)
-
-    from keras_iqa.evaluation.predict import predict_reader
+    # late on purpose: tests swap sys.modules["data_pipeline.input"] for a stub reader (tests/test_import_policy.py LATE)
+    from data_pipeline.input import RecordReader
 
     reader = RecordReader(str(data_dir), split=split or "split_00", subset=subset, target="mos")
     desc = f"predict {source.name} on {Path(str(data_dir)).name}" + (f" {split}/{subset}" if subset else "")
@@ -322,8 +311,6 @@ def _fine_summary(fgs: Sequence[dict]) -> Optional[dict]:
 
 
 def _finish(protocol, info, data_dir, sources, rows, fgs, preds, extra=None) -> ProtocolResult:
-    import pandas as pd
-
     results = {
         "protocol": protocol, "dataset": info.get("dataset"), "data_dir": str(data_dir), "kind": info.get("kind"),
         "score_range": list(info["score_range"]), "higher_better": bool(info["higher_better"]),
@@ -345,7 +332,6 @@ def _rows_bar(items: list, desc: str, unit: str, enabled: bool):
     if not enabled or len(items) < 2:
         yield from items
         return
-    from keras_iqa.progress import progress as make_bar
 
     bar = make_bar(len(items), desc, True, unit=unit)
     try:
@@ -513,8 +499,6 @@ def best_epoch_selection(sources, metrics: Sequence[str] = ("srocc", "plcc")) ->
     """REQA official-code numbers (docs/protocols.md): per run, the best test SROCC and the best test PLCC over epochs, taken
     independently (possibly from different epochs), from each run's history.csv (columns test_<m>, else val_<m>); median and
     mean over runs. This is test-set model selection: reported beside, never instead of, the final-model numbers."""
-    import pandas as pd
-
     per_run = []
     for s in sources:
         if not s.path or not (Path(s.path) / "history.csv").is_file():

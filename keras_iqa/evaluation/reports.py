@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Optional, Sequence
+import warnings
 
 import numpy as np
 
@@ -43,8 +44,6 @@ def plot_scatter(pred, mos, path, title: str = "", params: int = 5) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4.2), dpi=100)
     ax.scatter(p, m, s=6, alpha=0.5, edgecolors="none", label="images")
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", M.LogisticFitWarning)
             fit = M.fit_logistic(p, m, params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 __all__ = ["restoration_report", "to_restoration_targets"]
 
@@ -25,8 +26,6 @@ def restoration_report(model, pairs_ds, max_batches: Optional[int] = None, min_g
 
     `group_by` = {name: one key per pair, in dataset order} (e.g. distortion types) adds `psnr_gain_by_<name>` = {key: mean
     PSNR gain over that key's changed pairs, or None if it has none}, from the same single pass over the model."""
-    import tensorflow as tf
-
     @tf.function(reduce_retracing=True)
     def batch_stats(d, r):
         d, r = tf.cast(d, tf.float32), tf.cast(r, tf.float32) / 255.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 from keras_iqa import metrics as M
 
@@ -25,8 +26,6 @@ def _verdict(p: float, alpha: float, a_better: bool, names) -> str:
 
 def f_test(pred_a, pred_b, mos_a, mos_b=None, params: int = 5, alpha: float = 0.05, names=("A", "B")) -> dict:
     """F-test on residual variances after logistic mapping. `mos_b` defaults to `mos_a` (same test images)."""
-    from scipy import stats
-
     mos_b = mos_a if mos_b is None else mos_b
     pa, ma = M._as_arrays(pred_a, mos_a, "f_test (model A)")
     pb, mb = M._as_arrays(pred_b, mos_b, "f_test (model B)")
@@ -47,8 +46,6 @@ def f_test(pred_a, pred_b, mos_a, mos_b=None, params: int = 5, alpha: float = 0.
 
 def wilcoxon_splits(srocc_a: Sequence[float], srocc_b: Sequence[float], alpha: float = 0.05, names=("A", "B")) -> dict:
     """Wilcoxon signed-rank test of paired per-split SROCCs (two-sided). Needs >= 6 splits for p < 0.05 to be reachable."""
-    from scipy import stats
-
     a, b = np.asarray(srocc_a, dtype=np.float64), np.asarray(srocc_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"per-split SROCCs must be paired: got {a.size} for {names[0]} and {b.size} for {names[1]}")

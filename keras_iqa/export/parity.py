@@ -11,6 +11,13 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
+from scipy.stats import spearmanr
+
+from data_pipeline.test_time import TestTimeCrops, scale_to_photo_size
+from keras_iqa.export.samples import synthetic_images
+from keras_iqa.export.tflite_scorer import TFLiteScorer
+from keras_iqa.progress import progress as make_bar
 
 TARGETS = {
     "none": {"max_abs_diff_rel": 1e-4},
@@ -21,8 +28,6 @@ TARGETS = {
 
 
 def _srocc(a, b) -> float:
-    from scipy.stats import spearmanr
-
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(spearmanr(a, b).correlation)
@@ -30,8 +35,6 @@ def _srocc(a, b) -> float:
 
 def keras_crop_scores(model, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Per-crop scores of the Keras model (one traced function, fixed signature)."""
-    import tensorflow as tf
-
     c = int(model.crop_size)
     fn = tf.function(lambda x: tf.reshape(model.score(x), [-1]),
                      input_signature=[tf.TensorSpec([None, c, c, 3], tf.float32)])
@@ -57,8 +60,6 @@ def _variant_entry(q: str, path, scorer, got, ref, got_img, ref_img, score_span:
 
 def _per_image(scorer_fn, items, desc: str, progress: bool) -> np.ndarray:
     """`scorer_fn(item)` for every item (an image's crops, or one photo) under a per-image bar; concatenated."""
-    from keras_iqa.progress import progress as make_bar
-
     out = []
     with make_bar(len(items), desc, progress, unit="image", leave=False) as bar:
         for item in items:
@@ -72,10 +73,6 @@ def parity_report(model, tflite_files: dict, images: Optional[list] = None, num_
     """Scores `images` (uint8 HxWx3 list; default `samples.synthetic_images`) with Keras and each .tflite; see the module doc.
 
     progress: a per-image bar on stderr for each .tflite (the interpreter runs one crop at a time: the slow part)."""
-    from data_pipeline.test_time import TestTimeCrops
-    from keras_iqa.export.samples import synthetic_images
-    from keras_iqa.export.tflite_scorer import TFLiteScorer
-
     if images is None:
         images = synthetic_images(num_images, seed=1234)
     contract = TestTimeCrops.from_model(model)
@@ -100,10 +97,6 @@ def photo_parity_report(model, tflite_files: dict, photo_size, images: Optional[
     """Parity of whole-photo .tflite files: each photo (the images scaled to `photo_size`, bilinear) scored by the Keras
     model through the test-time contract (as `keras-iqa score`) and by one call of each .tflite. Same fields and targets as
     `parity_report`, per image instead of per crop."""
-    from data_pipeline.test_time import TestTimeCrops, scale_to_photo_size
-    from keras_iqa.export.samples import synthetic_images
-    from keras_iqa.export.tflite_scorer import TFLiteScorer
-
     h, w = (int(v) for v in photo_size)
     if images is None:
         images = synthetic_images(num_images, size=(h, w), seed=1234)

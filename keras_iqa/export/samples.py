@@ -12,14 +12,17 @@ import logging
 from typing import Optional
 
 import numpy as np
+from scipy import ndimage
+
+from data_pipeline import pristine
+from data_pipeline.input import RecordReader
+from data_pipeline.test_time import TestTimeCrops, scale_to_photo_size
 
 logger = logging.getLogger(__name__)
 
 
 def synthetic_images(n: int = 32, size: tuple = (96, 128), seed: int = 0) -> list:
     """`n` uint8 [H, W, 3] images with varied content and degradation (vectorised numpy; deterministic for a seed)."""
-    from scipy import ndimage
-
     rng = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -50,19 +53,13 @@ def synthetic_images(n: int = 32, size: tuple = (96, 128), seed: int = 0) -> lis
 
 def _embedded_images(limit: int) -> list:
     """Up to `limit` of the colour photos bundled with scikit-image (uint8 HxWx3)."""
-    from data_pipeline import pristine
-
     return [img for _, img in pristine.embedded()[:limit]]
 
 
 def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: int = 0) -> tuple[np.ndarray, str]:
     """float32 [<=n, c, c, 3] crops for int8 calibration and the name of their source ("records:...", "pristine", "synthetic")."""
-    from data_pipeline.test_time import TestTimeCrops
-
     c = int(model.crop_size)
     if data_dir:
-        from data_pipeline.input import RecordReader
-
         reader = RecordReader(data_dir, subset="train")
         ds = reader.train_dataset(batch_size=min(n, 32), crop_size=c, flip=False, shuffle=True, seed=seed, repeat=False)
         crops = []
@@ -92,8 +89,6 @@ def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: 
 def calibration_photos(photo_size, n: int = 16, seed: int = 0) -> tuple[np.ndarray, str]:
     """uint8 [n, H, W, 3] whole photos of `photo_size` for int8 calibration of a whole-photo TFLite model: the embedded
     pristine photos and synthetic degraded scenes, resized (bilinear) to (H, W)."""
-    from data_pipeline.test_time import scale_to_photo_size
-
     h, w = (int(v) for v in photo_size)
     images, source = [], "synthetic"
     try:

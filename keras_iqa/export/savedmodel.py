@@ -27,9 +27,14 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+import keras
+import tensorflow as tf
+
+from data_pipeline.images import DEFAULT_POLICY, decode_image_tensor
 from keras_iqa.export.contract import model_contract, write_json
 from data_pipeline.test_time import TestTimeCrops
 from keras_iqa.export.serving import write_serving_configs
+from keras_iqa.progress import progress as make_bar
 
 SIGNATURES = ("serving_default", "image_tensor", "predict_crops")
 CONTRACT_FILE = "assets.extra/keras_iqa.json"
@@ -49,8 +54,6 @@ def validate_encoded(images):
     ("GIF", ending with the 0x3B trailer). Truncated JPEGs cannot be told apart cheaply (trailing data after the end marker is
     legal); the JPEG decoder rejects them with "Invalid JPEG data".
     """
-    import tensorflow as tf
-
     n = tf.strings.length(images)
 
     def sub(pos, length):  # substr that never fails on short inputs (pos clipped to the length)
@@ -88,8 +91,6 @@ MAX_CROPS_PER_CALL = 32
 def score_in_groups(score_fn, crops, group_size: int):
     """`score_fn` on consecutive slices of at most `group_size` crops of `crops` [N, c, c, 3], one after another
     (`tf.while_loop`, no padding: a short request costs only its own crops); per-crop float32 scores [N]."""
-    import tensorflow as tf
-
     starts = tf.range(0, tf.shape(crops)[0], group_size)
 
     def body(i, scores):
@@ -109,11 +110,6 @@ def build_archive(model, decode_policy=None, max_crops_per_call: int = MAX_CROPS
     not one of 800 (in the session-5 deploy benchmark, 32-image requests took REQA to 14.6 GiB and HCL out of memory).
     Per-image CPU timings did not depend on the request size (README, Deployment > Measured).
     """
-    import keras
-    import tensorflow as tf
-
-    from data_pipeline.images import DEFAULT_POLICY, decode_image_tensor
-
     policy = decode_policy or DEFAULT_POLICY
     contract = TestTimeCrops.from_model(model)
     c, n = contract.crop_size, contract.num_crops
@@ -182,7 +178,6 @@ def export_savedmodel(model, out: os.PathLike, version: Optional[int] = None, na
     tmp = root / f".tmp-{version}-{os.getpid()}"  # TF Serving ignores non-numeric folders; rename makes the version appear at once
     if tmp.exists():
         shutil.rmtree(tmp)
-    from keras_iqa.progress import progress as make_bar
 
     with make_bar(3, "export savedmodel", progress, unit="stage") as stage:
         stage.set_postfix_str("trace signatures")

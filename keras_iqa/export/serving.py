@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tensorflow_serving.config import model_server_config_pb2
+
 
 def models_config(name: str, base_path: str = None) -> str:
     """`--model_config_file` content: a `tensorflow_serving` ModelServerConfig (text format) serving the latest version of
     `name` from `base_path` (default /models/NAME)."""
     from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add(name=name, base_path=base_path or f"/models/{name}",

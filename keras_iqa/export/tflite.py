@@ -22,14 +22,21 @@ Variants (`quantize`):
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from data_pipeline.test_time import TestTimeCrops
 from keras_iqa.export.contract import model_contract, write_json
+from keras_iqa.export.parity import parity_report, photo_parity_report
+from keras_iqa.export.samples import calibration_crops, calibration_photos
 from keras_iqa.export.tflite_scorer import TFLiteScorer, interpreter  # noqa: F401  (their old import path)
+from keras_iqa.progress import progress as make_bar
 
 QUANTIZE = ("none", "fp16", "dynamic", "int8")
 FILE_TAG = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
@@ -41,12 +48,8 @@ METADATA_NAME = "keras_iqa_contract"
 def concrete_score_function(model, batch: int = 1, photo_size: Optional[Sequence[int]] = None):
     """The concrete function that is converted: `crops [batch, c, c, 3] -> {"score": [batch]}`, or with `photo_size`
     (H, W) `photo uint8 [1, H, W, 3] -> {"score": [1]}` (the test-time contract inside the graph)."""
-    import tensorflow as tf
-
     c = int(model.crop_size)
     if photo_size is not None:
-        from data_pipeline.test_time import TestTimeCrops
-
         h, w = (int(v) for v in photo_size)
         contract = TestTimeCrops.from_model(model)
 
@@ -83,8 +86,6 @@ def default_float_ops(float_flat: bytes, int8_ops: Sequence[str] = INT8_OPS) -> 
 
 
 def _builtin_converter(fn):
-    import tensorflow as tf
-
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn])
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     conv.allow_custom_ops = False
@@ -92,8 +93,6 @@ def _builtin_converter(fn):
 
 
 def _selective_int8(conv, gen, float_ops) -> bytes:
-    import tensorflow as tf
-
     opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
     dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=gen, debug_options=opts)
     return dbg.get_nondebug_quantized_model()
@@ -110,11 +109,8 @@ def convert(model, quantize: str = "none", representative: Optional[np.ndarray] 
     Raises:
         ValueError: unknown `quantize`, int8 without `representative` crops, or ops that need Flex (named in the message).
     """
-    import tensorflow as tf
-
     if quantize not in QUANTIZE:
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     # weights frozen into constants: no resource-variable ops in the flatbuffer (calibration cannot run those)
     fn = convert_variables_to_constants_v2(concrete_score_function(model, photo_size=photo_size))
@@ -154,8 +150,6 @@ def convert(model, quantize: str = "none", representative: Optional[np.ndarray] 
 
 def embed_contract(flat: bytes, contract: dict) -> bytes:
     """The flatbuffer with `contract` (JSON) added as model metadata "keras_iqa_contract" (replacing an earlier one)."""
-    import json
-
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -171,8 +165,6 @@ def embed_contract(flat: bytes, contract: dict) -> bytes:
 
 def read_contract(model) -> Optional[dict]:
     """The contract embedded in a .tflite (path or bytes), or None when it has none."""
-    import json
-
     from tensorflow.lite.tools import flatbuffer_utils
 
     data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
@@ -209,8 +201,6 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
     .tflite`, parity in `parity_photo<H>x<W>.json`). Returns {"files": {variant: path}, "parity": report}.
     `progress`: a bar over the stages (calibration, one conversion per variant, parity) and one per parity image on stderr.
     """
-    from keras_iqa.progress import progress as make_bar
-
     if int8_scope not in INT8_SCOPES:
         raise ValueError(f"int8_scope must be one of {', '.join(INT8_SCOPES)}, got {int8_scope!r}")
     quantize = list(dict.fromkeys(quantize))
@@ -248,11 +238,9 @@ def _export_tflite(model, out_dir, paths, quantize, data_dir, parity, parity_ima
     rep, rep_source = (None, None)
     if "int8" in quantize:
         step("calibration")
-        from keras_iqa.export.samples import calibration_crops
 
         rep, rep_source = calibration_crops(model, data_dir, n=calibration_samples)
         if photo_size is not None:  # whole photos of the export size: the calibration images, resized
-            from keras_iqa.export.samples import calibration_photos
 
             rep, rep_source = calibration_photos(photo_size, n=max(8, calibration_samples // 8))
         stage.update(1)
@@ -294,8 +282,6 @@ def _export_tflite(model, out_dir, paths, quantize, data_dir, parity, parity_ima
         stage.update(1)
     report = None
     if parity:
-        from keras_iqa.export.parity import parity_report, photo_parity_report
-
         step("parity")
         if photo_size is None:
             report = parity_report(model, files, images=parity_images, progress=progress)

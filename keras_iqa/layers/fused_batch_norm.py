@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_iqa")
@@ -37,7 +39,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fused_applies(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf
 
         x = tf.cast(inputs, self.compute_dtype)
         if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
@@ -167,8 +168,6 @@ def refold_batch_norm(model: keras.Model, folded: keras.Model) -> None:
 
 def _write_folded_weights(model, out, pairs: dict, recurse: bool) -> None:
     """Folded kernels / biases of `model`'s Conv2D -> BN pairs, and every other layer's weights, into the copy `out`."""
-    import numpy as np
-
     folded_convs = {id(conv): bn for bn, conv in pairs.items()}
     for layer in model.layers:
         if isinstance(layer, keras.Model):

@@ -14,6 +14,8 @@ import dataclasses
 import keras
 from keras import ops
 
+from keras_iqa.presets import save_to_preset
+
 #: The `IQAModel` arguments that describe the test-time contract (saved by `get_config`).
 CONTRACT_ARGS = ("score_range", "higher_better", "crop_size", "test_crops", "crop_policy", "test_resize")
 
@@ -65,8 +67,6 @@ class IQAModel(keras.Model):
     def save_to_preset(self, preset_dir, metadata=None):
         """Writes this model as a preset folder (config.json, model.weights.h5, metadata.json), keras-hub's layout;
         `keras_iqa.from_preset(preset_dir)` loads it. See `keras_iqa.presets.save_to_preset` (docs/presets.md)."""
-        from keras_iqa.presets import save_to_preset
-
         return save_to_preset(self, preset_dir, metadata=metadata)
 
     def get_config(self):

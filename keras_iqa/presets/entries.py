@@ -8,6 +8,7 @@ from pathlib import Path
 
 from keras_iqa.presets.format import (ENTRY_METADATA_FIELDS, METADATA_FILE, PRESET_FILES, REMOTE_SCHEMES, PresetError,
                                       _is_sha256, _read_json, _scheme, sha256_file)
+from keras_iqa.registry import CARD_INDEX
 
 
 def registered_presets() -> dict:
@@ -40,7 +41,6 @@ def validate_entry(name: str, entry: dict) -> dict:
     if missing:
         raise PresetError(f"{where}: metadata lacks {', '.join(missing)} (every entry names its card, data, protocol, "
                           "measured SROCC/PLCC, machine, licence and the command that made it)")
-    from keras_iqa.registry import CARD_INDEX
 
     if name in CARD_INDEX:
         raise PresetError(f"{where}: the name is a model card's (random weights); give the preset its own name")

@@ -3,16 +3,18 @@ fields read from a training run (`metadata_from_run`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
 from pathlib import Path
 from typing import Optional
 
+from keras_iqa import registry, __version__
 from keras_iqa.presets.fetch import fetch_preset
 from keras_iqa.presets.format import (CONFIG_FILE, FORMAT, FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE,
                                       PresetError, _file_records, _read_json)
-from keras_iqa.registry import family_of_class
+from keras_iqa.registry import family_of_class, CARD_INDEX
 
 
 def _family(model) -> str:
@@ -30,7 +32,6 @@ def model_card(model, metadata: Optional[dict] = None) -> dict:
     import keras
 
     from data_pipeline.test_time import TestTimeCrops
-    from keras_iqa import __version__, registry
 
     user = dict(metadata or {})
     card_name = user.get("card") or getattr(model, "card_name", None) or _family(model)
@@ -158,8 +159,6 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
     import keras
     import numpy as np
 
-    from keras_iqa import registry
-
     folder = fetch_preset(handle, cache=cache, sha256=sha256, force_download=force_download)
     meta = _read_json(folder / METADATA_FILE, METADATA_FILE)
     config = _read_json(folder / CONFIG_FILE, CONFIG_FILE)
@@ -220,17 +219,11 @@ def metadata_from_run(run_dir: os.PathLike) -> dict:
 def _run_card(*candidates) -> Optional[str]:
     """The card name of a run: a card name recorded as "model" (REQA, MetaIQA runs), or the card whose config equals
     the run's "model" section (HCL runs record the model config itself)."""
-    from keras_iqa.registry import CARD_INDEX
-
     for c in candidates:
         if isinstance(c, str) and c in CARD_INDEX:
             return c
     for c in candidates:
         if isinstance(c, dict):
-            import dataclasses
-
-            from keras_iqa import registry
-
             for name in registry.list_models():
                 card = registry.get_card(name)
                 try:

@@ -68,6 +68,7 @@ from typing import Optional
 import numpy as np
 
 from data_pipeline import layout
+from keras_iqa import registry
 from keras_iqa.scoring.engine import _image_scores, _load, _progress, _Result, _run, score_images, score_paths  # noqa: F401
 from keras_iqa.scoring.inputs import (_ARRAY_HINT, _decode_bytes, _expand, _expand_path, _file_item,  # noqa: F401
                                       _is_array, _Item, _pixels, iter_image_files)
@@ -152,8 +153,6 @@ def _cached_scorer(model, precision: str) -> Scorer:
         target = layout.model_file(p) or p
         stamp = target.stat().st_mtime_ns
     else:
-        from keras_iqa import registry
-
         if text in registry.list_models() and not _is_preset_handle(text):
             return load_scorer(model, precision)  # a card: a fresh model every time, never cached
     key = (str(p.resolve()) if p.exists() else text, precision, stamp)

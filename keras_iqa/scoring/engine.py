@@ -7,6 +7,7 @@ import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+import sys
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -157,8 +158,6 @@ def score_images(scorer: Scorer, images) -> np.ndarray:
 
 def _progress(total: int):
     """A progress callback(done, bad) on stderr: tqdm when installed, else keras' Progbar (stdout may hold the table)."""
-    import sys
-
     try:
         from tqdm import tqdm
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -11,6 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from data_pipeline import layout
+from keras_iqa import registry
 from keras_iqa.scoring.scorer import PRECISIONS, Scorer, _contract_fields, resolve_precision
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -31,8 +34,6 @@ def _from_keras_model(model, kind: str, source: str, precision: str = "fp32") ->
 def load_keras_model(path: os.PathLike):
     """Loads a `.keras` file with every keras-iqa family registered (so their custom classes deserialize)."""
     import keras
-
-    from keras_iqa import registry
 
     registry.list_models()  # imports the family modules: registers their serializable classes
     return keras.saving.load_model(str(path), compile=False)
@@ -84,7 +85,6 @@ def load_scorer(model, precision: str = "fp32") -> Scorer:
         return _load_path(p, precision)
     if _is_preset_handle(text):
         return _from_preset(text, precision)
-    from keras_iqa import registry
 
     if text in registry.list_models():
         card = registry.get_card(text)
@@ -92,7 +92,6 @@ def load_scorer(model, precision: str = "fp32") -> Scorer:
                       "nothing until it is trained; pass a run directory, .keras, SavedModel, .tflite or a preset with "
                       "trained weights", UserWarning, stacklevel=_caller_stacklevel())
         return _from_keras_model(registry.create_model(text), "card", text, precision)
-    import difflib
 
     close = difflib.get_close_matches(text, registry.list_models(), n=3, cutoff=0.6)
     hint = f" (did you mean the card {', '.join(repr(c) for c in close)}?)" if close else ""
@@ -177,8 +176,6 @@ def _load_savedmodel(p: Path) -> Scorer:
 
 def _caller_stacklevel() -> int:
     """The `stacklevel` of the first frame outside this package (a warning then points at the user's line)."""
-    import sys
-
     level, frame = 1, sys._getframe(1)
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
         level, frame = level + 1, frame.f_back

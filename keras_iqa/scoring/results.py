@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -101,8 +102,6 @@ def write_rows(rows: list, out: os.PathLike) -> Path:
 
 def write_csv(rows: list, f, delimiter: str = ",") -> None:
     """The CSV table of `score_paths` rows on an open text file (header, then one row per image)."""
-    import csv
-
     names = ["path", "score", "score_normalized", "crops"] + (["crop_scores"] if rows and "crop_scores" in rows[0] else [])
     w = csv.DictWriter(f, fieldnames=names, delimiter=delimiter)
     w.writeheader()

@@ -25,6 +25,12 @@ import warnings
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from keras_iqa.evaluation import predict_reader
+from keras_iqa.evaluation.fine_grained import fine_grained_report
+from keras_iqa.metrics import evaluate_predictions
 
 __all__ = ["evaluate", "failed_metrics", "metrics_of", "mos_scale", "predict_batches"]
 
@@ -34,8 +40,6 @@ NAN = float("nan")
 def predict_batches(model, data) -> tuple:
     """(pred, target) float64 arrays over (x, y) batches: a dataset, a list of batches, or one (x, y) tuple. One forward
     pass per batch (`training=False`), the output flattened to one score per row."""
-    import tensorflow as tf
-
     if isinstance(data, tuple) and len(data) == 2:
         data = [data]
 
@@ -68,8 +72,6 @@ def failed_metrics(n: int, error: str, pred=None, target=None) -> dict:
 def metrics_of(pred, target) -> dict:
     """`keras_iqa.metrics.evaluate_predictions`, under the one error rule: whatever makes the correlations undefined (fewer
     than 3 images, constant MOS or predictions, NaN) gives `failed_metrics` instead of an exception."""
-    from keras_iqa.metrics import evaluate_predictions
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # constant predictions: reported in "error" instead
@@ -107,10 +109,7 @@ def evaluate(model, data, num_crops: Optional[int] = None, fine: bool = False, p
         predictions_csv: also write the predictions there.
         mos_range: the targets' (lo, hi) for the fine-grained bins (default: `mos_scale(data)`).
     """
-    import pandas as pd
-
     if hasattr(data, "eval_dataset"):  # a RecordReader: the model's test-time contract
-        from keras_iqa.evaluation import predict_reader
 
         df = predict_reader(model, data, num_crops=num_crops)
     else:
@@ -121,8 +120,6 @@ def evaluate(model, data, num_crops: Optional[int] = None, fine: bool = False, p
     pred, target = df["pred"].to_numpy(np.float64), df["target"].to_numpy(np.float64)
     out = {"metrics": metrics_of(pred, target), "predictions": df}
     if fine:
-        from keras_iqa.evaluation.fine_grained import fine_grained_report
-
         (lo_hi, hb) = mos_scale(data, model)
         if mos_range is not None:
             lo_hi = tuple(mos_range)

@@ -37,15 +37,21 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from data_pipeline.input import RecordReader, multi_dataset
 from data_pipeline.layout import RESULTS_FILE
-from keras_iqa.models.hcl import HCLModelConfig
+from keras_iqa.models.hcl import HCLModelConfig, RestorationLoss, restoration_l1, PIXEL_LOSSES, build_restoration
 from keras_iqa.evaluation.restoration import restoration_report, to_restoration_targets  # noqa: F401
 from keras_iqa.tasks.base import Task
+from keras_iqa.tasks.evaluate import evaluate
 from keras_iqa.tasks.hcl_handoff import (STAGE_DIRS, STAGES, init_finetune, init_synthetic, load_stage_model,  # noqa: F401
                                          model_cfg_from, transfer_weights)
 from keras_iqa.training.hcl_callbacks import GroupLRSchedule, HeadCorrelationLogger, freeze_then_low_lr, step_decay
+from keras_iqa.training.lr import RANDOM_INIT, resolve_lr, is_pretrained
+from keras_iqa.training.optimizers import FusedAdam
 from keras_iqa.training.runner import RunDir, check_global_batch, fit, get_strategy, save_json, shard_by_data
 
 _model_cfg_from = model_cfg_from  # the name before issue 23
@@ -135,8 +141,6 @@ TARGETS = {"restoration": None, "synthetic": "normalized"}  # finetune: `finetun
 def build_inputs(cfg: HCLTrainConfig, stage: str, data, subset: str = "train"):
     """The `RecordReader`s of one curriculum on `<stage>.split`: the pair records (restoration; no scores), one per synthetic
     dataset (synthetic: a list, normalised scores) or the authentic dataset (finetune: `finetune.target`)."""
-    from data_pipeline.input import RecordReader
-
     s = getattr(cfg, stage)
     target = TARGETS.get(stage, getattr(s, "target", None))
     if stage == "synthetic":
@@ -149,11 +153,6 @@ def build_inputs(cfg: HCLTrainConfig, stage: str, data, subset: str = "train"):
 def fit_restoration(model, train_pairs, run: RunDir, scfg: RestorationStageConfig, steps_per_epoch: int,
                     holdout_pairs=None, verbose=2):
     """Compiles (L1 or -PSNR [+ SSIM], Adam + cosine decay) and fits a `RestorationNet`; saves model.keras, results.json."""
-    import keras
-
-    from keras_iqa.models.hcl import RestorationLoss, restoration_l1
-    from keras_iqa.training.optimizers import FusedAdam
-
     lr = scfg.lr
     if scfg.cosine:
         lr = keras.optimizers.schedules.CosineDecay(scfg.lr, decay_steps=max(1, scfg.epochs * steps_per_epoch))
@@ -171,8 +170,6 @@ def fit_restoration(model, train_pairs, run: RunDir, scfg: RestorationStageConfi
 
 def train_restoration(cfg: HCLTrainConfig, pairs: str, out: str) -> dict:
     """Curriculum 1 from a prepared pair dataset: train split for training, test split held out for the PSNR/SSIM report."""
-    from keras_iqa.models.hcl import PIXEL_LOSSES, build_restoration
-
     s = cfg.restoration
     if s.pixel_loss not in PIXEL_LOSSES:
         raise ValueError(f"restoration.pixel_loss must be one of {PIXEL_LOSSES}, got {s.pixel_loss!r} "
@@ -196,8 +193,6 @@ def train_restoration(cfg: HCLTrainConfig, pairs: str, out: str) -> dict:
 # ------------------------------------------------------------------------------------------------------------ stage 2
 
 def compile_synthetic(model, scfg: SyntheticStageConfig):
-    from keras_iqa.training.optimizers import FusedAdam
-
     model.compile(optimizer=FusedAdam(scfg.lr), backbone_optimizer=FusedAdam(0.0))
     return freeze_then_low_lr(scfg.lr, scfg.freeze_epochs, scfg.backbone_lr_factor)
 
@@ -220,8 +215,6 @@ def fit_synthetic(model, train_ds, run: RunDir, scfg: SyntheticStageConfig, step
 
 def train_synthetic(cfg: HCLTrainConfig, data: Sequence[str], out: str, init=None) -> dict:
     """Curriculum 2 from K prepared synthetic datasets (train split of each, normalised scores), initialised from `init`."""
-    from data_pipeline.input import multi_dataset
-
     if not data:
         raise ValueError("the synthetic stage needs at least one synthetic dataset (--data DIR, repeatable)")
     if not cfg.ablation.skip_restoration and init is None:
@@ -236,8 +229,6 @@ def train_synthetic(cfg: HCLTrainConfig, data: Sequence[str], out: str, init=Non
     names = [r.manifest.get("dataset", os.path.basename(os.path.normpath(d))) for r, d in zip(readers, data)]
     ds = multi_dataset(readers, s.batch_size, crop_size=cfg.model.crop_size, sampling=s.sampling, seed=cfg.seed)
     if cfg.ablation.single_head:
-        import tensorflow as tf
-
         ds = ds.map(lambda x, y: ((x[0], tf.zeros_like(x[1])), y))
         names = ["+".join(names)]
     steps = s.steps_per_epoch or sum(r.steps_per_epoch(s.batch_size) for r in readers)
@@ -255,8 +246,6 @@ def train_synthetic(cfg: HCLTrainConfig, data: Sequence[str], out: str, init=Non
 
 def finetune_lrs(fcfg: FinetuneStageConfig, pretrained: bool) -> tuple:
     """(lr, backbone_lr) of curriculum 3: "auto" = 1e-4 / 1e-5 with a trained backbone, the random-init defaults otherwise."""
-    from keras_iqa.training.lr import RANDOM_INIT, resolve_lr
-
     return (resolve_lr(fcfg.lr, 1e-4, RANDOM_INIT["hcl"]["lr"], pretrained, "hcl"),
             resolve_lr(fcfg.backbone_lr, 1e-5, RANDOM_INIT["hcl"]["backbone_lr"], pretrained, "hcl"))
 
@@ -264,9 +253,6 @@ def finetune_lrs(fcfg: FinetuneStageConfig, pretrained: bool) -> tuple:
 def compile_finetune(model, fcfg: FinetuneStageConfig, pretrained: Optional[bool] = None):
     """Compiles curriculum 3 (`fcfg.loss`: L1 by default, or MSE; two Adams). `pretrained`: whether the restoration network was trained (previous stages or
     ImageNet); None = judged from `model.restoration.backbone_weights`."""
-    from keras_iqa.training.lr import is_pretrained
-    from keras_iqa.training.optimizers import FusedAdam
-
     if pretrained is None:
         pretrained = is_pretrained(getattr(model.restoration, "backbone_weights", None))
     if fcfg.loss not in FINETUNE_LOSSES:
@@ -289,8 +275,6 @@ def fit_finetune(model, train_ds, run: RunDir, fcfg: FinetuneStageConfig, steps_
 def evaluate_hcl(model, reader, num_crops: Optional[int] = None, run: Optional[RunDir] = None) -> dict:
     """results.json `test` of curriculum 3: `keras_iqa.tasks.evaluate.evaluate` under the model's test-time contract (25
     random crops by default; `num_crops` overrides the count), with the crops it used; predictions.csv in `run`."""
-    from keras_iqa.tasks.evaluate import evaluate
-
     ev = evaluate(model, reader, num_crops=num_crops, predictions_csv=None if run is None else run.path / "predictions.csv")
     return {"n_images": int(ev["metrics"]["n"]), "num_crops": int(num_crops or model.test_crops),
             "crop_policy": model.crop_policy, **ev["metrics"]}
@@ -312,7 +296,6 @@ def train_finetune(cfg: HCLTrainConfig, data: str, out: str, init=None) -> dict:
     steps = f.steps_per_epoch or train.steps_per_epoch(f.batch_size)
     with strategy.scope():
         model, parts = init_finetune(cfg, init, score_range=rng, higher_better=hb)
-        from keras_iqa.training.lr import is_pretrained
 
         trained = bool(parts) or is_pretrained(cfg.model.backbone_weights)  # a handed-over or ImageNet backbone
         history = fit_finetune(model, ds, run, f, steps, verbose=cfg.verbose, pretrained=trained)
@@ -389,8 +372,6 @@ class HCLTask(Task):
     def build_model(self, cfg, stage: str = "finetune", init=None, **kwargs):
         """The model of one curriculum: `RestorationNet`, `HCLSynthetic` or `HCL` (with what `init` hands over)."""
         if stage == "restoration":
-            from keras_iqa.models.hcl import build_restoration
-
             return build_restoration(cfg.model)
         return (init_synthetic if stage == "synthetic" else init_finetune)(cfg, init, **kwargs)[0]
 

@@ -14,8 +14,10 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+import keras
+
 from data_pipeline.layout import HCL_STAGE_DIRS, find_model_file
-from keras_iqa.models.hcl import HCLModelConfig
+from keras_iqa.models.hcl import HCLModelConfig, RestorationNet, build_synthetic, build_hcl
 
 __all__ = ["STAGES", "STAGE_DIRS", "init_finetune", "init_synthetic", "load_stage_model", "model_cfg_from",
            "transfer_weights"]
@@ -26,10 +28,6 @@ STAGE_DIRS = HCL_STAGE_DIRS  # <out>/1-restoration, 2-synthetic, 3-finetune (the
 
 def load_stage_model(init):
     """A stage's model from a run directory (its `model.keras`), a `.keras` file, or a model object."""
-    import keras
-
-    import keras_iqa.models.hcl  # noqa: F401  (registers the classes for deserialisation)
-
     if init is None or isinstance(init, keras.Model):
         return init
     path = Path(init)
@@ -45,8 +43,6 @@ def load_stage_model(init):
 def transfer_weights(src, dst) -> list:
     """Copies the parts `src` and `dst` share (restoration network always; subnetworks and CQAC when K matches) and returns
     their names. Fails clearly when the architectures differ."""
-    from keras_iqa.models.hcl import RestorationNet
-
     def part(model, name):
         if name == "restoration" and isinstance(model, RestorationNet):
             return model  # a stage-1 model is the restoration network itself
@@ -89,8 +85,6 @@ def model_cfg_from(cfg: HCLModelConfig, src) -> HCLModelConfig:
 def init_synthetic(cfg, init=None, num_datasets: Optional[int] = None):
     """Builds `HCLSynthetic` (K = `num_datasets`) and loads the restoration network from `init` (stage-1 run, unless
     `ablation.skip_restoration`); returns (model, transferred parts)."""
-    from keras_iqa.models.hcl import build_synthetic
-
     ab = cfg.ablation
     src = None if ab.skip_restoration else load_stage_model(init)
     mcfg = model_cfg_from(cfg.model, src)
@@ -104,8 +98,6 @@ def init_synthetic(cfg, init=None, num_datasets: Optional[int] = None):
 def init_finetune(cfg, init=None, score_range=None, higher_better=True):
     """Builds `HCL` and loads what `init` holds (stage-2 run: restoration + subnetworks + CQAC; stage-1 run when
     `ablation.skip_synthetic`: restoration only); returns (model, transferred parts)."""
-    from keras_iqa.models.hcl import build_hcl
-
     src = None if init is None else load_stage_model(init)
     mcfg = model_cfg_from(cfg.model, src)
     if src is None or not hasattr(src, "subnets"):

@@ -23,8 +23,11 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+import json
 from typing import Optional, Sequence, Union
 
+import keras_iqa
+from keras_iqa.registry import get_card
 from keras_iqa.tasks import base
 
 # the learner, fine-tuning and the protocols need TensorFlow: re-exported on first use (`keras-iqa --help` stays light)
@@ -150,8 +153,6 @@ class MetaIQATask(base.Task):
 
     def backbone_weights(self, cfg: MetaIQATrainConfig) -> Optional[str]:
         """`cfg.backbone_weights` with "auto" resolved (ImageNet for full-size cards, random init for tiny ones)."""
-        from keras_iqa.registry import get_card
-
         return base.resolve_backbone_weights(cfg.backbone_weights, get_card(cfg.model).config())
 
     def finetune_lr(self, cfg: MetaIQATrainConfig) -> float:
@@ -166,8 +167,6 @@ class MetaIQATask(base.Task):
     # -- model and inputs ---------------------------------------------------------------------------------------------
     def build_model(self, cfg: MetaIQATrainConfig):
         """A fresh model of the card `cfg.model` at `cfg.crop_size` (and `cfg.head`), its test-time contract set."""
-        import keras_iqa
-
         over = {"crop_size": cfg.crop_size, "backbone_weights": self.backbone_weights(cfg)}
         if cfg.head:
             over["head"] = cfg.head
@@ -307,8 +306,6 @@ class MetaIQATask(base.Task):
 
 def _metrics_line(metrics: dict) -> str:
     """The scalar metrics as one JSON line (the fitted logistic parameters and the error text left out)."""
-    import json
-
     return json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, str)) and not k.endswith("_error")})
 
 

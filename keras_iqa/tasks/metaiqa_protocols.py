@@ -14,6 +14,7 @@ import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import keras
 
@@ -185,8 +186,6 @@ def leave_one_distortion_out(tasks: Sequence[dict], build_model: Callable[[], ke
 
     Returns a DataFrame (held_out, finetuned, srocc, plcc, rmse, n, ...).
     """
-    import pandas as pd
-
     if finetune_on_held_out and held_out_data is None:
         raise ValueError("finetune_on_held_out needs held_out_data (the held-out type's images with their references, "
                          "to split them by reference)")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import keras_iqa
+from keras_iqa.registry import get_card
 from keras_iqa.tasks.base import Task, resolve_backbone_weights
 from keras_iqa.tasks.base import set_test_contract as _set_contract
 
@@ -103,9 +105,6 @@ def set_test_contract(model, cfg: REQATrainConfig):
 def build_model(cfg: REQATrainConfig):
     """The REQA model of a training config (backbone weights resolved; `auto` = ImageNet for full-size cards), its test-time
     contract set. A `crop_size` other than the card's scales `pool_size` so the pooled grid stays 8x8 / 4x4 / 2x2 at 224."""
-    import keras_iqa
-    from keras_iqa.registry import get_card
-
     base = get_card(cfg.model).config(**cfg.model_overrides)
     over = dict(cfg.model_overrides, backbone_weights=resolve_backbone_weights(cfg.backbone_weights, base))
     if cfg.crop_size and cfg.crop_size != base.crop_size:

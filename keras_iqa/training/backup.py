@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from typing import Optional
@@ -71,8 +72,6 @@ class BackupStore:
     def _read_index(self, directory, warn: bool = False) -> list:
         """Entries of the newest index of `directory` that reads as one (an unreadable one is skipped, with a message
         when `warn`); [] without any."""
-        import re
-
         names = sorted((n for n in self._listdir(directory) if re.fullmatch(r"index-\d{4}\.json", n)), reverse=True)
         for name in names:
             path = _join(directory, name)
@@ -138,8 +137,6 @@ class BackupStore:
 
     def _prune(self, kept: list) -> None:
         """Deletes this store's files that no kept entry names (older versions, `.partial` leftovers of a kill)."""
-        import re
-
         names = {info["file"] for e in kept for info in e.get("files", {}).values()}
         names |= {self.INDEX.format(epoch=int(e["epoch"])) for e in kept}  # the previous index stays a fallback
         pattern = re.compile(r"^[A-Za-z0-9_]+-\d{4}(\.partial)?\.")

@@ -5,6 +5,7 @@ Each is made by a factory (`_make_*`) so that importing this module does not imp
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -95,8 +96,6 @@ def _make_csv_logger():
             super().on_epoch_end(epoch, logs)
 
         def _truncate_from(self, epoch):
-            import csv
-
             if not os.path.exists(self.filename) or self.csv_file is None:
                 return
             self.csv_file.flush()

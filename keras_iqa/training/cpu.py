@@ -29,6 +29,9 @@ import sys
 import warnings
 from typing import Optional
 
+import keras
+import tensorflow as tf
+
 PRECISIONS = ("auto", "fp32", "bf16")
 _POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
@@ -97,9 +100,6 @@ def configure_cpu(precision: str = "auto", threads: Optional[int] = None, inter_
         elif not tf_loaded:
             os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
     applied["onednn_env"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(1 on x86 Linux)")
-
-    import tensorflow as tf
-    import keras
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     applied["gpu"] = gpu

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+import keras
 import numpy as np
 
 from keras_iqa.training.files import save_json
@@ -30,8 +31,6 @@ __all__ = ["GroupLRSchedule", "HeadCorrelationLogger", "freeze_then_low_lr", "st
 
 
 def _callbacks_base():
-    import keras
-
     return keras.callbacks.Callback
 
 

@@ -16,13 +16,13 @@ from typing import Callable
 
 import numpy as np
 
+from keras_iqa.training.runner import BackupStore, worker_info, _first_line, _h5_problem, log
+
 __all__ = ["open_store", "save_state", "restore_state"]
 
 
 def open_store(checkpoint_dir: os.PathLike, strategy):
     """The `BackupStore` of `checkpoint_dir`; the non-chief workers of a multi-worker run write a private copy."""
-    from keras_iqa.training.runner import BackupStore, worker_info
-
     chief, worker = worker_info(strategy)
     return BackupStore(checkpoint_dir, write_dir=None if chief else tempfile.mkdtemp(prefix=f"keras-iqa-meta{worker}-"))
 
@@ -63,8 +63,6 @@ def restore_state(learner, store, build: Callable[[], None]) -> int:
     """Loads the newest intact saved state into `learner` (checked against its recorded size and SHA-256; older layouts
     read through) and returns the epochs it completed; damaged versions are skipped with a one-line message. `build()`
     builds the learner's state variables; it is called only when there is something to restore."""
-    from keras_iqa.training.runner import _first_line, _h5_problem, log
-
     candidates = _candidates(store)
     if not candidates:
         return 0

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -169,8 +170,6 @@ class RunDir:
     def _candidates(self) -> list:
         """[(epoch, label, weights path, problem() -> None or a note)] newest first (backups before checkpoints of one
         epoch)."""
-        import re
-
         def readable(label, path):
             return lambda: (lambda why: f"{label} {why}" if why else None)(_h5_problem(path))
 
