@@ -25,7 +25,6 @@ from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
-import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +199,8 @@ def decode_image_tensor(encoded, policy: DecodePolicy = DEFAULT_POLICY):
     frame. EXIF orientation is not read here: records carry pixels already oriented (see `canonical_bytes`).
     Raises `tf.errors.InvalidArgumentError` for undecodable bytes (callers that must not fail use `try_decode_image_tensor`).
     """
+    import tensorflow as tf
+
     is_png = tf.strings.substr(encoded, 0, 4) == b"\x89PNG"
 
     def _png16():
@@ -225,6 +226,8 @@ def decode_image_tensor(encoded, policy: DecodePolicy = DEFAULT_POLICY):
 
 
 def _channels_to_rgb(img):
+    import tensorflow as tf
+
     c = tf.shape(img)[-1]
 
     def composite(rgb, alpha):
@@ -245,6 +248,8 @@ def _channels_to_rgb(img):
 
 def resize_to_policy(img, policy: DecodePolicy = DEFAULT_POLICY):
     """Applies the policy's long-side cap and short-side floor to a uint8 HxWx3 tensor."""
+    import tensorflow as tf
+
     if not policy.max_long_side and not policy.min_short_side:
         return img
     shape = tf.cast(tf.shape(img)[:2], tf.float32)
@@ -271,6 +276,8 @@ def resize_to_policy(img, policy: DecodePolicy = DEFAULT_POLICY):
 
 def try_decode_image_tensor(encoded, policy: DecodePolicy = DEFAULT_POLICY):
     """Like `decode_image_tensor` but never raises: returns `(image, ok)`; a bad input gives a 1x1 white image and ok=False."""
+    import tensorflow as tf
+
     # decode_image has no "soft" mode; validate the magic bytes and let the decoder check the rest.
     head = tf.strings.substr(encoded, 0, 4)
     known = tf.reduce_any(

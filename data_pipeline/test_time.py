@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 POLICIES = ("random", "grid", "resize")
@@ -87,6 +86,8 @@ def upsampled_size(height: int, width: int, crop: int) -> tuple[int, int]:
 
 def resize_image(img, resize: Resize, method: str = "bicubic"):
     """Step 3 on a float32 [H, W, 3] tensor: None -> unchanged; (h, w) -> that size; int -> short side = int."""
+    import tensorflow as tf
+
     resize = normalize_resize(resize)
     if resize is None:
         return img
@@ -102,6 +103,8 @@ def resize_image(img, resize: Resize, method: str = "bicubic"):
 
 def ensure_min_side(img, crop: int):
     """Step 4 on a float32 [H, W, 3] tensor: upsampled (bicubic) so that both sides are >= crop; never padded."""
+    import tensorflow as tf
+
     shape = tf.shape(img)[:2]
     short = tf.reduce_min(shape)
 
@@ -114,6 +117,8 @@ def ensure_min_side(img, crop: int):
 
 def extract_crops(img, oy, ox, crop: int):
     """[N] offsets -> [N, crop, crop, C] exact pixel crops (gathers, no interpolation, no Python loop)."""
+    import tensorflow as tf
+
     r = tf.range(crop, dtype=tf.int32)
     strips = tf.gather(img, oy[:, None] + r[None, :])  # [N, c, W, C]
     return tf.gather(strips, ox[:, None] + r[None, :], axis=2, batch_dims=1)  # [N, c, c, C]
@@ -223,11 +228,15 @@ class TestTimeCrops:
     # ------------------------------------------------------------------------------------------------------ graph ops
     def prepare(self, image):
         """Steps 1, 3, 4: float32 [H', W', 3] tensor the crops are taken from (graph-safe)."""
+        import tensorflow as tf
+
         img = tf.cast(image, tf.float32)
         return ensure_min_side(resize_image(img, self.resize), self.crop_size)
 
     def crops(self, image):
         """The crops of ONE image: uint8 or float [H, W, 3] (values in [0, 255]) -> float32 [n, c, c, 3]. Graph-safe."""
+        import tensorflow as tf
+
         c = self.crop_size
         if self.policy == "resize":
             img = tf.image.resize(tf.cast(image, tf.float32), [c, c], method="bilinear", antialias=True)
@@ -242,6 +251,8 @@ class TestTimeCrops:
         """`crops` for an image whose size (height, width) is known when the graph is built, with static ops only
         (resizes as constant matrices, crops as constant slices): what the whole-photo TFLite model runs. Same pixels as
         `crops` up to float32 summation order."""
+        import tensorflow as tf
+
         c = self.crop_size
         img = tf.cast(tf.reshape(image, [height, width, 3]), tf.float32)
         if self.policy == "resize":
@@ -257,6 +268,8 @@ class TestTimeCrops:
     @staticmethod
     def image_score(crop_scores):
         """Image scores from crop scores [..., n] (numpy or tf): their mean over the last axis."""
+        import tensorflow as tf
+
         if isinstance(crop_scores, np.ndarray):
             return np.asarray(crop_scores, np.float64).mean(axis=-1)
 
@@ -270,6 +283,8 @@ class TestTimeCrops:
 def resize_matrix(size_in: int, size_out: int, method: str, antialias: bool) -> np.ndarray:
     """[size_out, size_in] float32 matrix of `tf.image.resize` along one axis (the resize is separable): row i holds the
     weights of output pixel i."""
+    import tensorflow as tf
+
     with tf.init_scope():  # eager even while a graph is being traced: the matrix is a constant of that graph
         eye = tf.eye(size_in, dtype=tf.float32)[:, None, :]  # [in, 1, in]: channel k is the unit impulse at k
         out = tf.image.resize(eye, [size_out, 1], method=method, antialias=antialias)  # [out, 1, in]
@@ -278,6 +293,8 @@ def resize_matrix(size_in: int, size_out: int, method: str, antialias: bool) -> 
 
 def _matrix_resize(img, size_in, size_out, method: str, antialias: bool):
     """tf.image.resize of a float32 [H, W, 3] image of static size as two constant matrix products, clipped to [0, 255]."""
+    import tensorflow as tf
+
     (h, w), (p, q) = size_in, size_out
     my = tf.constant(resize_matrix(h, p, method, antialias))  # [p, h]
     mx = tf.constant(resize_matrix(w, q, method, antialias))  # [q, w]
@@ -299,6 +316,8 @@ def scale_to_photo_size(image, photo_size) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _crop_function(contract: TestTimeCrops):
+    import tensorflow as tf
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], reduce_retracing=True)
     def fn(image):
         return contract.crops(image)

@@ -155,3 +155,21 @@ def test_the_check_sees_each_kind(tmp_path, monkeypatch):
     assert [(b.split(":")[1], [r for r in rules if f"-> {r}" in b]) for b in bad] == [
         ("5", ["standard library"]), ("6", ["already imported"]), ("15", ["project import"])]
     assert violations(light={"keras_iqa.probe_mod"}) == bad[:2]  # light modules may import the project late
+
+
+_TF_FREE_PROBE = """
+import os, sys
+import data_pipeline.images, data_pipeline.test_time, data_pipeline.sources, data_pipeline.beam.writer
+import data_pipeline.beam.synthesize, keras_iqa.training.cpu, keras_iqa.export.contract, keras_iqa.export.tflite_scorer
+import keras_iqa.scoring.loading
+print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+
+
+def test_pillow_and_tflite_paths_do_not_import_tensorflow():
+    """Modules with a Pillow / numpy path import TensorFlow only inside the functions that need it: decoding and
+    test-time crops on numpy images, the Beam writer's and synthesizer's workers, scoring a .tflite file (the contract
+    sidecar), and `training.cpu`, which must set TF_ENABLE_ONEDNN_OPTS before TensorFlow is first imported."""
+    res = subprocess.run([sys.executable, "-c", _TF_FREE_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout

@@ -31,7 +31,6 @@ import zlib
 from typing import Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from data_pipeline import distortions as D
 from data_pipeline import fs, pristine
@@ -167,6 +166,8 @@ class PairsFromSynthetic:
             return None
 
     def _take(self, shard_file: str, ids: list[str]):
+        import tensorflow as tf
+
         if self._file != shard_file:
             path = fs.join(self.synthetic_dir, shard_file)
             if not fs.exists(path):

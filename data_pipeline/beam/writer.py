@@ -39,8 +39,6 @@ import uuid
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-import tensorflow as tf
-
 from data_pipeline import fs, schema
 from data_pipeline.images import ImageDecodeError
 from data_pipeline.layout import (MANIFEST, SHARD_PREFIX, SIDECAR, SPLITS, load_manifest,  # noqa: F401  (re-exported)
@@ -130,6 +128,7 @@ def iter_records(path: str) -> Iterator[bytes]:
     """The records of a TFRecord file at a local path or URI (CRCs checked); ValueError at a truncated or corrupt record."""
     crc = _crc32c()
     if crc is None:  # no Beam: TensorFlow's reader (local paths, gs://)
+        import tensorflow as tf
 
         yield from tf.data.TFRecordDataset(path).as_numpy_iterator()
         return
@@ -171,6 +170,8 @@ def _row_name(row: Mapping) -> str:
 
 def _image_info(serialized: bytes, row: Mapping) -> list:
     """The IMAGE_FIELDS of one serialized Example (for statistics, splits and duplicate checks)."""
+    import tensorflow as tf
+
     feats = tf.train.Example.FromString(serialized).features.feature
 
     def b(key):
@@ -196,6 +197,8 @@ def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple
     failures.
 
     `on_row(shard_index, row_index, ok)` is called after each row (progress; never part of the result)."""
+    import tensorflow as tf
+
     name = shard_name(index, num_shards)
     path = fs.join(out_dir, name)
     rejects, images = [], []

@@ -8,9 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import keras
-import tensorflow as tf
-
 from data_pipeline.test_time import TestTimeCrops
 
 CONTRACT_VERSION = 2  # 2: "test_time" (the crop contract with its positions) replaces "served_crop_policy" / "grid"
@@ -25,6 +22,9 @@ def model_contract(model, **extra) -> dict:
     test_time = TestTimeCrops.from_model(model)
     n = test_time.num_crops
     try:
+        import keras  # late: reading a contract (TFLite scoring) needs no TensorFlow
+        import tensorflow as tf
+
         versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
     except Exception:  # pragma: no cover
         versions = {}

@@ -29,9 +29,6 @@ import sys
 import warnings
 from typing import Optional
 
-import keras
-import tensorflow as tf
-
 PRECISIONS = ("auto", "fp32", "bf16")
 _POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
@@ -100,6 +97,9 @@ def configure_cpu(precision: str = "auto", threads: Optional[int] = None, inter_
         elif not tf_loaded:
             os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
     applied["onednn_env"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(1 on x86 Linux)")
+
+    import keras  # late on purpose: TensorFlow reads TF_ENABLE_ONEDNN_OPTS (set above) when it is first imported
+    import tensorflow as tf
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     applied["gpu"] = gpu
