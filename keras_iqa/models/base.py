@@ -102,6 +102,12 @@ def split_config(config_cls, kwargs: dict):
     return cfg, rest
 
 
+def without_layer_keys(config: dict) -> dict:
+    """A saved model config less the keys Keras adds to every layer's (`trainable`, `dtype`), for `from_config` of models
+    whose `__init__` takes only their own arguments."""
+    return {k: v for k, v in config.items() if k not in ("trainable", "dtype")}
+
+
 def config_json(cfg) -> dict:
     """A model config as `get_config` saves it, less the contract fields (`IQAModel.get_config` saves those from the
     model's attributes, which a training command may set after building: `test_crops`, `crop_policy`, ...): JSON types

@@ -38,7 +38,7 @@ from keras import ops
 
 from keras_iqa.layers.cqac import CQAC, DatasetSubnetworks, cqac_loss
 from keras_iqa.metrics import HeadCorrelation
-from keras_iqa.models.base import IQAModel
+from keras_iqa.models.base import IQAModel, without_layer_keys
 from keras_iqa.models.hcl.hcl_config import (CONTRACT_FIELDS, HEAD_FIELDS, HCLModelConfig, head_kwargs, restoration_kwargs,
                                              take)
 from keras_iqa.models.hcl.hcl_restoration import RestorationNet, plain
@@ -139,10 +139,7 @@ class HCLSynthetic(_Heads, TwoOptimizerModel, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        return cls(**config)
+        return cls(**without_layer_keys(config))
 
 
 # ------------------------------------------------------------------------------------------------------- curriculum 3

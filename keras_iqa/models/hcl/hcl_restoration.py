@@ -14,6 +14,7 @@ from keras import ops
 from keras_iqa.backbones import resnet_features, tap_channels
 from keras_iqa.layers.decoder_blocks import DECODER_BLOCKS, ConvBlock, InceptionConv
 from keras_iqa.layers.preprocessing import ImageNetNormalization
+from keras_iqa.models.base import without_layer_keys
 from keras_iqa.models.hcl.hcl_config import INPUT_NORMS, OUTPUTS, HCLModelConfig, restoration_kwargs, take
 
 
@@ -122,7 +123,4 @@ class RestorationNet(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        return cls(**config)
+        return cls(**without_layer_keys(config))
