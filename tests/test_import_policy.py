@@ -28,7 +28,7 @@ PACKAGES = ("keras_iqa", "data_pipeline")
 
 # in-function project imports that must stay late, with why (file, imported module) -> reason
 LATE = {
-    ("keras_iqa/evaluation/protocols.py", "data_pipeline.input"):
+    ("keras_iqa/evaluation/sources.py", "data_pipeline.input"):
         "tests/keras_iqa/test_evaluation.py and test_progress.py swap sys.modules['data_pipeline.input'] for a stub reader",
 }
 

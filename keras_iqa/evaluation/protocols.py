@@ -1,6 +1,7 @@
 """Evaluation protocols of the NR-IQA field, each one call (and one `keras-iqa evaluate --protocol` value).
 
-A *source* is what produces predictions: a run directory (holding `model.keras` and `config.json`, see
+The dataset's facts (splits, metadata, hygiene) come from `keras_iqa.evaluation.datasets`, the predictions from a *source*
+(`keras_iqa.evaluation.sources`): a run directory (holding `model.keras` and `config.json`, see
 `keras_iqa.training.runner.RunDir`), a `.keras` file, an `IQAModel` instance, or a table of predictions (`pandas.DataFrame` or a
 CSV with columns image_id, pred). Protocols never train: a protocol that retrains per split takes one source per split.
 
@@ -23,17 +24,17 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
-import keras
 import numpy as np
 import pandas as pd
 
 from data_pipeline import layout
-from data_pipeline.dataloaders.decoder import Decoder
-from keras_iqa import metrics as M, registry
+from keras_iqa import metrics as M
+from keras_iqa.evaluation.datasets import (check_split_hygiene, load_dataset_info, read_metadata,  # noqa: F401
+                                          read_splits, split_columns, split_ids)
 from keras_iqa.evaluation.fine_grained import fine_grained_report
-from keras_iqa.evaluation.predict import predict_reader
+from keras_iqa.evaluation.sources import Source, _find_key, _find_split, _predict, load_source, pd_frame  # noqa: F401
 from keras_iqa.progress import progress as make_bar
 
 __all__ = [
@@ -53,193 +54,6 @@ class ProtocolResult:
 
     results: dict
     predictions: Any
-
-
-# --------------------------------------------------------------------------------------------------------- datasets
-def load_dataset_info(data_dir) -> dict:
-    """manifest.json of a prepared dataset (name, kind, score_range, higher_better, ...), with a clear error if missing or
-    damaged (`data_pipeline.layout.load_manifest`)."""
-    man = layout.load_manifest(data_dir)
-    man.setdefault("dataset", Path(data_dir).name)
-    man.setdefault("kind", "authentic")
-    return man
-
-
-def read_splits(data_dir):
-    """splits.csv as a DataFrame (image_id as str), validated: unique ids, values train|test|validation
-    (`data_pipeline.layout.read_splits`)."""
-    table = layout.read_splits(data_dir)
-    return pd.DataFrame(table, columns=list(table), dtype=str)
-
-
-def split_columns(splits) -> list:
-    return [c for c in splits.columns if c.startswith("split_")]
-
-
-def split_ids(splits, column: str, data_dir="") -> tuple:
-    """(train ids, test ids) of one split column."""
-    layout.check_split_column(splits, column, layout.splits_path(data_dir))
-    return (set(splits.image_id[splits[column] == "train"]), set(splits.image_id[splits[column] == "test"]))
-
-
-def check_split_hygiene(splits, column: str, metadata=None, data_dir="") -> None:
-    """Raises ValueError when an image id, or (synthetic sets, `metadata` with reference_id) a reference, is in train and test."""
-    train, test = split_ids(splits, column, data_dir)
-    both = train & test
-    if both:
-        raise ValueError(f"split {column!r}: {len(both)} image id(s) in both train and test, e.g. {sorted(both)[0]!r}")
-    if metadata is not None and "reference_id" in metadata and (metadata.reference_id != "").any():
-        ref = dict(zip(metadata.image_id, metadata.reference_id))
-        tr = {ref.get(i, "") for i in train} - {""}
-        te = {ref.get(i, "") for i in test} - {""}
-        shared = tr & te
-        if shared:
-            raise ValueError(f"{layout.splits_path(data_dir)} column {column!r}: reference image(s) {sorted(shared)[:3]} have "
-                             "distorted versions in both train and test (content leak); synthetic sets must be split by "
-                             "reference "
-                             "(re-create the splits with `keras-iqa prepare`)")
-
-
-def read_metadata(data_dir):
-    """image_id, mos, distortion_type / name / level, reference_id of every record (images are not decoded; the records
-    are read by `data_pipeline.dataloaders.Decoder`, a record that is not a tf.Example is skipped)."""
-    man = load_dataset_info(data_dir)
-    files = layout.shard_files(data_dir, man)
-    fields = ("id", "mos", "distortion_type", "distortion_name", "distortion_level", "reference_id")
-    cols = Decoder(fields=fields).scan(files, batch_size=1024)  # fields a kind lacks decode to their defaults
-    return pd.DataFrame({
-        "image_id": cols["id"].tolist(), "mos": cols["mos"].astype(np.float64),
-        "distortion_type": cols["distortion_type"].astype(np.int64), "distortion_name": cols["distortion_name"].tolist(),
-        "distortion_level": cols["distortion_level"].astype(np.int64), "reference_id": cols["reference_id"].tolist(),
-    })
-
-
-# ---------------------------------------------------------------------------------------------------------- sources
-@dataclasses.dataclass
-class Source:
-    """A loaded source: `model` (IQAModel) or `table` (DataFrame image_id, pred[, target]), plus its name and run config."""
-
-    name: str
-    model: Any = None
-    table: Any = None
-    config: dict = dataclasses.field(default_factory=dict)
-    path: Optional[str] = None
-
-    @property
-    def score_range(self):
-        return tuple(getattr(self.model, "score_range", ())) or None
-
-    @property
-    def higher_better(self):
-        return getattr(self.model, "higher_better", None)
-
-
-def load_source(src: Union[str, os.PathLike, Any]) -> Source:
-    """Run dir | .keras file | prediction CSV | IQAModel | DataFrame -> `Source`."""
-    if isinstance(src, Source):
-        return src
-    if isinstance(src, pd.DataFrame):
-        _check_table(src, "prediction table")
-        return Source(name="predictions", table=src.assign(image_id=src.image_id.astype(str)))
-    if not isinstance(src, (str, os.PathLike)):
-        return Source(name=getattr(src, "name", "model"), model=src)
-    path = Path(src)
-    if path.is_dir():
-        model_file = layout.find_model_file(path)  # the run's model.keras (an HCL `--stages all` folder: its last stage's)
-        cfg = layout.read_run_json(model_file.parent, layout.CONFIG_FILE)
-        return Source(name=path.name, model=_load_keras(model_file), config=cfg, path=str(path))
-    if path.suffix == ".keras":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found")
-        return Source(name=path.stem, model=_load_keras(path), path=str(path))
-    if path.suffix == ".csv":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found")
-        df = pd.read_csv(path, dtype={"image_id": str})
-        _check_table(df, str(path))
-        return Source(name=path.stem, table=df, path=str(path))
-    raise ValueError(f"{src}: expected a run directory (with model.keras), a .keras file or a predictions .csv")
-
-
-def pd_frame(rows):
-    return pd.DataFrame(rows)
-
-
-def _check_table(df, what):
-    missing = {"image_id", "pred"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{what}: columns {sorted(missing)} missing (need image_id, pred; got {list(df.columns)})")
-
-
-def _load_keras(path):
-    registry.list_models()  # imports the model families so their classes are registered for deserialisation
-    return keras.saving.load_model(path, compile=False)
-
-
-def _find_key(cfg, key):
-    """First value of `key` anywhere in a nested config dict."""
-    if isinstance(cfg, dict):
-        if key in cfg and cfg[key] not in (None, ""):
-            return cfg[key]
-        for v in cfg.values():
-            r = _find_key(v, key)
-            if r is not None:
-                return r
-    return None
-
-
-def _find_split(cfg):
-    """The split column a run was trained on: the shallowest value of a `split` key that names a column (split_NN or
-    official); breadth-first, so a top-level `split` wins over one inside a stage's section."""
-    level = [cfg]
-    while level:
-        nxt = []
-        for c in level:
-            if isinstance(c, dict):
-                v = c.get("split")
-                if isinstance(v, str) and (v.startswith("split_") or v == "official"):
-                    return v
-                nxt.extend(c.values())
-            elif isinstance(c, list):
-                nxt.extend(c)
-        level = nxt
-    return None
-
-
-def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[str], ids: Optional[set], predict_kw: dict,
-             progress: bool = False):
-    """DataFrame(image_id, target, pred) of `source` on the images of (split, subset), restricted to `ids` if given.
-
-    progress: a per-image bar on stderr while a model predicts (tables of predictions need none)."""
-    if source.table is not None:
-        df = source.table
-        if ids is None:  # a table may hold several datasets' predictions: keep this dataset's images
-            known = (set(read_splits(data_dir).image_id) if layout.has_splits(data_dir)
-                     else set(read_metadata(data_dir).image_id))
-            df = df[df.image_id.isin(known)]
-        if "target" not in df.columns:
-            meta = read_metadata(data_dir)
-            df = df.merge(meta[["image_id", "mos"]].rename(columns={"mos": "target"}), on="image_id", how="inner")
-        if ids is not None:
-            df = df[df.image_id.isin(ids)]
-        if ids is not None and len(df) < len(ids):
-            raise ValueError(f"{source.name}: predictions missing for {len(ids) - len(df)} of the {len(ids)} test images "
-                             f"(e.g. {sorted(set(ids) - set(df.image_id))[0]!r})")
-        return df[["image_id", "target", "pred"]].reset_index(drop=True)
-    # late on purpose: tests swap sys.modules["data_pipeline.input"] for a stub reader (tests/test_import_policy.py LATE)
-    from data_pipeline.input import RecordReader
-
-    reader = RecordReader(str(data_dir), split=split or "split_00", subset=subset, target="mos")
-    desc = f"predict {source.name} on {Path(str(data_dir)).name}" + (f" {split}/{subset}" if subset else "")
-    df = predict_reader(source.model, reader, progress=progress, desc=desc, **predict_kw)
-    if ids is not None:
-        df = df[df.image_id.isin(ids)].reset_index(drop=True)
-        if len(df) < len(ids):
-            warnings.warn(f"{source.name} on {data_dir} ({split}/{subset}): {len(ids) - len(df)} of {len(ids)} images could not "
-                          "be "
-                          f"read and were skipped (e.g. {sorted(set(ids) - set(df.image_id))[0]!r}); metrics use the other "
-                          f"{len(df)}", UserWarning, stacklevel=3)
-    return df
 
 
 # ------------------------------------------------------------------------------------------------------------ scoring
