@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from keras_iqa.evaluation import predict_reader
 from keras_iqa.evaluation.fine_grained import fine_grained_report
-from keras_iqa.metrics import evaluate_predictions
+from keras_iqa.metrics import evaluate_predictions, mae, rmse
 
 __all__ = ["evaluate", "failed_metrics", "metrics_of", "mos_scale", "predict_batches"]
 
@@ -62,10 +62,11 @@ def failed_metrics(n: int, error: str, pred=None, target=None) -> dict:
     when there is at least one finite (pred, target) pair."""
     out = {"n": int(n), "srocc": NAN, "krocc": NAN, "plcc": NAN, "rmse": NAN, "rmse_raw": NAN, "mae": NAN,
            "error": str(error)}
-    if pred is not None and target is not None and len(pred) and len(pred) == len(target):
-        p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-        if np.all(np.isfinite(p)) and np.all(np.isfinite(t)):
-            out.update(rmse_raw=float(np.sqrt(np.mean((p - t) ** 2))), mae=float(np.mean(np.abs(p - t))))
+    if pred is not None and target is not None:
+        try:
+            out.update(rmse_raw=rmse(pred, target, params=None), mae=mae(pred, target))
+        except ValueError:  # no pairs, unequal lengths or non-finite values: no raw errors either
+            pass
     return out
 
 
@@ -110,7 +111,6 @@ def evaluate(model, data, num_crops: Optional[int] = None, fine: bool = False, p
         mos_range: the targets' (lo, hi) for the fine-grained bins (default: `mos_scale(data)`).
     """
     if hasattr(data, "eval_dataset"):  # a RecordReader: the model's test-time contract
-
         df = predict_reader(model, data, num_crops=num_crops)
     else:
         pred, target = predict_batches(model, data)
