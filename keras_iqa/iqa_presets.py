@@ -5,6 +5,7 @@ Each entry maps a preset name to where its files live and what they hold:
     "reqa_koniq10k": {
         "handle": "kaggle://ORG/keras-iqa/keras/reqa_koniq10k/1",    # or hf://ORG/NAME, https://HOST/PATH/DIR
         "sha256": {"config.json": "64 hex", "model.weights.h5": "64 hex", "metadata.json": "64 hex"},
+        "bytes": {"config.json": 0, "model.weights.h5": 0, "metadata.json": 0},  # optional: sizes, the download caps
         "metadata": {
             "card": "reqa",                      # the model card the preset was trained from (keras-iqa models)
             "description": "REQA trained on KonIQ-10k (split_00)",

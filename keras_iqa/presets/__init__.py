@@ -49,18 +49,20 @@ from __future__ import annotations
 
 from keras_iqa.presets.entries import (register_preset, registered_presets, registry_entry,  # noqa: F401
                                        unregister_preset, validate_entry)
-from keras_iqa.presets.fetch import (_check_url, _fetch_hf, _fetch_kaggle, _fetch_one, _fetch_url,  # noqa: F401
-                                     _unavailable, _Unreachable, _verify_cached, cache_dir, cache_key, cached_path,
+from keras_iqa.presets.download import (CONNECT_TIMEOUT_ENV, MAX_BYTES_ENV, METADATA_MAX_BYTES,  # noqa: F401
+                                        READ_TIMEOUT_ENV, Limits, check_url, limits)
+from keras_iqa.presets.fetch import (_fetch_hf, _fetch_kaggle, _fetch_one, _fetch_url,  # noqa: F401
+                                     _unavailable, _verify_cached, cache_dir, cache_key, cached_path,
                                      fetch_preset, is_preset_handle, list_presets, load_metadata, local_dir)
 from keras_iqa.presets.format import (_LOOPBACK_HOSTS, CACHE_ENV, CONFIG_FILE,  # noqa: F401
                                       ENTRY_METADATA_FIELDS, FORMAT, FORMAT_VERSION, METADATA_FILE, PRESET_FILES,
-                                      REMOTE_SCHEMES, WEIGHTS_FILE, PresetError, PresetHashError,
+                                      REMOTE_SCHEMES, WEIGHTS_FILE, PresetCacheError, PresetError, PresetHashError,
                                       PresetUnavailableError, _expected_from_metadata, _file_records, _is_preset_dir,
                                       _is_sha256, _normalize_sha, _read_json, _scheme, _verify, sha256_file)
 from keras_iqa.presets.saving import (_command, _family, _json_default, _maybe_json, _run_card, _strip,  # noqa: F401
                                       _write_atomic, from_preset, metadata_from_run, model_card, save_to_preset)
 
-__all__ = ["PresetError", "PresetHashError", "PresetUnavailableError", "cache_dir", "cached_path", "fetch_preset",
+__all__ = ["PresetCacheError", "PresetError", "PresetHashError", "PresetUnavailableError", "cache_dir", "cached_path", "fetch_preset",
            "from_preset", "is_preset_handle", "list_presets", "load_metadata", "metadata_from_run", "model_card",
            "register_preset", "registered_presets", "registry_entry", "save_to_preset", "sha256_file",
            "unregister_preset", "validate_entry"]

@@ -36,6 +36,10 @@ def validate_entry(name: str, entry: dict) -> dict:
     for f, h in sha.items():
         if not _is_sha256(h):
             raise PresetError(f"{where}: sha256[{f!r}] is not 64 hex digits: {h!r}")
+    sizes = entry.get("bytes", {})  # optional: each file's size, the cap of its download
+    if not isinstance(sizes, dict) or any(f not in PRESET_FILES or not isinstance(n, int) or isinstance(n, bool) or n < 0
+                                          for f, n in sizes.items()):
+        raise PresetError(f"{where}: bytes must map files of {', '.join(PRESET_FILES)} to their sizes, got {sizes!r}")
     meta = entry["metadata"]
     missing = [k for k in ENTRY_METADATA_FIELDS if not isinstance(meta, dict) or k not in meta]
     if missing:
@@ -75,6 +79,7 @@ def registry_entry(preset_dir: os.PathLike, handle: str = "kaggle://ORG/keras-iq
     return {
         "handle": handle,
         "sha256": {n: sha256_file(folder / n) for n in PRESET_FILES},
+        "bytes": {n: (folder / n).stat().st_size for n in PRESET_FILES},
         "metadata": {
             "card": meta.get("card"), "description": meta.get("description"),
             "dataset": training.get("data"), "protocol": training.get("protocol"),

@@ -33,6 +33,10 @@ class PresetHashError(PresetError):
         self.file, self.expected, self.actual = file, expected, actual
 
 
+class PresetCacheError(PresetError):
+    """The preset cache cannot be written (read-only, a file, under a file, full); names the path and the setting."""
+
+
 class PresetUnavailableError(FileNotFoundError):
     """A remote preset that is neither cached nor downloadable now (offline, host unreachable, file missing)."""
 

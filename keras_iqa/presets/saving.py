@@ -137,7 +137,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] = None, sha256=None,
-                force_download: bool = False, **overrides):
+                force_download: bool = False, timeout=None, max_bytes: Optional[int] = None, **overrides):
     """Loads a preset as a keras-iqa model (`keras.Model`), like keras-hub's `from_preset`.
 
     Args:
@@ -146,6 +146,7 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
         cache: cache root (default `cache_dir()`).
         sha256: pins an unregistered handle's files (metadata.json's hash, or a file -> hash dict).
         force_download: download again even when cached.
+        timeout, max_bytes: download limits (seconds, or (connect, read); bytes): see `fetch_preset`.
         **overrides: config fields replaced before the model is built, e.g. `test_crops=10`, `crop_policy="grid"`
             (architecture fields must match the weights).
 
@@ -159,7 +160,8 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
     import keras
     import numpy as np
 
-    folder = fetch_preset(handle, cache=cache, sha256=sha256, force_download=force_download)
+    folder = fetch_preset(handle, cache=cache, sha256=sha256, force_download=force_download, timeout=timeout,
+                          max_bytes=max_bytes)
     meta = _read_json(folder / METADATA_FILE, METADATA_FILE)
     config = _read_json(folder / CONFIG_FILE, CONFIG_FILE)
     if overrides:
