@@ -34,6 +34,10 @@ EXTRAS["demo"] = sorted({d for k in ("beam", "lite") for d in EXTRAS[k]})
 # dev includes torch so the official-checkpoint converter tests run (the CPU wheel torch==2.13.0 installs here)
 EXTRAS["dev"] = sorted(
     {"pytest", "hypothesis", "moto[server]"}  # moto: the S3 server tests/data_pipeline/test_scaling.py starts on 127.0.0.1
+    # what tests import themselves, declared rather than left to arrive through another package: boto3 (test_scaling's S3
+    # client), networkx (test_import_graph), huggingface_hub (test_presets' offline hub), protobuf (test_export's
+    # text_format; its version is TensorFlow's)
+    | {"boto3", "huggingface_hub", "networkx", "protobuf"}
     | {d for k in ("beam", "aws", "lite", "serving", "notebooks", "torch", "docs") for d in EXTRAS[k]}
 )
 
