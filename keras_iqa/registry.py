@@ -142,8 +142,10 @@ class ModelCard:
         return apply_overrides(self.config_cls(), {**self.defaults, **overrides})
 
     def summary(self) -> dict:
+        builder = f"{getattr(self.builder, '__module__', '?')}.{getattr(self.builder, '__qualname__', repr(self.builder))}"
         return {
             "name": self.name,
+            "builder": builder,
             "description": self.description,
             "score_range": list(self.score_range),
             "higher_better": self.higher_better,

@@ -1,11 +1,14 @@
 """`keras-iqa models`: the model registry (names, score ranges, input contracts, citations) and the presets.
 
 The list reads `keras_iqa.registry.card_index()` and `keras_iqa.presets.list_presets()` (the preset registry and the
-preset cache: which presets are on this machine) and never imports TensorFlow; `keras-iqa models NAME` builds the full
-card, or prints a preset's model card.
+preset cache: which presets are on this machine) and never imports TensorFlow; neither does `keras-iqa models NAME`, which
+prints a built-in card's summary from `keras_iqa.reference_data` (generated from the registry, kept in step by
+tests/keras_iqa/test_cli_reference.py) or a preset's registry entry.
 """
 
+import difflib
 import json
+import sys
 
 from keras_iqa.commands import formatter
 
@@ -21,13 +24,14 @@ def register(sub):
                "$KERAS_IQA_CACHE (default ~/.keras/keras_iqa/presets).",
         formatter_class=formatter(),
     )
-    p.add_argument("name", nargs="?", help="a model card to show in full (its config defaults: imports the model), or a "
-                                           "registered preset name (its entry)")
+    p.add_argument("name", nargs="?", help="a model card to show in full (builder, config defaults, input contract, score "
+                                           "range), or a registered preset name (its entry)")
     p.set_defaults(func=run)
 
 
 def run(args):
     from keras_iqa import presets, registry
+    from keras_iqa.reference_data import CARDS
 
     if args.name:
         entries = presets.registered_presets()
@@ -35,7 +39,14 @@ def run(args):
             local = presets.local_dir(args.name)
             print(json.dumps({**entries[args.name], "local": str(local) if local else None}, indent=2))
             return 0
-        print(json.dumps(registry.get_card(args.name).summary(), indent=2))
+        if args.name not in CARDS:
+            known = sorted({*registry.CARD_INDEX, *entries})
+            close = difflib.get_close_matches(args.name, known, n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"no model card or preset named {args.name!r}{hint} (`keras-iqa models` lists them)")
+        print(json.dumps(CARDS[args.name], indent=2))
+        print(f"parameter count (builds the model): python -c \"import keras_iqa; "
+              f"print(keras_iqa.create_model('{args.name}').count_params())\"", file=sys.stderr)
         return 0
     print("cards (architectures; random weights until trained: keras-iqa train METHOD ...):")
     for card in registry.card_index():  # names, ranges and descriptions without importing the models (no TensorFlow)

@@ -8,6 +8,7 @@ import importlib
 import json
 
 from keras_iqa import registry
+from keras_iqa.cli_reference import config_epilog
 from keras_iqa.commands import add_config_args, formatter
 from keras_iqa.tasks import task_names, get_task
 
@@ -31,6 +32,8 @@ def register(sub):
             importlib.import_module(family.command).register(methods)
         elif family.task:
             register_generic(methods, family.name)
+    for name, method in methods.choices.items():  # --help ends with every config key and its default (no TensorFlow)
+        method.epilog = "\n\n".join(t.rstrip("\n") for t in (method.epilog, config_epilog(name)) if t)
 
 
 def register_generic(methods, name: str):
