@@ -116,6 +116,35 @@ def test_evaluate_one_error_rule_nan_and_reason_never_a_crash(case):
     assert metrics_of(np.arange(5.0), np.arange(5.0))["srocc"] == pytest.approx(1.0)
 
 
+def test_failed_metrics_gives_nan_correlations_the_reason_and_raw_errors():
+    """`failed_metrics`: NaN correlations, `error` = the reason given, raw RMSE / MAE (keras_iqa.metrics) equal to their
+    numpy definitions where the pairs allow, NaN where they do not; `evaluate` reports the same values."""
+    from keras_iqa.metrics import mae, rmse
+    from keras_iqa.tasks.evaluate import failed_metrics
+
+    pred, target = np.array([10.0, 12.5, 40.0]), np.array([20.0, 11.0, 35.0])
+    m = failed_metrics(3, "too few images", pred, target)
+    assert m["n"] == 3 and m["error"] == "too few images"
+    assert all(np.isnan(m[k]) for k in ("srocc", "krocc", "plcc", "rmse"))
+    want_rmse, want_mae = float(np.sqrt(np.mean((pred - target) ** 2))), float(np.mean(np.abs(pred - target)))
+    assert m["rmse_raw"] == pytest.approx(want_rmse, rel=1e-12) and m["mae"] == pytest.approx(want_mae, rel=1e-12)
+    assert m["rmse_raw"] == rmse(pred, target, params=None) and m["mae"] == mae(pred, target)
+    for bad in (failed_metrics(0, "no images"), failed_metrics(3, "x", pred, target[:2]),
+                failed_metrics(3, "x", pred, np.r_[target[:2], np.nan])):
+        assert np.isnan(bad["rmse_raw"]) and np.isnan(bad["mae"]) and np.isnan(bad["srocc"]) and bad["error"]
+    # through evaluate: two images (too few for correlations) and constant predictions
+    model = _linear()
+    two = evaluate(model, (X[:2], np.array([1.0, 5.0], "float32")))["metrics"]
+    assert two["n"] == 2 and np.isnan(two["srocc"]) and "3" in two["error"]
+    assert two["rmse_raw"] == pytest.approx(np.sqrt(np.mean((X[:2, 0] - [1.0, 5.0]) ** 2)), rel=1e-12)
+    assert two["mae"] == pytest.approx(np.mean(np.abs(X[:2, 0] - [1.0, 5.0])), rel=1e-12)
+    y = np.arange(8.0) * 2 + 1
+    flat = evaluate(model, (np.zeros_like(X), y.astype("float32")))["metrics"]
+    assert np.isnan(flat["plcc"]) and "constant" in flat["error"]
+    assert flat["rmse_raw"] == pytest.approx(np.sqrt(np.mean(y ** 2)), rel=1e-12)
+    assert flat["mae"] == pytest.approx(np.mean(y), rel=1e-12)
+
+
 def test_evaluate_reader_uses_the_test_time_contract(tmp_path):
     from data_pipeline.fixtures import write_tiny_records
     from data_pipeline.input import RecordReader
