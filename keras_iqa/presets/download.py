@@ -152,6 +152,10 @@ def cache_error(path: Path, err: OSError) -> PresetCacheError:
                             "(or pass cache=DIR)")
 
 
+def _count(n: int) -> str:
+    return "1 byte" if n == 1 else f"{n:,} bytes"
+
+
 def _size_word(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n:,} bytes"
 
@@ -195,12 +199,12 @@ def download(url: str, dst: Path, lim: Limits, cap: int, cap_reason: str, expect
         with out:
             while True:
                 try:
-                    block = response.read(_CHUNK)
+                    block = response.read1(_CHUNK)  # what has arrived: counts the bytes a stall follows
                 except TimeoutError:
                     raise Unreachable(f"{url}: the server stopped sending {name} for {lim.read:g} s after "
-                                      f"{received:,} bytes (read timeout; set {READ_TIMEOUT_ENV} or timeout=)") from None
+                                      f"{_count(received)} (read timeout; set {READ_TIMEOUT_ENV} or timeout=)") from None
                 except (OSError, http.client.HTTPException) as e:
-                    raise Unreachable(f"{url}: {name} broke off after {received:,} bytes ({type(e).__name__}: "
+                    raise Unreachable(f"{url}: {name} broke off after {_count(received)} ({type(e).__name__}: "
                                       f"{e})") from None
                 if not block:
                     break
