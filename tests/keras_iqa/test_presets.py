@@ -3,6 +3,7 @@
 registry entry format, `keras-iqa preset` and `keras-iqa models` (no TensorFlow)."""
 
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -92,6 +93,21 @@ def test_round_trip_in_a_fresh_process_gives_identical_scores(round_trip, card):
     assert meta["test_time"] == here[card]["contract"] and meta["paper"]
     for name in (presets.CONFIG_FILE, presets.WEIGHTS_FILE):
         assert meta["files"][name]["sha256"] == presets.sha256_file(Path(folders[card]) / name)
+
+
+def test_recorded_hashes_are_the_files_sha256(round_trip, tmp_path):
+    """The SHA-256 and size a saved preset records for each file are hashlib's over the file's bytes (not the package's own
+    helper checked against itself); the helper gives the published digest of b"abc" (FIPS 180-2)."""
+    _, _, folders = round_trip
+    for card, folder in folders.items():
+        meta = json.loads((Path(folder) / presets.METADATA_FILE).read_text())
+        assert set(meta["files"]) >= {presets.CONFIG_FILE, presets.WEIGHTS_FILE}, card
+        for name, record in meta["files"].items():
+            data = (Path(folder) / name).read_bytes()
+            assert record["sha256"] == hashlib.sha256(data).hexdigest(), (card, name)
+            assert record["bytes"] == len(data), (card, name)
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert presets.sha256_file(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 # --------------------------------------------------------------------------------------------------------- HTTP server
