@@ -21,10 +21,17 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import io
+import json
+import logging
 import os
+import posixpath
 import re
+import shutil
+import socket
 import threading
+import time
 import uuid
 from typing import BinaryIO, Iterable, Optional, Sequence
 
@@ -107,6 +114,25 @@ def dirname(path) -> str:
 def basename(path) -> str:
     p = os.fspath(path)
     return p.rstrip("/").rsplit("/", 1)[-1] if is_uri(p) else os.path.basename(p)
+
+
+def resolved(path) -> str:
+    """Where `path` really is: a local path with `..` and every symlink resolved; a URI with its `..` segments removed
+    (object stores have no links)."""
+    p = os.fspath(path)
+    if not is_uri(p):
+        return os.path.realpath(os.path.expanduser(p))
+    head = _URI.match(p).group(0)
+    return head + posixpath.normpath("/" + p[len(head):]).lstrip("/")
+
+
+def within(path, root) -> bool:
+    """True when `path` stays inside the folder `root` once both are `resolved` (`..`, absolute paths and symlinks that
+    lead out are all outside)."""
+    if is_uri(path) != is_uri(root) or scheme(path) != scheme(root):
+        return False
+    p, r = resolved(path), resolved(root).rstrip("/")
+    return p == r or p.startswith(r + ("/" if is_uri(p) else os.sep))
 
 
 def relpath(path, start) -> str:
@@ -433,3 +459,213 @@ class named_errors:
         if isinstance(exc, ImageDecodeError) and "<bytes>" in str(exc):
             raise ImageDecodeError(str(exc).replace("<bytes>", self.path, 1)) from exc
         return False
+
+
+# --------------------------------------------------------------------------------------------------------------- disk full
+class DiskFullError(OSError, RuntimeError):
+    """A write failed for want of space: one line naming the path, the free space and the fix (`errno` ENOSPC / EDQUOT)."""
+
+
+#: errno values of a full disk or an exhausted quota
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_space(path) -> str:
+    """Free space of the local file system holding `path` ("1.2 MB"), or "unknown" for a URI or an unreadable one."""
+    p = os.fspath(path)
+    if is_uri(p):
+        return "unknown"
+    while p and not os.path.exists(p):
+        p = os.path.dirname(p)
+    try:
+        n = float(shutil.disk_usage(p or ".").free)
+    except OSError:
+        return "unknown"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "unknown"
+
+
+class disk_full:
+    """Context manager: an OSError ENOSPC / EDQUOT raised in the block becomes a `DiskFullError` naming `path` and the
+    free space left, and saying that re-running the same command resumes (complete shards are kept)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if isinstance(exc, OSError) and not isinstance(exc, DiskFullError) and exc.errno in DISK_FULL_ERRNOS:
+            err = DiskFullError(f"{self.path}: no space left on the device ({free_space(self.path)} free); free some space "
+                                "and re-run the same command to resume (the complete shards are kept)")
+            err.errno = exc.errno
+            raise err from exc
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------------- locking
+class LockedError(RuntimeError):
+    """Another run holds the lock of the output (the message names it, its process and how to clear a dead one)."""
+
+
+def _holder(info: dict) -> str:
+    return (f"{info.get('command') or 'a run'} started {info.get('started', '?')} by pid {info.get('pid', '?')} on "
+            f"{info.get('host', '?')}")
+
+
+def _dead_here(info: dict) -> bool:
+    """True when the lock was taken on this host by a process that no longer runs (the only stale lock judged safely)."""
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, another user's
+        return False
+    return False
+
+
+class lock:
+    """An exclusive lock file at `path`, local or on an object store, held for a `with` block.
+
+    Taken by an atomic create that fails when the file exists: `O_CREAT | O_EXCL` on a local disk (NFS v3+ too), S3's
+    conditional put (`If-None-Match: *`) on `s3://`. Other URIs (gs://, hdfs://...) get a check, a write and a read-back
+    that narrows but does not close the race (docs/security.md). The file holds the holder's pid, host, start time and
+    command. A lock left by a dead process on this host is removed with a warning (on S3 with a delete conditional on
+    the object's ETag, so a fresh lock taken meanwhile stays); any other holder raises `LockedError`. Released on exit
+    (only if it is still ours)."""
+
+    def __init__(self, path, command: str = ""):
+        self.path, self.command = os.fspath(path), command
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
+                     "token": uuid.uuid4().hex}
+        self._etag = None
+
+    # -------------------------------------------------------------------------------------------------------- acquire
+    def __enter__(self):
+        for attempt in range(3):
+            held = self._create()
+            if held is None:
+                return self
+            info, etag = held
+            if info is None:  # released between our create and our read: try again
+                continue
+            if attempt == 0 and _dead_here(info):
+                if self._break(info, etag):
+                    logging.getLogger(__name__).warning(
+                        "%s: removed a stale lock (%s; that process is no longer running)", self.path, _holder(info))
+                continue
+            break
+        info = info or {}
+        raise LockedError(
+            f"{dirname(self.path)}: another run is writing here ({_holder(info)}); wait for it to finish, or, if it is no "
+            f"longer running, delete {self.path} and re-run")
+
+    def _body(self) -> bytes:
+        return json.dumps(self.info).encode("utf-8")
+
+    def _create(self):
+        """None once the lock is ours; else (holder's info, its ETag or None)."""
+        p = self.path
+        if not is_uri(p):
+            os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+            try:
+                fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return self._read(), None
+            with disk_full(p), os.fdopen(fd, "wb") as f:
+                f.write(self._body())
+            return None
+        s3 = _s3(p)
+        if s3 is not None:
+            from apache_beam.io.aws.s3io import parse_s3_path
+
+            bucket, key = parse_s3_path(p)
+            client = s3.client.client
+            try:
+                self._etag = client.put_object(Bucket=bucket, Key=key, Body=self._body(), IfNoneMatch="*")["ETag"]
+                return None
+            except client.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+            try:
+                got = client.get_object(Bucket=bucket, Key=key)
+                return _parse(got["Body"].read()), got["ETag"]
+            except client.exceptions.NoSuchKey:  # released meanwhile
+                return None, None
+        if exists(p):  # no conditional create here: check, write, read back
+            return self._read(), None
+        write_bytes(p, self._body())
+        info = self._read()
+        return None if info.get("token") == self.info["token"] else (info, None)
+
+    def _read(self) -> dict:
+        try:
+            return _parse(read_bytes(self.path))
+        except OSError:
+            return {}
+
+    def _break(self, info: dict, etag) -> bool:
+        """Removes the stale lock `info` unless another process replaced it meanwhile; True when it is gone."""
+        p = self.path
+        if not is_uri(p):
+            aside = f"{p}.stale-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(p, aside)  # atomic: whatever is there now is ours to inspect
+            except FileNotFoundError:
+                return True
+            if _parse(open(aside, "rb").read()) == info:
+                os.remove(aside)
+                return True
+            try:  # a fresh lock was taken between our read and the rename: put it back
+                os.link(aside, p)
+            except FileExistsError:
+                pass
+            os.remove(aside)
+            return False
+        s3 = _s3(p)
+        if s3 is not None and etag:
+            from apache_beam.io.aws.s3io import parse_s3_path
+
+            bucket, key = parse_s3_path(p)
+            client = s3.client.client
+            try:
+                client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+            except client.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "NoSuchKey", "404"):
+                    return False
+                raise
+            return True
+        delete([p])
+        return True
+
+    # -------------------------------------------------------------------------------------------------------- release
+    def __exit__(self, typ, exc, tb):
+        p = self.path
+        try:
+            s3 = _s3(p) if is_uri(p) else None
+            if s3 is not None and self._etag:
+                from apache_beam.io.aws.s3io import parse_s3_path
+
+                bucket, key = parse_s3_path(p)
+                s3.client.client.delete_object(Bucket=bucket, Key=key, IfMatch=self._etag)
+            elif self._read().get("token") == self.info["token"]:
+                delete([p])
+        except Exception as e:  # the run's own outcome matters more than a lock left behind (the next run clears it)
+            logging.getLogger(__name__).warning("%s: could not remove the lock (%s)", p, e)
+        return False
+
+
+def _parse(blob: bytes) -> dict:
+    try:
+        out = json.loads(blob)
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}

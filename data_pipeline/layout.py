@@ -45,6 +45,19 @@ SPLIT_VALUES = ("train", "validation", "test")
 #: Manifest keys every reader needs (`load_manifest(required=...)` asks for more).
 MANIFEST_KEYS = ("score_range", "higher_better")
 _PREPARE = "re-run `keras-iqa prepare` (or `keras-iqa synthesize`) to rewrite it"
+#: The writer's lock (`data_pipeline.fs.lock`): present while a `prepare` / `synthesize` run writes the dataset.
+LOCK = ".keras-iqa.lock"
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_dataset_name(name, what: str = "dataset name") -> str:
+    """`name` when it is a plain folder name (letters, digits, `.`, `_`, `-`; no separator, no `..`): the dataset folder
+    under `--out` can then never be outside it. ValueError naming `what` otherwise."""
+    name = str(name)
+    if not _DATASET_NAME.match(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not a plain folder name (letters, digits, '.', '_', '-'; no '/', '\\' or "
+                         "'..'): it names the dataset's folder under --out")
+    return name
 
 # -------------------------------------------------------------------------------------------------------- run directories
 MODEL_FILE = "model.keras"

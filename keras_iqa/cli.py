@@ -23,11 +23,15 @@ from importlib.metadata import version
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 
 from keras_iqa.commands import add_output_args
 
 COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "preset", "models", "demo")
+#: Commands that a re-run with the same arguments resumes (complete shards, the last finished epoch): Ctrl-C says so.
+RESUMABLE = ("prepare", "synthesize", "train")
 
 EPILOG = """\
 A typical session:
@@ -204,6 +208,41 @@ def _after_import(name: str, hook) -> None:
     sys.meta_path.insert(0, _Once())
 
 
+class _Interrupt:
+    """The SIGINT handler while a command runs: remembers the Ctrl-C (a Beam step re-raises it as another error), silences
+    Beam's logging (its ERROR record and traceback of the interrupted step), then raises KeyboardInterrupt as Python does."""
+
+    def __init__(self):
+        self.seen = False
+
+    def __call__(self, signum, frame):
+        self.seen = True
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+
+def _interrupted(command: str) -> int:
+    """One line, exit status 130 (128 + SIGINT, as shells report it)."""
+    print("interrupted; re-run the same command to resume" if command in RESUMABLE else "interrupted", file=sys.stderr)
+    return 130
+
+
+@contextlib.contextmanager
+def _catching_ctrl_c():
+    """Installs `_Interrupt` for the block (main thread only; the previous handler and Beam's log level come back)."""
+    handler = _Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield handler
+        return
+    beam_level = logging.getLogger("apache_beam").level
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        logging.getLogger("apache_beam").setLevel(beam_level)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -213,14 +252,20 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    try:
-        rc = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
-        print(f"keras-iqa {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    with _catching_ctrl_c() as ctrl_c:
+        try:
+            rc = args.func(args)
+        except KeyboardInterrupt:
+            return _interrupted(args.command)
+        except (ValueError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
+            if ctrl_c.seen:  # the Ctrl-C, re-raised as another error on its way out (Beam)
+                return _interrupted(args.command)
+            print(f"keras-iqa {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except Exception:
+            if ctrl_c.seen:
+                return _interrupted(args.command)
+            raise
     return int(rc or 0)
 
 

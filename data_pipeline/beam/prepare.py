@@ -7,6 +7,10 @@ find its size; the ORIGINAL bytes are stored for plain JPEG/PNG/BMP (never re-en
 measured), anything else (TIFF, CMYK/16-bit/alpha, EXIF rotation, GIF...) as a lossless PNG of the policy's pixels
 (`data_pipeline.images.canonical_bytes`). SPAQ's optional short-side resize happens here too (bicubic, stored as lossless PNG).
 `root` and `out` may be local folders or URIs (gs://, s3://, hdfs://: `data_pipeline.fs`; docs/scaling.md).
+
+Safety (docs/security.md#prepare): rows whose image leaves `root` are rejected unless `allow_outside_root`; path options are
+made absolute on the driver (relative to the current folder); the dataset folder is locked while it is written
+(`fs.lock`: a second run on it fails at once); a dataset already complete for the same rows and settings is not rewritten.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from data_pipeline import fs, schema
+from data_pipeline import fs, layout, schema
 from data_pipeline.beam.writer import RowIndex, write_records
 from data_pipeline.images import canonical_bytes, load_image
 from data_pipeline.sources import get_source
@@ -68,11 +72,13 @@ class SourceIndex(RowIndex):
     """The rows of a dataset adapter, expanded where it runs: on the driver, and again on the Beam worker that feeds the
     shard writers (it reads the score file itself, so no row travels through the job graph). Picklable."""
 
-    def __init__(self, dataset: str, root: str, options: Optional[dict] = None, limit: Optional[int] = None):
+    def __init__(self, dataset: str, root: str, options: Optional[dict] = None, limit: Optional[int] = None,
+                 allow_outside_root: bool = False):
         self.dataset, self.root, self.options, self.limit = dataset, root, dict(options or {}), limit
+        self.allow_outside_root = bool(allow_outside_root)
 
     def source(self):
-        return get_source(self.dataset)(self.root, **self.options)
+        return get_source(self.dataset)(self.root, allow_outside_root=self.allow_outside_root, **self.options)
 
     def expand(self):
         """`(source, rows, rejects)`; `rows` cut to `limit`."""
@@ -86,28 +92,39 @@ class SourceIndex(RowIndex):
 
 def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, num_splits: int = 20, train_ratio: float = 0.8,
             seed: int = 0, runner: Optional[str] = "DirectRunner", pipeline_args: Sequence[str] = (),
-            num_shards: Optional[int] = None, limit: Optional[int] = None, progress: bool = False) -> dict:
+            num_shards: Optional[int] = None, limit: Optional[int] = None, progress: bool = False,
+            allow_outside_root: bool = False) -> dict:
     """Prepares one dataset from its official layout into `<out>/<name>/`; returns the manifest.
 
     Args:
         dataset: adapter name (`data_pipeline.sources.SOURCES`, aliases accepted).
         root: the dataset's root folder in its official layout: a local folder or a URI (gs://, s3://, ...).
         out: the parent folder of the dataset written (local or URI).
-        options: adapter options (e.g. `{"resolution": "512x384"}` for KonIQ, `{"short_side": 512}` for SPAQ).
+        options: adapter options (e.g. `{"resolution": "512x384"}` for KonIQ, `{"short_side": 512}` for SPAQ); a path
+            option (`csv`, `list_file`, `label_file`) is relative to the current folder.
         num_splits, train_ratio, seed: `splits.csv` (reference-grouped for synthetic sets; KonIQ adds `official`; CID2013:
             4 of its 6 image sets train, `train_ratio` unused). 20 columns: REQA's 20 train-test iterations.
         runner, pipeline_args: Beam runner and extra pipeline arguments (None = inline, no Beam). The driver's own reads
             and writes use `pipeline_args` too (e.g. `--s3_endpoint_url=...`).
         limit: only the first `limit` rows (smoke runs).
         progress: a per-image bar on stderr (see `writer.write_records`).
+        allow_outside_root: read rows whose image path leaves `root` (`..`, absolute, a symlink out); rejected otherwise.
+
+    Returns the manifest; with `"already_complete": True` (and nothing written) when `<out>/<name>` already holds this
+    dataset, complete, for the same rows and settings.
 
     Raises:
-        MetadataError / ValueError: unreadable score files, unknown dataset or option; RuntimeError: nothing could be prepared.
+        MetadataError / ValueError: unreadable score files, unknown dataset or option, a dataset name that is not a plain
+        folder name; RuntimeError: nothing could be prepared; fs.LockedError: another run is writing the same dataset;
+        fs.DiskFullError: no space left (re-running once there is space resumes).
     """
     t0 = time.time()
     fs.configure(pipeline_args)  # the driver reaches root and out with the pipeline's options (S3 endpoint, keys, ...)
-    index = SourceIndex(dataset, fs.abspath(root), options, limit)
+    root = fs.abspath(root)
+    options = get_source(dataset).resolve_path_options(root, dict(options or {}))  # absolute here, for every worker
+    index = SourceIndex(dataset, root, options, limit, allow_outside_root)
     src, rows, rejects = index.expand()
+    layout.check_dataset_name(src.name)
     if not rows:
         reasons = "; ".join(f"{r['path']}: {r['reason']}" for r in rejects[:5])
         raise RuntimeError(f"{src.name}: no usable image under {src.root} ({len(rejects)} rejected{': ' + reasons if reasons else ''}); "
@@ -116,10 +133,12 @@ def prepare(dataset: str, root: str, out: str, options: Optional[dict] = None, n
                            higher_better=src.higher_better)
     out_dir = fs.join(fs.abspath(out), src.name)
     extra = {"rejects": rejects, "source": src.describe(), "pseudo_label": None}
-    manifest = write_records(rows, fn, out_dir, src.kind, src.name, src.score_range, src.higher_better, num_shards=num_shards,
-                             index=index,
-                             runner=runner, pipeline_args=pipeline_args, manifest_extra=extra,
-                             splits=SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed),
-                             progress=progress, progress_desc=f"prepare {src.name}", progress_unit="image")
-    manifest["prepare_seconds"] = round(time.time() - t0, 3)
+    with fs.lock(fs.join(out_dir, layout.LOCK), f"prepare {src.name}"):
+        manifest = write_records(rows, fn, out_dir, src.kind, src.name, src.score_range, src.higher_better,
+                                 num_shards=num_shards, index=index,
+                                 runner=runner, pipeline_args=pipeline_args, manifest_extra=extra,
+                                 splits=SplitConfig(num_splits=num_splits, train_ratio=train_ratio, seed=seed),
+                                 progress=progress, progress_desc=f"prepare {src.name}", progress_unit="image")
+    if not manifest.get("already_complete"):
+        manifest["prepare_seconds"] = round(time.time() - t0, 3)
     return manifest

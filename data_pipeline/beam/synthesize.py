@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
 from typing import Optional, Sequence
@@ -33,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from data_pipeline import distortions as D
-from data_pipeline import fs, pristine
+from data_pipeline import fs, layout, pristine
 from data_pipeline.beam.writer import RowIndex, iter_records, default_num_shards, write_records
 from data_pipeline.images import encode_png
 from data_pipeline.schema import make_example
@@ -264,7 +265,12 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
             The driver's own reads and writes use ``pipeline_args`` too (e.g. ``--s3_endpoint_url=...``).
         num_splits, train_ratio: reference-grouped random splits in ``splits.csv`` (column k seeded by ``seed + k``).
         progress: per-image bars on stderr, one per dataset written (see ``writer.write_records``).
+
+    ``name`` must be a plain folder name. Both dataset folders are locked while they are written (``fs.lock``: another
+    ``prepare`` or ``synthesize`` on them fails at once with fs.LockedError); a manifest that comes back with
+    ``"already_complete": True`` was complete for the same plan and was not rewritten.
     """
+    layout.check_dataset_name(name)
     fs.configure(pipeline_args)  # the driver lists the pristine folder and writes with the pipeline's options
     type_ids, level_ids = D.parse_types(types), D.parse_levels(levels)
     embedded = str(pristine_spec) == "embedded" or str(pristine_spec).startswith("embedded:")
@@ -284,20 +290,23 @@ def synthesize(pristine_spec, out_dir, name: str = "synthetic", types="all", lev
     kw = dict(score_range=(0.0, 1.0), higher_better=True, num_shards=num_shards, runner=runner,
               pipeline_args=tuple(pipeline_args), manifest_extra=extra, splits=splits, progress=progress,
               progress_unit="image", row_weight=_levels_of)
-    result["synthetic"] = write_records(rows, syn_fn, syn_dir, kind="synthetic", dataset_name=name, index=index,
-                                        progress_desc=f"synthesize {name}", **kw)
-    if not pairs:
-        result["pair"] = None
-        return result
     pair_name = f"{name}_pairs"
-    fallback = DistortedExamples("pair", pair_name, pseudo_label, seed, max_long_side, restretch)
-    # pair shard k streams synthetic shard k (same rows, same shard count): rows name the file the manifest committed
-    files = [s["file"] for s in result["synthetic"]["shards"]]
-    pair_index = PlanIndex(spec, type_ids, level_ids, per_image_types, seed, index.settings, shard_files=files)
-    pair_rows = [dict(r, shard_file=files[i % len(files)]) for i, r in enumerate(rows)]
-    result["pair"] = write_records(pair_rows, PairsFromSynthetic(syn_dir, pair_name, fallback),
-                                   fs.join(out_dir, pair_name), kind="pair", dataset_name=pair_name, index=pair_index,
-                                   progress_desc=f"synthesize {pair_name}", **kw)
+    with contextlib.ExitStack() as locks:
+        for folder in (syn_dir, fs.join(out_dir, pair_name)) if pairs else (syn_dir,):
+            locks.enter_context(fs.lock(fs.join(folder, layout.LOCK), f"synthesize {name}"))
+        result["synthetic"] = write_records(rows, syn_fn, syn_dir, kind="synthetic", dataset_name=name, index=index,
+                                            progress_desc=f"synthesize {name}", **kw)
+        if not pairs:
+            result["pair"] = None
+            return result
+        fallback = DistortedExamples("pair", pair_name, pseudo_label, seed, max_long_side, restretch)
+        # pair shard k streams synthetic shard k (same rows, same shard count): rows name the file the manifest committed
+        files = [s["file"] for s in result["synthetic"]["shards"]]
+        pair_index = PlanIndex(spec, type_ids, level_ids, per_image_types, seed, index.settings, shard_files=files)
+        pair_rows = [dict(r, shard_file=files[i % len(files)]) for i, r in enumerate(rows)]
+        result["pair"] = write_records(pair_rows, PairsFromSynthetic(syn_dir, pair_name, fallback),
+                                       fs.join(out_dir, pair_name), kind="pair", dataset_name=pair_name, index=pair_index,
+                                       progress_desc=f"synthesize {pair_name}", **kw)
     return result
 
 

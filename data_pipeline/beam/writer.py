@@ -212,7 +212,7 @@ def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple
     else:
         raw = fs.open_write(path)
         out = _ShardFile(raw, crc)
-    with raw:
+    with _shard_disk_full(path), raw:
         for ri, row in sorted(items, key=lambda t: t[0]):
             try:
                 produced = list(to_examples(row))  # all of a row or nothing
@@ -230,8 +230,22 @@ def write_shard(out_dir: str, index: int, num_shards: int, items: Sequence[tuple
     digest, size = (out.hash.hexdigest(), out.size) if out is not None else (sha256_file(path), fs.size(path))
     meta = {"file": name, "index": index, "num_shards": num_shards, "count": len(images), "bytes": size, "sha256": digest,
             "fingerprint": fingerprint, "rejects": rejects, "image_fields": list(IMAGE_FIELDS), "images": images}
-    fs.replace_atomically(path + SIDECAR, json.dumps(meta))  # written only once the shard object is closed
+    with fs.disk_full(path + SIDECAR):
+        fs.replace_atomically(path + SIDECAR, json.dumps(meta))  # written only once the shard object is closed
     return meta
+
+
+class _shard_disk_full(fs.disk_full):
+    """`fs.disk_full` for a shard being written: the partial shard is deleted first (it would never be used: it has no
+    sidecar), so the space it took is free again."""
+
+    def __exit__(self, typ, exc, tb):
+        if isinstance(exc, OSError) and exc.errno in fs.DISK_FULL_ERRNOS:
+            try:
+                fs.delete([self.path])
+            except OSError:
+                pass
+        return super().__exit__(typ, exc, tb)
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -372,6 +386,29 @@ class _Tracker:
             self.thread.join(timeout=5)
 
 
+def _origin(exc: BaseException) -> BaseException:
+    """The exception a Beam step re-raised `exc` for (Beam wraps a step's error in a new one, chained to it): a Ctrl-C or
+    a full disk stays what it is, not "RuntimeError: KeyboardInterrupt [while running 'Write']"."""
+    seen, found = set(), None
+    while exc is not None and id(exc) not in seen:  # the innermost one: Beam's copy carries its step in the message
+        seen.add(id(exc))
+        if isinstance(exc, (KeyboardInterrupt, fs.DiskFullError)):
+            found = exc
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+class _QuietEnd(logging.Filter):
+    """Drops Beam's ERROR record (with its traceback) of a step that ended for a Ctrl-C or a full disk: the driver says it
+    in one line."""
+
+    def filter(self, record):
+        return not (record.exc_info and record.exc_info[1] is not None and _origin(record.exc_info[1]) is not None)
+
+
+_BEAM_STEP_LOGGER = "apache_beam.runners.common"
+
+
 def _run_beam(index, todo, out_dir, num_shards, to_examples, runner, pipeline_args, progress_token=None):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -380,12 +417,24 @@ def _run_beam(index, todo, out_dir, num_shards, to_examples, runner, pipeline_ar
     if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_num_workers") for a in args):
         args.append("--direct_num_workers=1")
     options = PipelineOptions(args, runner=runner)
-    with beam.Pipeline(options=options) as p:
-        plan = p | "Plan" >> beam.Create([(i, fp) for i, _, fp in todo])
-        rows = (p | "Index" >> beam.Create([index])
-                | "Expand" >> beam.FlatMap(_expand, num_shards, sorted(i for i, _, _ in todo)))
-        _ = ({"plan": plan, "rows": rows} | "ByShard" >> beam.CoGroupByKey()
-             | "Write" >> beam.Map(_ShardWriter(out_dir, num_shards, to_examples, progress_token)))
+    quiet = _QuietEnd()
+    logging.getLogger(_BEAM_STEP_LOGGER).addFilter(quiet)
+    try:
+        with beam.Pipeline(options=options) as p:
+            plan = p | "Plan" >> beam.Create([(i, fp) for i, _, fp in todo])
+            rows = (p | "Index" >> beam.Create([index])
+                    | "Expand" >> beam.FlatMap(_expand, num_shards, sorted(i for i, _, _ in todo)))
+            _ = ({"plan": plan, "rows": rows} | "ByShard" >> beam.CoGroupByKey()
+                 | "Write" >> beam.Map(_ShardWriter(out_dir, num_shards, to_examples, progress_token)))
+    except Exception as e:
+        origin = _origin(e)
+        if origin is None:
+            raise
+        if isinstance(origin, KeyboardInterrupt):
+            raise KeyboardInterrupt() from None
+        raise origin.with_traceback(None) from None
+    finally:
+        logging.getLogger(_BEAM_STEP_LOGGER).removeFilter(quiet)
 
 
 def _statistics(images: list, score_range, kind: str) -> dict:
@@ -446,8 +495,14 @@ def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Cal
             earlier run count at once. `row_weight(row)` is the units of one row (default 1; synthesize: its levels).
         index: how a Beam worker expands `rows` (a `RowIndex` giving the same rows); default: `rows` travel in the pipeline.
 
+    Returns the manifest. When `out_dir` already holds a manifest of the same plan (rows, kind, scale, splits and
+    `manifest_extra`) whose shards are all complete, nothing is written and that manifest comes back with
+    `"already_complete": True` (not stored).
+
     Raises:
         ValueError: unknown kind, or duplicate image ids produced by `to_examples` (an adapter bug; the message names them).
+        fs.DiskFullError: no space left for a shard, a sidecar or the manifest (one line; re-running resumes).
+        KeyboardInterrupt: Ctrl-C, also when it reached a Beam step (complete shards are kept; re-running resumes).
     """
     if kind not in schema.KINDS:
         raise ValueError(f"Unknown record kind {kind!r}; expected one of {schema.KINDS}")
@@ -462,11 +517,21 @@ def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Cal
     for i, row in enumerate(rows):
         buckets[i % n].append((i, row))
     fps = [_fingerprint(b) for b in buckets]
+    split_cfg = None if splits is None else splits if isinstance(splits, SplitConfig) else SplitConfig(**dict(splits))
+    plan = hashlib.sha256(json.dumps(
+        {"shards": fps, "kind": kind, "dataset": dataset_name, "score_range": [float(v) for v in score_range],
+         "higher_better": bool(higher_better), "splits": None if split_cfg is None else split_cfg.to_dict(),
+         "extra": manifest_extra or {}}, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
     t0 = time.time()
     previous = _read_json(fs.join(out_dir, MANIFEST)) or {}
     listed = {s.get("file") for s in previous.get("shards") or () if isinstance(s, dict)}
     done = _complete_shards(out_dir, fps, prefer=listed)
+    if ((previous.get("writer") or {}).get("plan") == plan and len(done) == n
+            and {m["file"] for m in done.values()} == listed
+            and (split_cfg is None or fs.exists(fs.join(out_dir, SPLITS)))):
+        logger.info("%s: already complete (%d shards of the same rows and settings); nothing to write", out_dir, n)
+        return dict(previous, already_complete=True)
     todo = [(i, buckets[i], fps[i]) for i in range(n) if i not in done]
     if done:
         logger.info("%s: %d of %d shards already complete; writing %d", out_dir, len(done), n, len(todo))
@@ -529,10 +594,10 @@ def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Cal
         "statistics": _statistics(images, score_range, kind),
         "pseudo_label": extra.pop("pseudo_label", None),
         "writer": {"runner": runner or "inline", "pipeline_args": _shown_args(pipeline_args), "shards_reused": len(done),
-                   "shards_written": n - len(done), "seconds": round(time.time() - t0, 3)},
+                   "shards_written": n - len(done), "seconds": round(time.time() - t0, 3), "plan": plan},
     }
-    if splits is not None:
-        cfg = splits if isinstance(splits, SplitConfig) else SplitConfig(**dict(splits))
+    if split_cfg is not None:
+        cfg = split_cfg
         group = cfg.group_by_reference if cfg.group_by_reference is not None else kind != "authentic"
         official = {im[0]: im[8] for im in images} if any(im[8] for im in images) else None
         by_subset = dataset_groups(dataset_name, ids)  # e.g. CID2013: 4 of its 6 image sets train (MetaIQA Sec. 4.4)
@@ -542,13 +607,15 @@ def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Cal
         else:
             table = make_splits(ids, groups=[im[6] or im[0] for im in images] if group else None,
                                 num_splits=cfg.num_splits, train_ratio=cfg.train_ratio, seed=cfg.seed, official=official)
-        fs.replace_atomically(fs.join(out_dir, SPLITS), splits_csv_text(table))
+        with fs.disk_full(fs.join(out_dir, SPLITS)):
+            fs.replace_atomically(fs.join(out_dir, SPLITS), splits_csv_text(table))
         manifest["splits"] = dict(cfg.to_dict(), group_by_reference=group, official=official is not None)
         if by_subset is not None:
             manifest["splits"].update(by_subset=True, train_groups=by_subset[1], groups=sorted(set(by_subset[0])),
                                       train_ratio=None)
     manifest.update(extra)
-    fs.replace_atomically(fs.join(out_dir, MANIFEST), json.dumps(manifest, indent=1, default=str))  # the commit record
+    with fs.disk_full(fs.join(out_dir, MANIFEST)):  # the commit record
+        fs.replace_atomically(fs.join(out_dir, MANIFEST), json.dumps(manifest, indent=1, default=str))
     _remove_stale(out_dir, {m["file"] for m in metas})
     return manifest
 

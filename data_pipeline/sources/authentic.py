@@ -166,6 +166,7 @@ class CID2013(Source):
     name = "cid2013"
     range_tolerance = 0.10
     layout = "ROOT/IS1/co1/IS_I_C01_D01.jpg ..., ROOT/CID2013.txt (or list_file=...) with columns dis_img_path,dis_type,score"
+    path_options = {"list_file": "list file"}
 
     @classmethod
     def options(cls):
@@ -173,10 +174,9 @@ class CID2013(Source):
 
     def _list_file(self):
         if self.opts["list_file"]:
-            p = self.opts["list_file"]
-            p = p if fs.isabs(p) else self.path(p)
+            p = self.opts["list_file"]  # made absolute by resolve_path_options
             if not self.exists(p):
-                raise MetadataError(f"{p}: list file not found")
+                raise MetadataError(f"{p}: list file not found (paths are relative to the current folder, not --root)")
             return p
         for cand in ("CID2013.txt", "CID2013.csv", fs.join("csv", "CID2013.txt")):
             if self.exists(self.path(cand)):

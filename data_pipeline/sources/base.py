@@ -9,12 +9,16 @@ reads only the score/metadata files and lists the image folders (one listing per
 Metadata problems never pass silently:
 - a score file with the wrong columns / shape raises `MetadataError` naming the file, what was expected and what was found;
 - a row whose image file is missing, whose score is NaN or outside the declared range, or whose id repeats an earlier row is
-  REJECTED (`{"path", "reason"}` naming the score file and row), and the others go on to the writer.
+  REJECTED (`{"path", "reason"}` naming the score file and row), and the others go on to the writer;
+- so is a row whose image path leaves ROOT (`..`, an absolute path, a symlink out: `fs.within`), unless
+  `allow_outside_root=True`. Path options (`path_options`: a score table, a list file) are read relative to the current
+  folder, as every command-line path is (`resolve_path_options`; docs/data-pipeline.md).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from typing import Iterable, Optional
@@ -25,6 +29,8 @@ import scipy.io
 from data_pipeline import fs
 from data_pipeline.images import is_image_file
 
+logger = logging.getLogger(__name__)
+OUTSIDE_ROOT_FIX = "pass --allow-outside-root (Python: allow_outside_root=True) to read files outside it"
 
 class MetadataError(ValueError):
     """A score/metadata file that cannot be read as the official layout (the message names the file and the problem)."""
@@ -48,20 +54,45 @@ class Source:
     layout = ""
     #: scores outside the declared range by more than this fraction of the range are rejected
     range_tolerance = 0.02
+    #: options naming a file the user points to (relative to the current folder), with what the file is
+    path_options: dict = {}
 
-    def __init__(self, root: str, **options):
+    def __init__(self, root: str, allow_outside_root: bool = False, **options):
         self.root = fs.abspath(root)
+        self.allow_outside_root = bool(allow_outside_root)
         if not fs.isdir(self.root):
             raise FileNotFoundError(f"{self.root}: dataset root directory not found (expected layout: {self.layout})")
         unknown = set(options) - set(self.options())
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.options()) or 'none'}")
-        self.opts = {**self.options(), **options}
+        self.opts = self.resolve_path_options(self.root, {**self.options(), **options})
 
     @classmethod
     def options(cls) -> dict:
         """Adapter options and their defaults."""
         return {}
+
+    @classmethod
+    def resolve_path_options(cls, root: str, options: dict) -> dict:
+        """`options` with each path option the user set made absolute, relative to the current folder as every command
+        reads paths. A relative name found only under ROOT is taken from there, with a warning saying so (older command
+        lines wrote them relative to ROOT); found nowhere: MetadataError naming both places. Defaults stay ROOT's files."""
+        out = dict(options)
+        for key, what in cls.path_options.items():
+            value = out.get(key)
+            if not value or fs.isabs(value) or value == cls.options().get(key):
+                continue
+            here, under_root = os.path.abspath(os.path.expanduser(str(value))), fs.join(fs.abspath(root), str(value))
+            if os.path.exists(here):
+                out[key] = here
+            elif fs.exists(under_root):
+                logger.warning("%s=%s: not in the current folder; reading %s (paths are relative to the current folder; "
+                               "write %s=%s to say so)", key, value, under_root, key, under_root)
+                out[key] = under_root
+            else:
+                raise MetadataError(f"{value}: {what} not found (paths are relative to the current folder, not --root; "
+                                    f"looked for {here} and {under_root})")
+        return out
 
     # ----------------------------------------------------------------------------------------------------------- helpers
     def path(self, *parts) -> str:
@@ -148,6 +179,12 @@ class Source:
             def reject(reason):
                 rejects.append({"path": str(shown), "reason": f"{reason} ({where})"})
 
+            target = row.get("path") or row.get("missing")
+            if (not self.allow_outside_root and isinstance(target, str) and fs.isabs(target)
+                    and not fs.within(target, self.root)):
+                reject(f"image path leaves the dataset root {self.root} (it resolves to {fs.resolved(target)}); "
+                       + OUTSIDE_ROOT_FIX)
+                continue
             if not row.get("path") or not self.is_file(row["path"]):
                 reject(f"image file not found: {row.get('missing') or row.get('path') or row.get('id')}")
                 continue

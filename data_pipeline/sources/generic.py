@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from data_pipeline import fs
+from data_pipeline.layout import check_dataset_name
 from data_pipeline.sources.base import MetadataError, Source, check_columns
 
 
@@ -26,19 +27,21 @@ class FolderCSV(Source):
     """A folder of images + a CSV/XLSX of scores.
 
     Options:
-        csv: the score table (relative to ROOT or absolute; required).
-        image_dir: folder of the images, relative to ROOT (default ROOT itself); the image column holds paths relative to it.
+        csv: the score table (relative to the current folder, or absolute; required).
+        image_dir: folder of the images, relative to ROOT (default ROOT itself); the image column holds paths relative to it
+            (a path that leaves ROOT is a rejected row unless `allow_outside_root`).
         image_column (`image`), score_column (`mos`), std_column (None): column names.
         score_range: `lo,hi` of the score scale (required: the range cannot be guessed from a sample safely).
         higher_better: True unless the score is a DMOS / distortion measure.
         split_column: optional column with train/validation/test -> the `official` split column.
         reference_column, type_column, level_column: optional; with a reference column the records are synthetic and splits
             are grouped by reference.
-        name: dataset name (directory under --out), default `custom`.
+        name: dataset name (directory under --out), default `custom`: a plain folder name, never a path.
     """
 
     name = "csv"
     layout = "ROOT/<images...>, a CSV/XLSX with an image column and a score column (names configurable)"
+    path_options = {"csv": "score table"}
 
     @classmethod
     def options(cls):
@@ -58,13 +61,13 @@ class FolderCSV(Source):
         hb = o["higher_better"]
         self.higher_better = hb if isinstance(hb, bool) else str(hb).lower() in ("1", "true", "yes")
         self.kind = "synthetic" if o["reference_column"] else "authentic"
-        self.name = str(o["name"])
+        self.name = check_dataset_name(o["name"], "csv: option name")
 
     def read(self):
         o = self.opts
-        p = o["csv"] if fs.isabs(o["csv"]) else self.path(o["csv"])
+        p = o["csv"]  # made absolute by resolve_path_options
         if not self.exists(p):
-            raise MetadataError(f"{p}: score table not found")
+            raise MetadataError(f"{p}: score table not found (paths are relative to the current folder, not --root)")
         try:
             src = self.open_table(p)
             df = pd.read_excel(src) if p.lower().endswith((".xlsx", ".xls")) else pd.read_csv(src, sep=None, engine="python")
@@ -77,8 +80,11 @@ class FolderCSV(Source):
         for i, r in enumerate(df.to_dict("records")):
             rel = str(r[o["image_column"]])
             full = rel if fs.isabs(rel) else fs.join(folder, rel)
-            row = {"id": rel, "path": full if self.is_file(full) else self.find_ci(fs.dirname(full), fs.basename(full)),
-                   "missing": full, "mos": r[o["score_column"]], "where": f"{p} row {i + 2}"}
+            if not self.allow_outside_root and not fs.within(full, self.root):
+                found = None  # never list a folder outside ROOT: rows() rejects the row, naming where it leads
+            else:
+                found = full if self.is_file(full) else self.find_ci(fs.dirname(full), fs.basename(full))
+            row = {"id": rel, "path": found, "missing": full, "mos": r[o["score_column"]], "where": f"{p} row {i + 2}"}
             if o["std_column"]:
                 row["std"] = r[o["std_column"]]
             if o["split_column"]:

@@ -147,6 +147,7 @@ class CSIQ(Source):
     score_range = (0.0, 1.0)
     higher_better = False
     layout = "ROOT/dst_imgs_all/1600.AWGN.1.png ... (or dst_imgs/ or dst_imgs/<TYPE>/), ROOT/src_imgs/1600.png, ROOT/csiq_label.txt"
+    path_options = {"label_file": "label file"}  # the default is ROOT's own csiq_label.txt
 
     @classmethod
     def options(cls):
@@ -167,7 +168,12 @@ class CSIQ(Source):
         return None
 
     def read(self):
-        p = self.require(self.opts["label_file"])
+        p = self.opts["label_file"]
+        if fs.isabs(p):
+            if not self.exists(p):
+                raise MetadataError(f"{p}: label file not found (paths are relative to the current folder, not --root)")
+        else:
+            p = self.require(p)
         lines = self.read_text(p).splitlines()
         for i, line in enumerate(lines):
             if not line.strip():

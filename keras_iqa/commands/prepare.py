@@ -18,7 +18,12 @@ Every image is decoded once to validate it; original JPEG/PNG/BMP bytes are kept
 Bad rows (missing file, NaN or out-of-range score, duplicate id) and undecodable images are listed in manifest.json "rejects"
 with the score file and row; the command exits non-zero only if nothing could be prepared. Each shard is a new object with
 its checksum in a sidecar, and manifest.json, written last, commits them: a re-run keeps complete shards, so an interrupted
-run can simply be started again (no rename, so the same holds on object stores).
+run (Ctrl-C, a full disk, a kill) can simply be started again (no rename, so the same holds on object stores); a re-run of
+a finished one says "already complete" and stops.
+
+Safety (docs/security.md): a row whose image path leaves ROOT (`..`, an absolute path, a symlink out) is rejected unless
+--allow-outside-root; the dataset name is a plain folder name under OUT; OUT/<name> is locked while it is written, so a
+second run on it stops at once. Paths in --option (csv=, list_file=, label_file=) are relative to the current folder.
 
 Datasets and expected layouts (docs/datasets.md; docs/data-pipeline.md has details):
   koniq10k   ROOT/1024x768/*.jpg (or 512x384/), koniq10k_scores_and_distributions.csv, koniq10k_distributions_sets.csv
@@ -79,6 +84,9 @@ def register(sub):
                    help="Beam pipeline option passed through, also used for the driver's own reads and writes "
                         "(repeatable; write --pipeline-arg=--flag=value; --beam-arg is an alias)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke runs)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read rows whose image path leaves --root (`..`, an absolute path, a symlink out); "
+                        "rejected by default")
     p.set_defaults(func=run)
 
 
@@ -115,8 +123,14 @@ def run(args: argparse.Namespace) -> int:
     runner = None if args.runner.lower() in ("inline", "none") else args.runner
     m = prepare(args.dataset, args.root, args.out, options=_parse_options(args.option), num_splits=args.num_splits,
                 train_ratio=args.train_ratio, seed=args.seed, runner=runner, pipeline_args=runner_args(args),
-                num_shards=args.num_shards, limit=args.limit, progress=not getattr(args, "quiet", False))
+                num_shards=args.num_shards, limit=args.limit, progress=not getattr(args, "quiet", False),
+                allow_outside_root=args.allow_outside_root)
     rejects = m["rejects"]
+    where = os.path.join(args.out, m["dataset"])
+    if m.get("already_complete"):
+        print(f"already complete: {where} ({m['count']} images, {len(rejects)} rejected; the same rows and settings); "
+              "nothing to do")
+        return 0 if m["count"] > 0 else 1
     if not args.quiet:
         for r in rejects:
             print(f"rejected {r['path']}: {r['reason']}", file=sys.stderr)
@@ -124,6 +138,5 @@ def run(args: argparse.Namespace) -> int:
                          | {"shards": len(m["shards"]), "shards_reused": m["writer"]["shards_reused"],
                             "rejects": len(rejects), "seconds": m.get("prepare_seconds")}))
 
-    print(f"prepared {m['count']} images of {m['dataset']} into {os.path.join(args.out, m['dataset'])} "
-          f"({len(rejects)} rejected)")
+    print(f"prepared {m['count']} images of {m['dataset']} into {where} ({len(rejects)} rejected)")
     return 0 if m["count"] > 0 else 1

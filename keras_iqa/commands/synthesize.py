@@ -32,7 +32,9 @@ Types (KADID ids): 1 GBLUR 2 Lens_Blur 3 Motion_Blur 4 Color_Diffusion 5 Color_S
   7 Saturation_Dist._HSV 8 Saturation_Dist._Lab 9 JP2K 10 JPEG 11 AWGN 12 AWGN_YCbCr 13 Impulse_Noise
   14 Multiplicative_Noise 15 Denoising 16 Brighten 17 Darken 18 Mean_Shift 19 Jitter 20 Non-eccentricity_patch
   21 Pixelate 22 Quantization 23 Color_Block 24 High_Sharpen 25 Contrast Dist.
-Re-running with the same arguments skips complete shards; a killed run resumes without duplicates.
+Re-running with the same arguments skips complete shards; a killed or interrupted run resumes without duplicates, and a
+finished one says "already complete". OUT/NAME and OUT/NAME_pairs are locked while they are written: a second run on them
+stops at once. NAME is a plain folder name under OUT.
 """
 
 
@@ -126,8 +128,12 @@ def run(args) -> int:
             continue
         rejects = manifest.get("rejects", [])
         name = manifest.get("dataset", kind)
-        print(f"{kind}: {manifest.get('count', 0)} records -> {os.path.join(args.out, name)}"
-              f" ({len(rejects)} rejected)")
+        if manifest.get("already_complete"):
+            print(f"{kind}: already complete: {os.path.join(args.out, name)} ({manifest.get('count', 0)} records, "
+                  f"{len(rejects)} rejected); nothing to do")
+        else:
+            print(f"{kind}: {manifest.get('count', 0)} records -> {os.path.join(args.out, name)}"
+                  f" ({len(rejects)} rejected)")
         for r in rejects:
             print(f"  rejected {r.get('path')}: {r.get('reason')}", file=sys.stderr)
         if not manifest.get("count"):

@@ -186,9 +186,9 @@ def test_resume_after_interrupted_run_every_image_exactly_once(tmp_path):
     for s in m["shards"]:  # the workers' checksums and sizes, never re-read by the driver, match the files
         assert writer.sha256_file(os.path.join(out, s["file"])) == s["sha256"]
         assert os.path.getsize(os.path.join(out, s["file"])) == s["bytes"]
-    # a third run reuses everything; a changed shard count rewrites and removes the stale shards
+    # a third run finds it complete and writes nothing; a changed shard count rewrites and removes the stale shards
     m = writer.write_records(rows, flaky, out, "authentic", "t", (0, 100), True, num_shards=4, runner=None)
-    assert m["writer"]["shards_reused"] == 4 and sorted(s["file"] for s in m["shards"]) == listed
+    assert m["already_complete"] and sorted(s["file"] for s in m["shards"]) == listed
     m = writer.write_records(rows, flaky, out, "authentic", "t", (0, 100), True, num_shards=3, runner=None)
     assert [writer.parse_shard_name(f)[:2] for f in _on_disk(out) if f.endswith(".tfrecord")] == [(i, 3) for i in range(3)]
     assert sorted(r["image/id"].numpy().decode() for r in _records(out, "authentic")) == sorted(r["id"] for r in rows)
