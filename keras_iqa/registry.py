@@ -231,7 +231,8 @@ def get_card(name: str, /) -> ModelCard:
 
 
 def create_model(name: str, /, config: Optional[Any] = None, **overrides):
-    """Builds a registered model: `create_model("reqa", feedback_steps=3)`; `config` replaces the card's config entirely."""
+    """Builds a registered model: `create_model("reqa", steps=3)` (keyword arguments are fields of the card's config,
+    here REQA's feedback steps T); `config` replaces the card's config entirely."""
     card = get_card(name)
     cfg = config if config is not None else card.config(**overrides)
     model = card.builder(cfg)
