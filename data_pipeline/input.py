@@ -48,6 +48,7 @@ from data_pipeline.dataloaders.reqa_sampler import ACR_LABELS, acr_bins, nearest
 from data_pipeline.images import DEFAULT_POLICY, DecodePolicy
 from data_pipeline.layout import SIDECAR
 from data_pipeline.test_time import Resize, TestTimeCrops
+from keras_iqa.caller import in_cli, setting
 
 __all__ = ["RecordReader", "multi_dataset", "acr_bins", "quantile_bins", "nearest_nonempty", "ACR_LABELS", "TARGETS",
            "JPEG_MARGIN", "Resize"]
@@ -83,6 +84,8 @@ class RecordReader:
         shuffle_buffer: records held for shuffling (encoded bytes, not pixels).
         jpeg_crop_window: decode only the crop window of JPEG records for random crops (same pixels, faster); False
             decodes whole images (benchmarks).
+        target_key: how the caller's user sets `target`, for error hints (a task passes its config key, e.g. MetaIQA's
+            `meta_target`; `keras_iqa.caller.setting` spells it as that command's flag on the command line).
 
     Attributes:
         decoder: the `Decoder` of this dataset's record kind; parser: the `Parser` (target, policy, crop path).
@@ -101,7 +104,8 @@ class RecordReader:
     """
 
     def __init__(self, data_dir: str, split: str = "split_00", subset: Optional[str] = None, target: str = "mos",
-                 policy: DecodePolicy = DEFAULT_POLICY, shuffle_buffer: int = 1024, jpeg_crop_window: bool = True):
+                 policy: DecodePolicy = DEFAULT_POLICY, shuffle_buffer: int = 1024, jpeg_crop_window: bool = True,
+                 target_key: str = "target"):
         if target is not None and target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS} (or None: no targets, pair_dataset only), got {target!r}")
         self.data_dir = data_dir
@@ -110,13 +114,15 @@ class RecordReader:
         if self.kind not in schema.KINDS:
             raise ValueError(f"{layout.manifest_path(data_dir)}: unknown record kind {self.kind!r}")
         if target == "pseudo" and not self.manifest.get("pseudo_label"):
-            raise ValueError(f"{data_dir}: target='pseudo' but the manifest names no pseudo-label (pseudo_label is null)")
+            raise ValueError(f"{data_dir}: {setting(target_key, 'pseudo')} but the manifest names no pseudo-label "
+                             "(pseudo_label is null)")
         stats = self.manifest.get("statistics") or {}
         if target not in ("pseudo", None) and "mos_min" in stats and stats["mos_min"] is None:
-            hint = (f"use target='pseudo' (its records carry {self.manifest['pseudo_label']!r} pseudo-labels)"
-                    if self.manifest.get("pseudo_label") else "prepare it with scores")
-            raise ValueError(f"{data_dir}: no record of this {self.kind} dataset carries a MOS, so target={target!r} would "
-                             f"give NaN targets; {hint}, or target=None with pair_dataset()")
+            hint = (f"use {setting(target_key, 'pseudo')} (its records carry {self.manifest['pseudo_label']!r} "
+                    "pseudo-labels)" if self.manifest.get("pseudo_label") else "prepare it with scores")
+            other = "" if in_cli() else ", or target=None with pair_dataset()"
+            raise ValueError(f"{data_dir}: no record of this {self.kind} dataset carries a MOS, so "
+                             f"{setting(target_key, target)} would give NaN targets; {hint}{other}")
         self.split, self.subset, self.target, self.policy = split, subset, target, policy
         self.score_range = tuple(self.manifest["score_range"])
         self.higher_better = bool(self.manifest["higher_better"])

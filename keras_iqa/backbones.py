@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import keras
 import keras_hub
 
+from keras_iqa.caller import setting
 from keras_iqa.layers.fused_batch_norm import fuse_batch_norm
 
 PRESETS = {18: "resnet_18_imagenet", 50: "resnet_50_imagenet"}
@@ -73,8 +74,8 @@ def load_preset_backbone(preset: str):
             "ImageNet weights need a one-time download. On a machine with network access run\n"
             f"    python -c \"import keras_hub; keras_hub.models.Backbone.from_preset('{preset}')\"\n"
             "then copy its cache (~/.cache/kagglehub/models/keras/resnetv1/...) to this machine (same path, or set KAGGLEHUB_CACHE),\n"
-            "or pass weights='/path/to/preset_dir' (a directory holding config.json and model.weights.h5),\n"
-            "or use weights=None for random initialisation."
+            f"or pass {setting('backbone_weights', '/path/to/preset_dir')} (a directory holding config.json and "
+            f"model.weights.h5),\nor {setting('backbone_weights', None)} for random initialisation."
         ) from e
 
 

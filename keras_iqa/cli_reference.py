@@ -19,6 +19,8 @@ import pprint
 import re
 import sys
 
+from keras_iqa.caller import cli_value
+
 DOCS_COMMAND = "python -m keras_iqa.cli_reference > docs/cli.md"
 DATA_COMMAND = "python -m keras_iqa.cli_reference --data > keras_iqa/reference_data.py"
 
@@ -50,39 +52,44 @@ Conventions, in every subcommand:
 # ---------------------------------------------------------------------------------------------------- config keys
 
 
-def cli_value(value) -> str:
-    """A value as `--set KEY=VALUE` takes it (YAML): null, true, [10, 20], {}, 0.0001."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(cli_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {cli_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def _field_notes(cls) -> dict:
     """Field name -> the comment at the end of its line in the class source (and the comment-only lines under it)."""
     try:
         lines = inspect.getsource(cls).splitlines()
     except (OSError, TypeError):
         return {}
-    notes, last = {}, None
+    notes, last = _docstring_args(cls), None
     for line in lines:
         m = re.match(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$", line)
         if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
             last = m.group(1)
-            notes[last] = (m.group(2) or "").strip()
+            notes[last] = (m.group(2) or "").strip() or notes.get(last, "")
             continue
         m = re.match(r"^\s+#\s*(.*)$", line)
         if m and last is not None and notes.get(last):
             notes[last] += " " + m.group(1).strip()
             continue
         last = None
+    return notes
+
+
+def _docstring_args(cls) -> dict:
+    """Field name -> its text in the class docstring's `Args:` section (`a, b: text` gives both the text)."""
+    doc = inspect.getdoc(cls) or ""
+    if "Args:" not in doc:
+        return {}
+    notes, names = {}, []
+    for line in doc.split("Args:", 1)[1].splitlines():
+        m = re.match(r"^    ([\w, ]+):\s+(.*)$", line)
+        if m:
+            names = [n.strip() for n in m.group(1).split(",")]
+            for n in names:
+                notes[n] = m.group(2).strip()
+        elif line.startswith("      ") and names:
+            for n in names:
+                notes[n] += " " + line.strip()
+        elif line.strip():
+            break
     return notes
 
 
@@ -172,22 +179,22 @@ def _default(action) -> str:
 
 
 def _flags_table(parser) -> list:
-    rows = ["| argument | default | meaning |", "|---|---|---|"]
+    """A markdown table of the parser's arguments (none: no table)."""
+    rows = []
     for action in parser._actions:
         if isinstance(action, (argparse._SubParsersAction, argparse._HelpAction, argparse._VersionAction)):
             continue
         if action.help == argparse.SUPPRESS:
             continue
-        metavar = action.metavar or (action.dest.upper() if action.option_strings else action.dest)
+        choices = "{" + ",".join(map(str, action.choices)) + "}" if action.choices else None
+        metavar = action.metavar or choices or (action.dest.upper() if action.option_strings else action.dest)
         if isinstance(metavar, tuple):
             metavar = " ".join(metavar)
         takes = action.nargs != 0
         name = ", ".join(action.option_strings) + (f" {metavar}" if takes else "") if action.option_strings else metavar
         text = (action.help or "") % {"default": action.default, "prog": parser.prog} if action.help else ""
-        if action.choices and not action.metavar:
-            text += f" (one of: {', '.join(map(str, action.choices))})"
         rows.append(f"| {_code(name)} | {_default(action)} | {_cell(text)} |")
-    return rows
+    return ["| argument | default | meaning |", "|---|---|---|", *rows, ""] if rows else []
 
 
 def _text_block(text: str) -> list:
@@ -206,7 +213,7 @@ def _command_section(parser, path: tuple, level: int) -> list:
     out += block + ([""] if block else [])
     sub = _subparsers(parser)
     if parser.get_default("func") is not None or sub is None:
-        out += _flags_table(parser) + [""]
+        out += _flags_table(parser)
     if sub is not None:
         for name, child in sub.choices.items():
             out += _command_section(child, (*path, name), min(level + 1, 4))
@@ -245,7 +252,7 @@ def markdown() -> str:
 def _markdown(parser) -> str:
     out = [INTRO.format(docs=DOCS_COMMAND), "## keras-iqa", "", "```text", parser.format_usage().strip(), "```", ""]
     out += _text_block("\n\n".join(t for t in (parser.description, parser.epilog) if t)) + [""]
-    out += _flags_table(parser) + [""]
+    out += _flags_table(parser)
     sub = _subparsers(parser)
     for name, child in sub.choices.items():
         out += _command_section(child, (name,), 2)

@@ -17,14 +17,18 @@ One meaning per flag name, in every subcommand (tests/keras_iqa/test_cli_rules.p
   --distribute S       auto | mirrored | multiworker (tf.distribute strategy), every `train` method.
   --seed N             the command's random seed.
   --pipeline-arg=--F=V one Apache Beam pipeline option (repeatable; `--beam-arg` is an alias), `prepare` / `synthesize`.
+  --trust-model        load a SavedModel or .tflite that holds ops a keras-iqa scorer does not use (`score`; only for a
+                       model you made or verified, docs/security.md).
   -q, --quiet          no progress bars or per-step lines: results, warnings and errors only (every subcommand).
-  -v, --verbose        also TensorFlow's / absl's / Beam's own start-up and info lines (hidden by default; every subcommand).
+  -v, --verbose        also what TensorFlow / Keras / TFLite / absl / Beam print themselves: start-up and info lines, their
+                       own warnings (hidden by default; keras-iqa's warnings always show, once; every subcommand).
 
 Flags that take several values take one per flag (`action="append"`, "repeatable" in the help), never `nargs="+"`, so a
 flag can never swallow the positionals after it (`keras-iqa evaluate --data records/x runs/y`).
 """
 
 import argparse
+import functools
 
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("auto", "mirrored", "multiworker")
@@ -42,12 +46,29 @@ def add_config_args(p) -> None:
 
 
 def add_output_args(p) -> None:
-    """-q/--quiet and -v/--verbose; `keras_iqa.cli.build_parser` adds them to every subcommand."""
+    """-q/--quiet and -v/--verbose; `keras_iqa.cli.build_parser` adds them to every subcommand, whose command then runs as
+    `keras-iqa` (`keras_iqa.caller.cli_session`: each warning once, library chatter only with -v, hints in flag spelling)."""
+    func = p.get_default("func")
+    if func is not None and not isinstance(func, functools.partial):
+        p.set_defaults(func=functools.partial(_run_as_cli, func, p))
     g = p.add_argument_group("output")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars or per-step lines: results, warnings and errors only")
     g.add_argument("-v", "--verbose", action="store_true",
-                   help="also show TensorFlow's, absl's and Beam's own start-up and info lines (hidden by default)")
+                   help="also show what TensorFlow, Keras, TFLite, absl and Beam print themselves (start-up and info "
+                        "lines, their own warnings; hidden by default)")
+
+
+def _run_as_cli(func, parser, args):
+    """`func(args)` inside `cli_session`: the parser's flags and (`train METHOD`) config keys spell the error hints."""
+    from keras_iqa.caller import cli_session
+    from keras_iqa.reference_data import TRAIN_CONFIGS
+
+    path = parser.prog.split()[1:]  # "keras-iqa train reqa" -> ["train", "reqa"]
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings and a.dest != "help"}
+    method = TRAIN_CONFIGS.get(path[1], {}) if len(path) == 2 and path[0] == "train" else {}
+    with cli_session(bool(getattr(args, "verbose", False)), flags, [r["key"] for r in method.get("keys", ())]):
+        return func(args)
 
 
 def add_precision_arg(p, default=None, note: str = "") -> None:

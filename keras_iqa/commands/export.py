@@ -73,7 +73,8 @@ def register(sub):
                    help="tflite variants (none, fp16, dynamic, int8 or all; comma-separated or repeatable; 'all' = none,fp16,dynamic,int8; default none)")
     p.add_argument("--data", metavar="DIR", help="prepared dataset (records) for int8 calibration (default: embedded "
                    "pristine photos, else synthetic images)")
-    p.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="int8 calibration crops (default 128)")
+    p.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="int8 calibration crops, at most (default 128): with --data one crop per training "
+                   "image, so a smaller dataset calibrates with all its training images; the count used is printed")
     p.add_argument("--int8-scope", choices=("conv", "all"), default="conv",
                    help="which ops int8 quantizes: 'conv' = convolutions, pads and pools (the compute; residual sums, "
                         "normalisation, attention and heads stay float32: keeps the ranking of scores), 'all' = every op "
@@ -140,6 +141,9 @@ def run(args):
                            parity=not args.no_parity, parity_images=images, calibration_samples=args.calibration_samples,
                            source=args.model, int8_scope=args.int8_scope, photo_size=args.photo_size,
                            progress=not getattr(args, "quiet", False))
+    cal = result.get("calibration")
+    if cal:
+        print(f"int8 calibration: {cal['count']} {cal['unit']} from {cal['source']}")
     for q, f in result["files"].items():
         print(f"wrote {f} (+ {Path(f).with_suffix('.json').name})")
     rep = result["parity"]

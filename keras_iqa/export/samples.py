@@ -57,18 +57,23 @@ def _embedded_images(limit: int) -> list:
 
 
 def calibration_crops(model, data_dir: Optional[str] = None, n: int = 64, seed: int = 0) -> tuple[np.ndarray, str]:
-    """float32 [<=n, c, c, 3] crops for int8 calibration and the name of their source ("records:...", "pristine", "synthetic")."""
+    """float32 [<=n, c, c, 3] crops for int8 calibration and the name of their source ("records:...", "pristine", "synthetic").
+
+    With `data_dir`: one random crop of each training image, up to `n` (a dataset with fewer training images gives fewer
+    crops, the last batch partial); only a dataset without training images is refused."""
     c = int(model.crop_size)
     if data_dir:
         reader = RecordReader(data_dir, subset="train")
-        ds = reader.train_dataset(batch_size=min(n, 32), crop_size=c, flip=False, shuffle=True, seed=seed, repeat=False)
+        ds = reader.train_dataset(batch_size=min(n, 32), crop_size=c, flip=False, shuffle=True, seed=seed, repeat=False,
+                                  drop_remainder=False)
         crops = []
         for x, _ in ds:
             crops.append(np.asarray(x, np.float32))
             if sum(len(b) for b in crops) >= n:
                 break
         if not crops:
-            raise ValueError(f"--data {data_dir}: no training records to calibrate int8 with (check split/subset)")
+            raise ValueError(f"{data_dir}: no training images (split_00 train subset) to calibrate int8 with; give a dataset "
+                             "with training images, or leave the dataset out to calibrate on built-in photos")
         return np.concatenate(crops)[:n], f"records:{data_dir}"
     images, source = [], "synthetic"
     try:

@@ -32,6 +32,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from data_pipeline.test_time import TestTimeCrops
+from keras_iqa.caller import quiet_native
 from keras_iqa.export.contract import model_contract, write_json
 from keras_iqa.export.parity import parity_report, photo_parity_report
 from keras_iqa.export.samples import calibration_crops, calibration_photos
@@ -133,12 +134,13 @@ def convert(model, quantize: str = "none", representative: Optional[np.ndarray] 
         conv.representative_dataset = gen
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
-        if quantize == "int8" and float_ops is None:
-            float_ops = default_float_ops(_builtin_converter(fn).convert())
-        if quantize == "int8" and float_ops:
-            flat = _selective_int8(conv, gen, float_ops)
-        else:
-            flat = conv.convert()
+        with quiet_native():  # the converter's own stderr lines ("fully_quantize: 0, ..."): keras-iqa shows them with -v
+            if quantize == "int8" and float_ops is None:
+                float_ops = default_float_ops(_builtin_converter(fn).convert())
+            if quantize == "int8" and float_ops:
+                flat = _selective_int8(conv, gen, float_ops)
+            else:
+                flat = conv.convert()
     except Exception as e:
         raise ValueError(f"TFLite conversion ({quantize}) with builtin ops only failed: {e}. An op that needs Flex/Select TF "
                          "ops must be replaced in the model (e.g. unroll loops statically)") from e
@@ -198,7 +200,8 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
 
     `out` ending in ".tflite" (with one variant) names the file directly. `int8_scope`: "conv" quantizes `INT8_OPS` only,
     "all" every op with an int8 kernel. `photo_size` (H, W): whole-photo models instead (`<name>_<variant>_photo<H>x<W>
-    .tflite`, parity in `parity_photo<H>x<W>.json`). Returns {"files": {variant: path}, "parity": report}.
+    .tflite`, parity in `parity_photo<H>x<W>.json`). Returns {"files": {variant: path}, "parity": report,
+    "calibration": {"source", "count", "unit"} of int8 (None without)}; `calibration_samples` is an upper bound.
     `progress`: a bar over the stages (calibration, one conversion per variant, parity) and one per parity image on stderr.
     """
     if int8_scope not in INT8_SCOPES:
@@ -289,4 +292,6 @@ def _export_tflite(model, out_dir, paths, quantize, data_dir, parity, parity_ima
             report = photo_parity_report(model, files, photo_size, images=parity_images, progress=progress)
         write_json(report, out_dir / f"parity{tag}.json")
         stage.update(1)
-    return {"files": files, "parity": report}
+    calibration = None if rep is None else {"source": rep_source, "count": int(len(rep)),
+                                            "unit": "crops" if photo_size is None else "photos"}
+    return {"files": files, "parity": report, "calibration": calibration}

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from data_pipeline.input import RecordReader, multi_dataset
 from data_pipeline.layout import RESULTS_FILE
+from keras_iqa.caller import setting
 from keras_iqa.models.hcl import HCLModelConfig, RestorationLoss, restoration_l1, PIXEL_LOSSES, build_restoration
 from keras_iqa.evaluation.restoration import restoration_report, to_restoration_targets  # noqa: F401
 from keras_iqa.tasks.base import Task
@@ -173,7 +174,7 @@ def train_restoration(cfg: HCLTrainConfig, pairs: str, out: str) -> dict:
     s = cfg.restoration
     if s.pixel_loss not in PIXEL_LOSSES:
         raise ValueError(f"restoration.pixel_loss must be one of {PIXEL_LOSSES}, got {s.pixel_loss!r} "
-                         "(e.g. --set restoration.pixel_loss=psnr)")
+                         f"(e.g. {setting('restoration.pixel_loss', 'psnr')})")
     strategy = get_strategy(cfg.distribute)  # first: a multi-worker strategy must precede other TensorFlow work
     check_global_batch(s.batch_size, strategy, "restoration.batch_size")
     run = RunDir.create(out, config=cfg, seed=cfg.seed, extra={"stage": "restoration", "pairs": pairs}, strategy=strategy)
@@ -216,10 +217,10 @@ def fit_synthetic(model, train_ds, run: RunDir, scfg: SyntheticStageConfig, step
 def train_synthetic(cfg: HCLTrainConfig, data: Sequence[str], out: str, init=None) -> dict:
     """Curriculum 2 from K prepared synthetic datasets (train split of each, normalised scores), initialised from `init`."""
     if not data:
-        raise ValueError("the synthetic stage needs at least one synthetic dataset (--data DIR, repeatable)")
+        raise ValueError(f"the synthetic stage needs at least one synthetic dataset ({setting('data', 'DIR')}, repeatable)")
     if not cfg.ablation.skip_restoration and init is None:
-        raise ValueError("the synthetic stage starts from curriculum 1: pass --init RUN_OF_STAGE_1 "
-                         "(or --set ablation.skip_restoration=true to start from model.backbone_weights)")
+        raise ValueError(f"the synthetic stage starts from curriculum 1: pass {setting('init', 'RUN_OF_STAGE_1')} "
+                         f"(or {setting('ablation.skip_restoration', True)} to start from model.backbone_weights)")
     s = cfg.synthetic
     strategy = get_strategy(cfg.distribute)
     check_global_batch(s.batch_size, strategy, "synthetic.batch_size")
@@ -315,19 +316,20 @@ def run_all(cfg: HCLTrainConfig, pairs: Optional[str], synthetic: Sequence[str],
     ab, results, prev = cfg.ablation, {}, init
     if not ab.skip_restoration:
         if not pairs:
-            raise ValueError("curriculum 1 needs pair records: --pairs DIR (or --set ablation.skip_restoration=true)")
+            raise ValueError(f"curriculum 1 needs pair records: {setting('pairs', 'DIR')} (or "
+                             f"{setting('ablation.skip_restoration', True)})")
         d = os.path.join(out, STAGE_DIRS["restoration"])
         results["restoration"] = train_restoration(cfg, pairs, d)
         prev = d
     if not ab.skip_synthetic:
         if not synthetic:
-            raise ValueError("curriculum 2 needs synthetic datasets: --synthetic DIR (repeatable) "
-                             "(or --set ablation.skip_synthetic=true)")
+            raise ValueError(f"curriculum 2 needs synthetic datasets: {setting('synthetic', 'DIR')} (repeatable) "
+                             f"(or {setting('ablation.skip_synthetic', True)})")
         d = os.path.join(out, STAGE_DIRS["synthetic"])
         results["synthetic"] = train_synthetic(cfg, synthetic, d, init=prev)
         prev = d
     if not data:
-        raise ValueError("curriculum 3 needs an authentic dataset: --data DIR")
+        raise ValueError(f"curriculum 3 needs an authentic dataset: {setting('data', 'DIR')}")
     d = os.path.join(out, STAGE_DIRS["finetune"])
     results["finetune"] = train_finetune(cfg, data, d, init=prev)
     save_json({"stages": results, "ablation": dataclasses.asdict(ab)}, os.path.join(out, RESULTS_FILE))

@@ -27,6 +27,7 @@ import json
 from typing import Optional, Sequence, Union
 
 import keras_iqa
+from keras_iqa.caller import setting
 from keras_iqa.registry import get_card
 from keras_iqa.tasks import base
 
@@ -123,7 +124,7 @@ def _reader_cls():
 
 def _restricted_reader(data_dir: str, ids, cfg: MetaIQATrainConfig):
     """A reader over exactly `ids` of a prepared dataset (e.g. one distortion type)."""
-    r = _reader_cls()(data_dir, split=cfg.split, subset=None, target=cfg.meta_target)
+    r = _reader_cls()(data_dir, split=cfg.split, subset=None, target=cfg.meta_target, target_key="meta_target")
     r.ids, r.count, r._index_cache = [str(i) for i in ids], len(ids), None
     return r
 
@@ -144,9 +145,9 @@ class MetaIQATask(base.Task):
             if getattr(cfg, key) not in allowed:
                 raise ValueError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {getattr(cfg, key)!r}")
         if cfg.distribute != "auto" and cfg.adam_state != "fresh":
-            raise ValueError(f"--distribute {cfg.distribute} spreads each meta-batch's tasks over the replicas, which needs "
-                             "adam_state=fresh (the paper's): the persistent Adam state of the official code runs through the "
-                             "tasks one after another (use --set adam_state=fresh, or one device)")
+            raise ValueError(f"{setting('distribute', cfg.distribute)} spreads each meta-batch's tasks over the replicas, "
+                             "which needs adam_state=fresh (the paper's): the persistent Adam state of the official code runs "
+                             f"through the tasks one after another (use {setting('adam_state', 'fresh')}, or one device)")
         if cfg.finetune_resize is None and cfg.resize:
             cfg.finetune_resize = cfg.resize
         return cfg
@@ -178,7 +179,7 @@ class MetaIQATask(base.Task):
         RecordReader = _reader_cls()
         tasks = []
         for d in dirs:
-            reader = RecordReader(d, split=cfg.split, subset=None, target=cfg.meta_target)
+            reader = RecordReader(d, split=cfg.split, subset=None, target=cfg.meta_target, target_key="meta_target")
             for t in reader.metaiqa_tasks(support_fraction=cfg.support_fraction, batch_size=cfg.batch_size,
                                           crop_size=cfg.crop_size, seed=cfg.seed, query_mode=cfg.query_mode,
                                           resize=cfg.resize):

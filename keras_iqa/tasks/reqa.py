@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import keras_iqa
+from keras_iqa.caller import setting
 from keras_iqa.registry import get_card
 from keras_iqa.tasks.base import Task, resolve_backbone_weights
 from keras_iqa.tasks.base import set_test_contract as _set_contract
@@ -89,10 +90,11 @@ def validate(cfg: REQATrainConfig) -> REQATrainConfig:
     """Checks the choice-valued keys and the micro-batch rule of the paper's coarse loss; errors name the `--set` to fix."""
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise ValueError(f"config {key}={getattr(cfg, key)!r} is not one of {allowed} (set it with --set {key}=...)")
+            raise ValueError(f"config {key}={getattr(cfg, key)!r} is not one of {allowed} (set {setting(key, ...)})")
     if cfg.coarse == "paper" and cfg.sampler == "batch" and cfg.batch_size % 5:
         raise ValueError(f"coarse=paper groups the batch in micro-batches of 5; batch_size={cfg.batch_size} is not a multiple "
-                         "of 5 (use --set batch_size=15, sampler=microbatch, or coarse=official)")
+                         f"of 5 (use {setting('batch_size', 15)}, {setting('sampler', 'microbatch')} or "
+                         f"{setting('coarse', 'official')})")
     return cfg
 
 
@@ -150,15 +152,15 @@ def check_replica_batches(cfg: REQATrainConfig, replicas: int) -> None:
         return
     if cfg.sampler == "microbatch":
         if cfg.micro_batches % replicas:
-            raise ValueError(f"--distribute {cfg.distribute}: {replicas} replicas each need whole micro-batches of 5, but "
-                             f"micro_batches={cfg.micro_batches} does not divide by {replicas} (use --set micro_batches="
-                             f"{replicas * max(1, cfg.micro_batches // replicas)})")
+            raise ValueError(f"{setting('distribute', cfg.distribute)}: {replicas} replicas each need whole micro-batches "
+                             f"of 5, but micro_batches={cfg.micro_batches} does not divide by {replicas} (use "
+                             f"{setting('micro_batches', replicas * max(1, cfg.micro_batches // replicas))})")
     else:
         unit = 5 * replicas if cfg.coarse == "paper" else replicas
         if cfg.batch_size % unit:
-            raise ValueError(f"--distribute {cfg.distribute}: batch_size={cfg.batch_size} must split into {replicas} equal "
-                             f"shares{' of whole micro-batches of 5' if cfg.coarse == 'paper' else ''} (a multiple of "
-                             f"{unit}; --set batch_size=...)")
+            raise ValueError(f"{setting('distribute', cfg.distribute)}: batch_size={cfg.batch_size} must split into "
+                             f"{replicas} equal shares{' of whole micro-batches of 5' if cfg.coarse == 'paper' else ''} (a "
+                             f"multiple of {unit}; {setting('batch_size', ...)})")
 
 
 def _test_metrics_callback(reader, every: int):

@@ -3,6 +3,7 @@ workarounds `fit` needs under `MultiWorkerMirroredStrategy`."""
 
 from __future__ import annotations
 
+from keras_iqa.caller import setting
 
 _STRATEGIES: dict = {}
 
@@ -18,7 +19,7 @@ def get_strategy(name: str = "auto"):
         return tf.distribute.get_strategy()
     key = {"multi_worker": "multiworker", "multi-worker": "multiworker"}.get(name, name)
     if key not in ("mirrored", "multiworker"):
-        raise ValueError(f"Unknown --distribute {name!r}; use auto, mirrored or multiworker")
+        raise ValueError(f"Unknown {setting('distribute', name)}; use auto, mirrored or multiworker")
     if key not in _STRATEGIES:
         if key == "mirrored":
             _STRATEGIES[key] = tf.distribute.MirroredStrategy()
@@ -33,7 +34,7 @@ def check_global_batch(batch_size: int, strategy, name: str = "batch_size") -> N
     replicas = int(getattr(strategy, "num_replicas_in_sync", 1))
     if replicas > 1 and int(batch_size) % replicas:
         raise ValueError(f"{name}={batch_size} does not split into {replicas} equal shares over the {replicas} replicas of "
-                         f"--distribute; use a multiple of {replicas} (--set {name}=...)")
+                         f"the distribution strategy; use a multiple of {replicas} ({setting(name, ...)})")
 
 
 def shard_by_data(dataset):

@@ -19,14 +19,14 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Optional, Union
+
+from keras_iqa.caller import setting
 
 __all__ = ["AUTO", "RANDOM_INIT", "is_pretrained", "resolve_lr", "warn_random_init"]
 
 AUTO = "auto"
-log = logging.getLogger("keras_iqa")
 
 # random-init defaults (ours; measured on tiny synthetic sets, docs/heads.md): new layers and backbone at the same rate
 RANDOM_INIT = {
@@ -47,9 +47,8 @@ def warn_random_init(family: str, detail: str = "") -> None:
     if family in _warned:
         return
     _warned.add(family)
-    msg = (f"{family}: the backbone has no pretrained weights (backbone_weights=None); the paper learning rates assume "
-           f"ImageNet-initialised backbones and barely train from random init. {detail}".rstrip())
-    log.warning(msg)
+    msg = (f"{family}: the backbone has no pretrained weights ({setting('backbone_weights', None)}); the paper learning "
+           f"rates assume ImageNet-initialised backbones and barely train from random init. {detail}".rstrip())
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 

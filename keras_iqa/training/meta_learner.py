@@ -60,6 +60,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from keras_iqa.caller import setting
 from keras_iqa.training import meta_state
 from keras_iqa.training.meta_replicas import ReplicatedMetaStep
 
@@ -170,8 +171,8 @@ class MetaLearner(ReplicatedMetaStep):
         if self.distributed and self.adam_state != "fresh":
             raise NotImplementedError(
                 "MetaLearner under tf.distribute needs adam_state='fresh' (the paper's): the official code's persistent "
-                "Adam state runs through the tasks one after another and cannot be split over replicas (use one device "
-                "with --preset official, or --set adam_state=fresh)")
+                "Adam state runs through the tasks one after another and cannot be split over replicas (use one device, "
+                f"or {setting('adam_state', 'fresh')})")
         if not self.model.built:
             with self.strategy.scope():
                 self.model(x_example[:1])
