@@ -162,3 +162,228 @@ def test_docstring_examples(name, monkeypatch, tmp_path):
     res = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert res.attempted > 0, f"no examples in {name}"
     assert res.failed == 0, f"{res.failed} of {res.attempted} examples of {name} failed (see the output above)"
+
+
+# --- The quickstarts, executed as written -------------------------------------------------------------------------------
+#
+# The fenced ```bash and ```python blocks of these pages run, in document order, in one temporary folder that holds what
+# they name (photos/, labels.csv, photo.jpg, new_photos/). Two ways to leave something out, both visible to a reader:
+# - a command line ending in `# needs ...` (ImageNet weights, a dataset download, `make demo`'s output): skipped and listed;
+#   the same block must hold a command of the same subcommand that does run (its offline twin);
+# - `<!-- docs-test: skip (why) -->` on the line before a block (installing, `make`, `mkdocs serve`): the whole block.
+RUN_PAGES = ("README.md", "docs/getting-started.md")  # the quickstarts; getting-started repeats the README's commands
+EXAMPLE_PAGES = ("docs/pyiqa.md", "docs/api.md")  # python examples, each page in its own folder
+MAX_SKIPPED_LINES = 8
+SKIP_BLOCK = re.compile(r"<!--\s*docs-test:\s*skip\b\s*(.*?)\s*-->")
+NEEDS = re.compile(r"\s#\s*needs\b(.*)$")
+
+
+def _blocks(page: str):
+    """(line of the first code line, language, [(line, text)], skip reason or None) for each fenced block of `page`."""
+    lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+    i, skip = 0, None
+    while i < len(lines):
+        m = re.match(r"^```(\w*)\s*$", lines[i])
+        if m is None:
+            s = SKIP_BLOCK.search(lines[i])
+            if s:
+                skip = s.group(1) or "marked"
+            elif lines[i].strip():
+                skip = None
+            i += 1
+            continue
+        start, body = i + 2, []
+        i += 1
+        while i < len(lines) and not lines[i].startswith("```"):
+            body.append((i + 1, lines[i]))
+            i += 1
+        yield start, m.group(1), body, skip
+        i, skip = i + 1, None
+
+
+def _commands(body):
+    """(line, command) of a bash block: continuation lines joined, blank and comment lines dropped."""
+    out, buf, first = [], "", None
+    for n, text in body:
+        if first is None:
+            first = n
+        if text.rstrip().endswith("\\"):
+            buf += text.rstrip()[:-1] + " "
+            continue
+        cmd, buf, line = (buf + text).strip(), "", first
+        first = None
+        if cmd and not cmd.startswith("#"):
+            out.append((line, cmd))
+    return out
+
+
+def _subcommand(cmd: str) -> str:
+    words = [w for w in cmd.split("#")[0].split() if not w.startswith("-")]
+    return " ".join(words[:3] if words[:2] == ["keras-iqa", "train"] else words[:2])
+
+
+def doc_steps(pages):
+    """The steps of `pages` in order: dicts with page, line, lang, code, skip (None or the reason)."""
+    for page in pages:
+        for start, lang, body, skip in _blocks(page):
+            if lang == "bash":
+                for line, cmd in _commands(body):
+                    needs = NEEDS.search(cmd)
+                    yield dict(page=page, line=line, lang="bash", code=cmd,
+                               skip=skip or (("needs" + needs.group(1)).strip() if needs else None))
+            elif lang == "python":
+                yield dict(page=page, line=start, lang="python", code="\n".join(t for _, t in body), skip=skip)
+
+
+def write_doc_files(folder: Path) -> None:
+    """What the quickstarts name: photos/ (30 photos: 10 scenes bundled with scikit-image x 3 blur levels, 128 px),
+    labels.csv (file,mos on 1..5: sharper is better), photo.jpg and new_photos/."""
+    from PIL import Image, ImageFilter
+
+    from data_pipeline import pristine
+
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    (folder / "new_photos").mkdir(exist_ok=True)
+    rows = ["file,mos"]
+    for scene in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "camera", "coins", "brick", "grass",
+                  "gravel"):
+        img = Image.fromarray(pristine.load_embedded(scene)).convert("RGB")
+        img.thumbnail((128, 128))
+        for level, radius in enumerate((0, 1.5, 4)):
+            img.filter(ImageFilter.GaussianBlur(radius)).save(folder / "photos" / f"{scene}_{level}.jpg", quality=90)
+            rows.append(f"{scene}_{level}.jpg,{4.5 - 1.5 * level}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    Image.open(folder / "photos" / "chelsea_0.jpg").save(folder / "photo.jpg")
+    for name in ("coffee_1.jpg", "rocket_2.jpg"):
+        Image.open(folder / "photos" / name).save(folder / "new_photos" / name)
+
+
+def _doc_env() -> dict:
+    import os
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")  # keras-iqa from this venv
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _run_step(step: dict, cwd: Path, env: dict) -> str | None:
+    """Runs one step in `cwd`; None when it worked, else the failure naming the page and line."""
+    where = f"{step['page']}:{step['line']}"
+    if step["lang"] == "bash":
+        res = subprocess.run(["bash", "-c", step["code"]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    else:
+        res = subprocess.run([sys.executable, "-"], input=step["code"], cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=600)
+        lines = [int(n) for n in re.findall(r'File "<stdin>", line (\d+)', res.stderr)]
+        if res.returncode and lines:
+            where = f"{step['page']}:{step['line'] + lines[-1] - 1}"
+    if res.returncode == 0:
+        return None
+    return (f"{where} failed (exit {res.returncode}): {step['code'].splitlines()[0]}\n"
+            f"{(res.stdout + res.stderr)[-3000:]}")
+
+
+def _run_pages(pages, folder: Path) -> list:
+    """Runs the steps of `pages` in `folder`; a step already run with the same text (the getting-started page repeats the
+    README) is not run twice. Returns the skipped steps; fails at the first step that breaks."""
+    write_doc_files(folder)
+    env, done, skipped = _doc_env(), {}, []
+    for step in doc_steps(pages):
+        if step["skip"]:
+            skipped.append(step)
+            continue
+        if step["code"] in done:
+            continue
+        err = _run_step(step, folder, env)
+        assert err is None, err
+        done[step["code"]] = f"{step['page']}:{step['line']}"
+    return skipped
+
+
+def test_quickstarts_run_as_written(tmp_path, capsys):
+    """README.md and docs/getting-started.md, every runnable bash and python line, offline, in one folder."""
+    skipped = _run_pages(RUN_PAGES, tmp_path)
+    with capsys.disabled():
+        print("\nnot run (marked in the page):")
+        for s in skipped:
+            print(f"  {s['page']}:{s['line']}: {s['code'].splitlines()[0][:100]}  [{s['skip']}]")
+    assert (tmp_path / "my_scores.csv").exists() and (tmp_path / "labels.csv").read_text().startswith("file,mos")
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES)
+def test_page_examples_run(page, tmp_path):
+    steps = [s for s in doc_steps([page]) if not s["skip"]]
+    assert steps, f"{page} has no runnable examples"
+    _run_pages([page], tmp_path)
+
+
+def test_skipped_doc_lines_are_few_and_have_offline_twins():
+    """Only a few lines are not run, each is marked for the reader and has a runnable twin in the same block."""
+    steps = list(doc_steps(RUN_PAGES + EXAMPLE_PAGES))
+    lines = [s for s in steps if s["skip"] and s["skip"].startswith("needs")]
+    assert 0 < len(lines) <= MAX_SKIPPED_LINES, [f"{s['page']}:{s['line']}" for s in lines]
+    for s in lines:
+        block = [t for t in steps if t["page"] == s["page"] and t["lang"] == "bash" and not t["skip"]
+                 and _block_of(t) == _block_of(s)]
+        twins = [t for t in block if _subcommand(t["code"]) == _subcommand(s["code"])]
+        assert twins, f"{s['page']}:{s['line']}: no runnable `{_subcommand(s['code'])}` line next to it"
+    blocks = {(s["page"], s["skip"]) for s in steps if s["skip"] and not s["skip"].startswith("needs")}
+    assert len(blocks) <= 6, blocks
+
+
+def _block_of(step):
+    for start, _, body, _ in _blocks(step["page"]):
+        if body and body[0][0] <= step["line"] <= body[-1][0]:
+            return start
+    return None
+
+
+def test_getting_started_repeats_the_readme_quickstarts():
+    """The site's Getting started page has every quickstart command of the README, the same text."""
+    def quickstart_commands(page):
+        heading, fenced, headings = "", False, {}
+        for n, text in enumerate((ROOT / page).read_text(encoding="utf-8").splitlines(), 1):
+            fenced ^= text.startswith("```")
+            if not fenced and text.startswith("## "):
+                heading = text[3:]
+            headings[n] = heading
+        return [s["code"] for s in doc_steps([page]) if headings[s["line"]].lower().startswith("quickstart")]
+
+    readme = quickstart_commands("README.md")
+    assert len(readme) >= 15
+    missing = [c for c in readme if c not in quickstart_commands("docs/getting-started.md")]
+    assert missing == [], "README quickstart commands missing from docs/getting-started.md"
+
+
+def test_create_model_examples_in_docstrings_use_real_config_fields():
+    """`create_model("reqa", steps=3)` in a docstring (the API page renders it): the keywords are fields of the card's
+    config, so the call works as written."""
+    import ast
+
+    from keras_iqa.registry import get_card
+
+    calls = []
+    for path in _code_files():
+        for name, args in re.findall(r'create_model\("([\w-]+)",\s*([^)`]*)\)', path.read_text(encoding="utf-8")):
+            kwargs = {k.strip(): ast.literal_eval(v.strip()) for k, v in (a.split("=", 1) for a in args.split(",") if "=" in a)}
+            get_card(name).config(**kwargs)  # raises on a keyword the config does not have
+            calls.append(name)
+    assert calls, "no create_model(NAME, key=value) example found"
+
+
+def test_site_pages_name_what_the_code_writes():
+    """The Home page links within the site (no off-site README), the scoring page names the contract file that export
+    writes, and every page is reachable from Home or Getting started."""
+    from keras_iqa.export.savedmodel import CONTRACT_FILE
+
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    assert "pypi.org" not in index and "(getting-started.md)" in index and "(pyiqa.md)" in index
+    scoring = (ROOT / "docs" / "scoring.md").read_text(encoding="utf-8")
+    assert f"`{CONTRACT_FILE}`" in scoring
+    for page in (ROOT / "docs").rglob("*.md"):
+        assert "keras_iqa_contract.json" not in page.read_text(encoding="utf-8"), page
+    yaml = pytest.importorskip("yaml")
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
+    assert nav[:3] == [{"Home": "index.md"}, {"Getting started": "getting-started.md"}, {"Coming from pyiqa": "pyiqa.md"}]
