@@ -48,15 +48,18 @@ def model_card(model, metadata: Optional[dict] = None) -> dict:
         versions["tensorflow"] = tf.__version__
     except ImportError:
         versions["tensorflow"] = None
+    training = user.pop("training", None) or {"data": "not recorded", "protocol": "not recorded"}
+    metrics = user.pop("metrics", None) or {}
     out = {
         "name": user.pop("name", None),
-        "description": user.pop("description", None) or (card.description if card else ""),
+        "description": user.pop("description", None) or describe(card_name, training, metrics),
+        "architecture": card.description if card else "",
         "card": card_name,
         "family": _family(model),
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "paper": user.pop("paper", None) or (card.paper if card else ""),
-        "training": user.pop("training", None) or {"data": "not recorded", "protocol": "not recorded"},
-        "metrics": user.pop("metrics", None) or {},
+        "training": training,
+        "metrics": metrics,
         "machine": user.pop("machine", None),
         "license": user.pop("license", None),
     }
@@ -73,6 +76,26 @@ def model_card(model, metadata: Optional[dict] = None) -> dict:
         "date_saved": _dt.datetime.now().isoformat(timespec="seconds"),
     })
     return out
+
+
+def describe(card_name: str, training: dict, metrics: dict) -> str:
+    """The one-line description of a preset, for its user: what it was trained on and what it measured (the card's
+    own text describes the architecture, kept as `architecture`)."""
+    training = training if isinstance(training, dict) else {}
+    data = str(training.get("data") or "not recorded")
+    if data.startswith("none"):
+        return f"{card_name} with random weights (not trained): for trying the pipeline only, its scores mean nothing"
+    if data == "not recorded":
+        return f"{card_name} model; what it was trained on was not recorded"
+    details = [str(training["split"])] if training.get("split") else []
+    if training.get("protocol") and training["protocol"] != "not recorded":
+        details.append(f"protocol {training['protocol']}")
+    text = f"{card_name} trained on {data}" + (f" ({', '.join(details)})" if details else "")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    measured = [f"{k.upper()} {metrics[k]:.3f}" for k in ("srocc", "plcc") if isinstance(metrics.get(k), (int, float))]
+    if measured:
+        text += f"; test {', '.join(measured)}" + (f" on {metrics['n']} images" if metrics.get("n") else "")
+    return text
 
 
 def _strip(config, keys=("compile_config", "build_config")):

@@ -334,15 +334,40 @@ def test_preset_save_from_a_run_then_show_and_score(tmp_path, capsys):
     save_json({"model": "metaiqa-tiny", "data": "records/kadid10k", "split": "split_00", "protocol": "paper",
                "test": {"n": 20, "srocc": 0.5, "plcc": 0.25}}, run.path / "results.json")
     out = tmp_path / "presets" / "meta_kadid"
-    assert cli.main(["preset", "save", str(run.path), "--out", str(out), "--license", "CC0-1.0"]) == 0
+    handle = "kaggle://org/keras-iqa/keras/meta_kadid/1"
+    assert cli.main(["preset", "save", str(run.path), "--out", str(out), "--license", "CC0-1.0", "--handle", handle]) == 0
     printed = capsys.readouterr().out
     meta = json.loads((out / presets.METADATA_FILE).read_text())
     assert meta["card"] == "metaiqa-tiny" and meta["name"] == "meta_kadid" and meta["license"] == "CC0-1.0"
     assert meta["metrics"]["srocc"] == 0.5 and meta["metrics"]["plcc"] == 0.25
     assert meta["training"]["data"] == "records/kadid10k" and meta["training"]["split"] == "split_00"
+    # the description says what the weights learned, not the card's architecture text
+    described = ("metaiqa-tiny trained on records/kadid10k (split_00, protocol paper); test SROCC 0.500, PLCC 0.250 "
+                 "on 20 images")
+    assert meta["description"] == described, meta["description"]
+    assert meta["architecture"] == keras_iqa.registry.get_card("metaiqa-tiny").description
+    assert "smoke runs" not in meta["description"] and described in printed
     assert presets.sha256_file(out / presets.WEIGHTS_FILE) in printed and "'meta_kadid'" in printed
+    assert handle in printed and "registry entry" in printed
     assert cli.main(["preset", "show", str(out)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == f"meta_kadid: {described}", shown
+    text = "\n".join(shown)
+    assert "registry entry" not in text and "iqa_presets.py" not in text and "{" not in text, text
+    for row in ("scores       0 to 1, higher = better", "licence      CC0-1.0", "SHA-256 verified",
+                "trained on   records/kadid10k, split split_00, protocol paper", f"keras-iqa score {out} PHOTOS"):
+        assert row in text, (row, text)
+    assert cli.main(["preset", "show", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["card"] == "metaiqa-tiny"
+    # save_to_preset from Python: the description comes from the training metadata given
+    py = presets.save_to_preset(model, tmp_path / "py", metadata={"training": {"data": "my 300 photos", "protocol":
+                                                                               "80/20"}, "metrics": {"srocc": 0.8}})
+    assert presets.load_metadata(str(py))["description"] == "metaiqa-tiny trained on my 300 photos (protocol 80/20); " \
+                                                            "test SROCC 0.800"
+    # without --handle, no registry entry: what a user needs to use it
+    assert cli.main(["preset", "save", "metaiqa-tiny", "--out", str(tmp_path / "untrained")]) == 0
+    printed = capsys.readouterr().out
+    assert "registry entry for" not in printed and "random weights (not trained)" in printed
     x = np.random.default_rng(5).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     np.testing.assert_array_equal(presets.from_preset(str(out)).score(x), model.score(x))
     assert cli.main(["preset", "save", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
