@@ -124,21 +124,28 @@ class _QuietLoader:
 
 class QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
     """Loads TensorFlow's C extension modules (`tensorflow*`) with stderr silenced, hiding the start-up lines that
-    TF_CPP_MIN_LOG_LEVEL cannot reach. Python-level errors still propagate (and print once stderr is back)."""
+    TF_CPP_MIN_LOG_LEVEL cannot reach. Python-level errors still propagate (and print once stderr is back). It asks the
+    other finders; one of them asking all finders in turn (keras_iqa.serializables) is answered None, not asked back."""
+
+    _asking = threading.local()
 
     def find_spec(self, name, path=None, target=None):
-        if not name.startswith("tensorflow"):
+        if not name.startswith("tensorflow") or getattr(self._asking, "name", None) == name:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is None:
-                continue
-            if spec.loader is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
-                spec.loader = _QuietLoader(spec.loader)
-            return spec
-        return None
+        self._asking.name = name
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is None:
+                    continue
+                if spec.loader is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
+                    spec.loader = _QuietLoader(spec.loader)
+                return spec
+            return None
+        finally:
+            self._asking.name = None
 
 
 _NOISY_LOGGERS = ("absl", "tensorflow", "apache_beam", "h5py", "jax")
