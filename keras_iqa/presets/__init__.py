@@ -17,8 +17,9 @@ from a training run (card, data, protocol and test metrics taken from the run's 
 
 Every file is checked against its SHA-256 (a registry entry's, a `sha256=` argument's, else metadata.json's list) before
 it enters the cache (`cache_dir()`: $KERAS_IQA_CACHE, else $KERAS_HOME/keras_iqa/presets, else ~/.keras/keras_iqa/presets;
-one folder per handle). A mismatch or a truncated download raises `PresetHashError` with the expected and actual hash, and
-leaves nothing in the cache. Without network, a handle that is not cached raises `PresetUnavailableError` naming the
+one folder per handle, `cache_key`). A mismatch or a truncated download raises `PresetHashError` with the expected and
+actual hash, and leaves nothing in the cache. Downloads are bounded (`download`: connect and idle-read timeouts, size
+caps, redirects held to the handle rules; docs/security.md); a cache that cannot be written raises `PresetCacheError`. Without network, a handle that is not cached raises `PresetUnavailableError` naming the
 handle, the cache folder and where to copy the files.
 
 Only `from_preset` and `save_to_preset` import Keras; the rest (handles, cache, registry) is plain Python, so
@@ -41,8 +42,8 @@ Example:
 >>> bool(np.allclose(loaded.score(x), model.score(x), atol=1e-6)), loaded.card_name
 (True, 'metaiqa-tiny')
 
-The package's modules: `format` (file names, errors, SHA-256 checks), `entries` (the registry), `fetch` (handles, cache,
-downloads, listing) and `saving` (model card, save / load, card fields from a run); every name is importable from here.
+The package's modules: `format` (file names, errors, SHA-256 checks), `entries` (the registry), `download` (one bounded
+HTTP(S) download), `fetch` (handles, cache, downloads, listing) and `saving` (model card, save / load, card fields from a run); every name is importable from here.
 """
 
 from __future__ import annotations

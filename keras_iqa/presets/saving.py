@@ -169,9 +169,14 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
         cache: cache root (default `cache_dir()`).
         sha256: pins an unregistered handle's files (metadata.json's hash, or a file -> hash dict).
         force_download: download again even when cached.
-        timeout, max_bytes: download limits (seconds, or (connect, read); bytes): see `fetch_preset`.
+        timeout: download timeouts, seconds (or (connect, read)): see `fetch_preset`.
+        max_bytes: the largest download accepted when no size is listed: see `fetch_preset`.
         **overrides: config fields replaced before the model is built, e.g. `test_crops=10`, `crop_policy="grid"`
             (architecture fields must match the weights).
+
+    The config is data: it is rebuilt with `safe_mode=True`, only a keras-iqa model class is accepted, its
+    `backbone_weights` is ignored (the weights come from model.weights.h5, nothing is fetched), and a folder holding a
+    SavedModel is refused (docs/security.md, Models: data and programs).
 
     Returns:
         The model, built, weights loaded; `model.card_name` is the card it came from and `model.preset_metadata` its

@@ -212,6 +212,19 @@ def test_a_redirect_to_plain_http_on_another_host_is_refused_without_connecting(
     assert {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in PRESET_FILES} == hashes
 
 
+def test_redirect_rules_are_the_handle_rules():
+    from keras_iqa.presets import check_url
+
+    check_url("https://example.org/p/metadata.json", via="https://cdn.example.org/p")
+    check_url("http://127.0.0.1:9/p/metadata.json", via="http://localhost:9/p")
+    for url, via, words in (("http://example.org/p", "https://example.org/p", "use https://"),
+                            ("http://127.0.0.1/p", "https://example.org/p", "may not redirect to plain http://"),
+                            ("file:///etc/passwd", "https://example.org/p", "not an https:// URL")):
+        with pytest.raises(PresetError, match=words) as e:
+            check_url(url, via=via)
+        assert f"{via} redirected to {url}" in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------------------- cache key
 def test_handles_whose_slugs_collide_get_their_own_cache_folders(server, tmp_path):
     cache = tmp_path / "cache"
