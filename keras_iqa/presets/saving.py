@@ -174,10 +174,6 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
         **overrides: config fields replaced before the model is built, e.g. `test_crops=10`, `crop_policy="grid"`
             (architecture fields must match the weights).
 
-    The config is data: it is rebuilt with `safe_mode=True`, only a keras-iqa model class is accepted, its
-    `backbone_weights` is ignored (the weights come from model.weights.h5, nothing is fetched), and a folder holding a
-    SavedModel is refused (docs/security.md, Models: data and programs).
-
     Returns:
         The model, built, weights loaded; `model.card_name` is the card it came from and `model.preset_metadata` its
         metadata.json.
