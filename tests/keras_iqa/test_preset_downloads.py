@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import types
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,41 @@ def test_a_read_only_cache_gives_one_line_and_a_cached_preset_still_loads(server
             assert fetch_preset(f"{server['url']}/p", cache=cache).is_dir()
         finally:
             cache.chmod(0o755)
+
+
+# --------------------------------------------------------------------------------------------------- Kaggle, HF
+def test_hugging_face_files_over_their_cap_are_refused_before_downloading(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.file_download import DryRunFileInfo
+
+    calls = []
+
+    def fake_download(repo_id, filename, etag_timeout=None, dry_run=False, **kwargs):
+        calls.append((filename, dry_run, etag_timeout))
+        if dry_run:
+            return DryRunFileInfo(commit_hash="0" * 40, file_size=2 << 30, filename=filename, is_cached=False,
+                                  local_path=str(tmp_path / filename), will_download=True)
+        raise AssertionError("downloaded although the announced size is over the cap")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setenv("KERAS_IQA_READ_TIMEOUT", "7")
+    with pytest.raises(PresetError, match="metadata.json is larger than 1,048,576 bytes .*announced 2,147,483,648"):
+        fetch_preset("hf://org/huge", cache=tmp_path / "cache")
+    assert calls == [(METADATA_FILE, True, 7.0)]
+    assert _left_in(tmp_path / "cache") == []
+
+
+def test_kaggle_files_over_their_cap_are_refused_before_entering_the_cache(tmp_path, monkeypatch):
+    big = tmp_path / "kagglehub" / METADATA_FILE
+    big.parent.mkdir()
+    with open(big, "wb") as f:
+        f.truncate(5 << 20)  # 5 MiB, sparse
+    fake = types.ModuleType("keras_hub.src.utils.preset_utils")  # keras-hub's get_file, without importing TensorFlow
+    fake.get_file = lambda handle, name: str(big)
+    monkeypatch.setitem(sys.modules, "keras_hub.src.utils.preset_utils", fake)
+    with pytest.raises(PresetError, match="metadata.json is larger than 1,048,576 bytes"):
+        fetch_preset("kaggle://org/model/keras/v/1", cache=tmp_path / "cache")
+    assert _left_in(tmp_path / "cache") == []
 
 
 # ---------------------------------------------------------------------------------------------------- interruptions
