@@ -400,16 +400,61 @@ def test_int8_scope_conv_keeps_other_ops_float(tmp_path):
         export_tflite(model, tmp_path / "x.tflite", quantize=["int8"], parity=False, int8_scope="most")
 
 
+# fp16 TFLite vs Keras, |score difference| on the 0-100 scale, for `tiny()` at seed 0. fp16 stores each weight and constant
+# with an 11-bit significand: relative rounding u = 2**-11; compute stays float32. A score is 50 + 10 * (sum of products of
+# at most 3 rounded factors: normalisation scale or offset, conv kernel or bias, dense kernel or bias), so it moves by at
+# most ((1 + u)**3 - 1) * M < 3.01 u * M, M = 10 * (the same sum over absolute values), plus float32 rounding of both
+# sides (<= 2 * 260 terms * 2**-24 * M). The test checks M for its images: 3.01 u M + 3.1e-5 M <= 0.6 (M <= ~400).
+FP16_MAX_ABS_DIFF = 0.6
+
+
+def _litert_scores(path, crops):
+    """Per-crop scores of a .tflite in the LiteRT interpreter, one crop per call (the sidecar's [1, c, c, 3] input)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    got = []
+    for crop in crops:
+        interp.set_tensor(inp["index"], crop[None].astype(np.float32))
+        interp.invoke()
+        got.append(float(interp.get_tensor(out["index"]).reshape(-1)[0]))
+    return np.array(got)
+
+
+def _fp16_first_order_magnitude(model, crops):
+    """M per crop (see FP16_MAX_ABS_DIFF): the TinyIQA score's terms taken in absolute value."""
+    import tensorflow as tf
+
+    a = np.abs(crops) * np.abs(np.asarray(model.norm.scale, np.float32)) + np.abs(np.asarray(model.norm.offset, np.float32))
+    conv = tf.nn.conv2d(a, np.abs(np.asarray(model.conv.kernel)), strides=2, padding="VALID").numpy()
+    g = (conv + np.abs(np.asarray(model.conv.bias))).mean(axis=(1, 2))
+    return 10.0 * (g @ np.abs(np.asarray(model.head.kernel))[:, 0] + abs(float(np.asarray(model.head.bias)[0])))
+
+
 def test_tflite_fp32_fp16_parity_and_cli_errors(tmp_path, capsys):
+    from data_pipeline.test_time import TestTimeCrops
     from keras_iqa.cli import main
 
-    rep = check_tflite(tiny(), tmp_path / "tfl", variants=("none", "fp16"))
+    keras.utils.set_random_seed(0)
+    model = tiny()
+    rep = check_tflite(model, tmp_path / "tfl", variants=("none", "fp16"))
     assert rep["variants"]["none"]["max_abs_diff_rel"] <= 1e-4
+    # fp16 parity recomputed here: the same crops through Keras and through the .tflite in the interpreter
+    fn = TestTimeCrops.from_model(model).crop_function()
+    crops = np.concatenate([np.asarray(fn(np.asarray(im, np.uint8))) for im in parity_images()]).astype(np.float32)
+    keras_scores = np.asarray(model.score(crops), np.float64).reshape(-1)
+    fp16_scores = _litert_scores(rep["variants"]["fp16"]["file"], crops)
+    magnitude = float(_fp16_first_order_magnitude(model, crops).max())
+    assert (3.01 * 2.0**-11 + 3.1e-5) * magnitude <= FP16_MAX_ABS_DIFF, magnitude  # the bound's premise
+    assert np.ptp(keras_scores) > 4 * FP16_MAX_ABS_DIFF  # the bound is small next to the scores' spread
+    assert np.max(np.abs(fp16_scores - keras_scores)) <= FP16_MAX_ABS_DIFF
     # a single-file --out needs a single variant
     from keras_iqa.export.tflite import export_tflite
 
     with pytest.raises(ValueError, match="names one file"):
-        export_tflite(tiny(), tmp_path / "x.tflite", quantize=["none", "fp16"], parity=False)
+        export_tflite(model, tmp_path / "x.tflite", quantize=["none", "fp16"], parity=False)
     assert main(["export", str(tmp_path / "missing.keras"), "--format", "tflite", "--out", str(tmp_path / "o")]) == 2
     assert "no such .keras file" in capsys.readouterr().err
 
