@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
+from keras_iqa.commands.train import add_overwrite_arg, claim, inputs
 from keras_iqa.registry import get_card
 
 DESCRIPTION = """\
@@ -54,6 +55,7 @@ def register(sub):
                    help="synthetic IQA dataset for curriculum 2 with --stages all (repeatable)")
     p.add_argument("--init", metavar="RUN", help="run directory (or .keras file) of the previous stage")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write (resumes if it exists)")
+    add_overwrite_arg(p)
     p.add_argument("--model", default="hcl", choices=("hcl", "hcl-tiny"), help="architecture card (default: hcl)")
     p.add_argument("--split", metavar="COL", help="split column of splits.csv for every stage (default split_00)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
@@ -80,7 +82,7 @@ def run(args):
     from keras_iqa.training.cpu import configure_cpu
 
     applied = configure_cpu(args.precision)  # first: it sets TF options that only act before TensorFlow starts
-    from keras_iqa.config import load_config
+    from keras_iqa.config import load_config, to_dict
     from keras_iqa.tasks import hcl as T
 
     cfg = T.HCLTrainConfig(model=get_card(args.model).config())
@@ -93,7 +95,11 @@ def run(args):
         over["distribute"] = args.distribute
     cfg = load_config(cfg, files=args.config, sets=args.set, overrides=over)
     stage = args.stages or args.stage
-    res = T.train(cfg, args.out, stage=stage, pairs=args.pairs, data=args.data, synthetic=args.synthetic, init=args.init)
+    doc = {**to_dict(cfg), "stage": stage, "pairs": inputs(args.pairs)[0], "data": inputs(*args.data),
+           "synthetic": inputs(*args.synthetic), "init": inputs(args.init)[0]}
+    with claim(args, "train hcl", doc):
+        res = T.train(cfg, args.out, stage=stage, pairs=args.pairs, data=args.data, synthetic=args.synthetic,
+                      init=args.init)
     summary = T.stage_summary(stage, res)
     print(json.dumps({"out": args.out, "model": "HCL (reconstruction)", "summary": summary,
                       "ablation": dataclasses.asdict(cfg.ablation), "cpu": applied}, indent=2, default=str))

@@ -10,6 +10,7 @@ which is also the Python API.
 from __future__ import annotations
 
 from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
+from keras_iqa.commands.train import add_overwrite_arg, claim, inputs
 from keras_iqa.tasks.metaiqa import PRESETS, TASK, MetaIQATrainConfig, set_test_contract  # noqa: F401 (re-exported)
 
 
@@ -41,6 +42,7 @@ def register(sub):
                    help="prepared synthetic dataset(s) with distortion types: one task per type (repeatable)")
     p.add_argument("--data", metavar="DIR", help="prepared target dataset: fine-tune on --split train, test on --split test")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (re-run to resume)")
+    add_overwrite_arg(p)
     p.add_argument("--model", help="registry card (metaiqa | metaiqa-official | metaiqa-tiny)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper defaults or the released code's")
     p.add_argument("--protocol", choices=("meta", "lodo", "baseline"), help="meta (default) | lodo | baseline")
@@ -71,5 +73,10 @@ def _config(args) -> MetaIQATrainConfig:
 
 
 def run(args) -> int:
-    TASK.train(_config(args), meta_data=args.meta_data, data=args.data, out=args.out, verbose=0 if args.quiet else 1)
+    from keras_iqa.config import to_dict
+
+    cfg = _config(args)
+    doc = {**to_dict(cfg), "meta_data": inputs(*args.meta_data), "data": inputs(args.data)[0]}
+    with claim(args, "train metaiqa", doc):
+        TASK.train(cfg, meta_data=args.meta_data, data=args.data, out=args.out, verbose=0 if args.quiet else 1)
     return 0

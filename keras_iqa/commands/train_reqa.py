@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
+from keras_iqa.commands.train import add_overwrite_arg, claim, inputs
 from keras_iqa.tasks import reqa
 from keras_iqa.tasks.reqa import (
     PRESETS, TARGET, REQATrainConfig, build_model, check_replica_batches, set_test_contract, train_data, validate
@@ -49,6 +50,7 @@ def register(sub):
     )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (keras-iqa prepare ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (re-run to resume)")
+    add_overwrite_arg(p)
     p.add_argument("--split", metavar="COL", help="split column of splits.csv (default split_00), or 'all': the paper's 20 train-test "
                    "iterations (split_00 .. split_19, `--set repetitions=N`), one run directory each, median in results.json")
     p.add_argument("--model", help="registry card (reqa | reqa-official | reqa-tiny)")
@@ -75,12 +77,16 @@ def _config(args) -> REQATrainConfig:
 def run(args) -> int:
     """One split (`--split split_03`), or `--split all`: the paper's protocol, `repetitions` (20) train-test iterations on
     split_00 .. split_{repetitions-1}, one run directory each under --out, and the median over them in --out/results.json."""
+    from keras_iqa.config import to_dict
+
     cfg = _config(args)
-    if cfg.split == "all":
-        doc = reqa.train_repetitions(cfg, args.data, args.out, protocol=args.preset, quiet=args.quiet)
-        print("median over splits:", json.dumps({k: doc["summary"].get(k, {}).get("median") for k in ("srocc", "plcc")}))
-        return 0
-    results = reqa.train(cfg, args.data, args.out, protocol=args.preset, quiet=args.quiet)
+    with claim(args, "train reqa", {**to_dict(cfg), "preset": args.preset, "data": inputs(args.data)[0]}):
+        if cfg.split == "all":
+            doc = reqa.train_repetitions(cfg, args.data, args.out, protocol=args.preset, quiet=args.quiet)
+            print("median over splits:",
+                  json.dumps({k: doc["summary"].get(k, {}).get("median") for k in ("srocc", "plcc")}))
+            return 0
+        results = reqa.train(cfg, args.data, args.out, protocol=args.preset, quiet=args.quiet)
     print(reqa.summary_line(results))
     print(f"run directory: {results['run_dir']}")
     return 0

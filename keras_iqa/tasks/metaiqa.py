@@ -69,7 +69,7 @@ class MetaIQATrainConfig:
     support_fraction: float = 0.8
     meta_target: str = "normalized"        # score/normalized, or pseudo for generated data (score/pseudo)
     query_mode: str = "crop"               # crop (paper: random 224 crops) | resize (official: whole image at 224)
-    resize: Optional[list] = None          # [h, w] or short side before the training crops (support, query crops and
+    resize: Union[int, list, None] = None  # [h, w] or short side before the training crops (support, query crops and
                                            # fine-tuning); official: [256, 256] (aspect not kept), paper: None (native)
     eval_crops: int = 25                   # test crops averaged per image (paper default: crops at the training scale)
     eval_mode: str = "random"              # random (paper default) | grid | resize (official: whole image to 224, 1 pass)

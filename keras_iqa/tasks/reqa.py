@@ -58,7 +58,7 @@ class REQATrainConfig:
     lr_factor: float = 0.1
     weight_decay: float = 5e-4              # coupled L2 (added to gradients)
     crop_size: Optional[int] = None         # default: the card's (224; reqa-tiny 64)
-    resize: Optional[list] = None           # [h, w] or short side: resize before the crop, in training AND at test
+    resize: Union[int, list, None] = None   # [h, w] or short side: resize before the crop, in training AND at test
                                             # (official: KonIQ [512, 384], BID [512, 512]); saved as model.test_resize
     flip: bool = True
     eval_crops: Optional[int] = None        # test crops per image (default: the card's, 25); saved as model.test_crops

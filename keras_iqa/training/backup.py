@@ -9,8 +9,8 @@ import signal
 import sys
 from typing import Optional
 
-from keras_iqa.training.files import (_exists, _first_line, _gfile_open, _human, _is_remote, _join, _sha256, _size,
-                                      _write_text, atomic_write, log)
+from keras_iqa.training.files import (DiskFullError, _exists, _first_line, _gfile_open, _human, _is_remote, _join,
+                                      _sha256, _size, _write_text, atomic_write, log)
 
 
 def _test_seam(epoch: int, moment: str, path: Optional[str] = None) -> None:
@@ -105,8 +105,22 @@ class BackupStore:
                 return f"{info['file']} does not match its SHA-256"
         return None
 
+    def intact_note(self) -> str:
+        """What a full disk leaves to resume from: "the last good backup (epoch N, <dir>) is intact" or that there is none."""
+        entries = self._read_index(self.write_dir)
+        if not entries:
+            return f"no backup was committed yet in {self.write_dir}"
+        return f"the last good backup (epoch {int(entries[0]['epoch'])}, {self.write_dir}) is intact"
+
     def save(self, epoch: int, files: dict, **meta) -> dict:
-        """Writes `files` = {name: (suffix, write(path))} as the state after `epoch`, commits it and returns the entry."""
+        """Writes `files` = {name: (suffix, write(path))} as the state after `epoch`, commits it and returns the entry. A full
+        disk raises `DiskFullError` naming the file and the last committed backup, which stays intact."""
+        try:
+            return self._save(epoch, files, **meta)
+        except DiskFullError as e:
+            raise DiskFullError(e.path, need=e.need, note=self.intact_note()) from None
+
+    def _save(self, epoch: int, files: dict, **meta) -> dict:
         local = not _is_remote(self.write_dir)
         if local:
             os.makedirs(self.write_dir, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from keras_iqa.training.backup import BackupStore
-from keras_iqa.training.files import atomic_write, log, save_json
+from keras_iqa.training.files import DiskFullError, atomic_write, is_disk_full, log, save_json, weights_writer
 
 
 def _make_backup_callback():
@@ -28,7 +28,7 @@ def _make_backup_callback():
             self.store = store
 
         def on_epoch_end(self, epoch, logs=None):
-            self.store.save(epoch + 1, {"weights": (".weights.h5", lambda p: self.model.save_weights(p))})
+            self.store.save(epoch + 1, {"weights": (".weights.h5", weights_writer(self.model))})
 
     return Backup
 
@@ -40,16 +40,22 @@ def _make_checkpoint_callback():
         """`epoch_XXX.weights.h5` after every epoch and, with `monitor`, `best.weights.h5` (its value in `best.json`, so
         a resumed run keeps its best), each written atomically."""
 
-        def __init__(self, directory, monitor: Optional[str] = None, mode: str = "max"):
+        def __init__(self, directory, monitor: Optional[str] = None, mode: str = "max", store: Optional[BackupStore] = None):
             super().__init__()
             if mode not in ("max", "min"):
                 raise ValueError(f"checkpoint mode must be 'max' or 'min', got {mode!r}")
-            self.dir, self.monitor, self.mode = Path(directory), monitor, mode
+            self.dir, self.monitor, self.mode, self.store = Path(directory), monitor, mode, store
 
         def _save(self, path):
-            atomic_write(path, lambda p: self.model.save_weights(p), suffix=".weights.h5")
+            atomic_write(path, weights_writer(self.model), suffix=".weights.h5")
 
         def on_epoch_end(self, epoch, logs=None):
+            try:
+                self._on_epoch_end(epoch, logs)
+            except DiskFullError as e:  # the backup of this epoch (written before) names what a re-run resumes from
+                raise DiskFullError(e.path, need=e.need, note=self.store.intact_note() if self.store else e.note) from None
+
+        def _on_epoch_end(self, epoch, logs=None):
             self.dir.mkdir(parents=True, exist_ok=True)
             self._save(self.dir / f"epoch_{epoch + 1:03d}.weights.h5")
             if not self.monitor:
@@ -90,10 +96,23 @@ def _make_csv_logger():
             super().on_train_begin(logs)
 
         def on_epoch_end(self, epoch, logs=None):
-            if not self._first_epoch_seen:
-                self._first_epoch_seen = True
-                self._truncate_from(epoch)
-            super().on_epoch_end(epoch, logs)
+            try:
+                if not self._first_epoch_seen:
+                    self._first_epoch_seen = True
+                    self._truncate_from(epoch)
+                super().on_epoch_end(epoch, logs)
+            except OSError as e:  # a full disk: the row cut short is dropped by the resumed run (`_truncate_from`)
+                if not is_disk_full(e):
+                    raise
+                self._drop_file()
+                raise DiskFullError(self.filename) from None
+
+        def _drop_file(self):
+            """Closes the history file without flushing what a full disk refused (a later flush would fail again)."""
+            f, self.csv_file, self.writer = self.csv_file, None, None
+            raw = getattr(getattr(f, "buffer", None), "raw", None)
+            if raw is not None:
+                raw.close()  # a buffered file whose raw file is closed closes without flushing
 
         def _truncate_from(self, epoch):
             if not os.path.exists(self.filename) or self.csv_file is None:

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from keras_iqa.training.files import weights_writer
 from keras_iqa.training.runner import BackupStore, worker_info, _first_line, _h5_problem, log
 
 __all__ = ["open_store", "save_state", "restore_state"]
@@ -35,7 +36,7 @@ def save_state(learner, store, epoch: int) -> None:
         with open(path, "wb") as f:
             np.savez(f, *arrays[1:], t=arrays[0])
 
-    store.save(epoch + 1, {"theta": (".weights.h5", lambda p: learner.model.save_weights(p)), "adam": (".npz", write_adam)},
+    store.save(epoch + 1, {"theta": (".weights.h5", weights_writer(learner.model)), "adam": (".npz", write_adam)},
                history=learner.history)
 
 

@@ -24,7 +24,8 @@ from data_pipeline.layout import (BACKUP_DIR, CHECKPOINTS_DIR, CONFIG_FILE, HIST
 from keras_iqa.training.backup import BackupStore
 from keras_iqa.training.callbacks import _make_backup_callback, _make_checkpoint_callback, _ResumableCSVLogger
 from keras_iqa.training.distribute import worker_info
-from keras_iqa.training.files import _first_line, _h5_problem, log, save_json
+from keras_iqa.training.files import DiskFullError, _first_line, _h5_problem, is_disk_full, log, save_json
+from keras_iqa.training.out_dir import LOCK_FILE, claimed, run_mark
 
 
 def set_seed(seed: int) -> None:
@@ -62,9 +63,13 @@ class RunDir:
     @classmethod
     def create(cls, path: os.PathLike, config: Any = None, seed: Optional[int] = None, extra: Optional[dict] = None,
                strategy=None) -> "RunDir":
-        """Creates (or reopens, to resume) a run directory; with a multi-worker `strategy` only its chief writes it."""
+        """Creates (or reopens, to resume) a run directory; with a multi-worker `strategy` only its chief writes it. A folder
+        that holds files but is not a keras-iqa run is refused (`keras_iqa.training.out_dir`; the `train` commands check it
+        first, with `--overwrite`)."""
         chief, worker = worker_info(strategy)
         run = cls(path, chief=chief, worker=worker)
+        if chief and not claimed(path):
+            _refuse_foreign(Path(path))
         run.path.mkdir(parents=True, exist_ok=True)
         run.checkpoints.mkdir(exist_ok=True)
         if config is not None:
@@ -106,10 +111,17 @@ class RunDir:
         return self.path / name
 
     def save_final(self, model) -> Path:
-        """Saves `model.keras` atomically."""
+        """Saves `model.keras` atomically (Keras writes its HDF5 part in memory, then the zip with Python's file I/O); a full
+        disk raises `DiskFullError`, the backups left intact."""
         tmp = self.path / "model.tmp.keras"
-        model.save(tmp)
-        os.replace(tmp, self.final_model)
+        try:
+            model.save(tmp)
+            os.replace(tmp, self.final_model)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            tmp.unlink(missing_ok=True)
+            raise DiskFullError(self.final_model, note=self.backup_store().intact_note()) from None
         return self.final_model
 
     def callbacks(self, monitor: Optional[str] = None, mode: str = "max", tensorboard: bool = True, backup: bool = True) -> list:
@@ -120,9 +132,10 @@ class RunDir:
         # the history row first: a committed backup then always has its epoch's row (a kill between the two leaves a row
         # that the resumed run re-does and drops, never a backup whose row is missing)
         cbs = [_ResumableCSVLogger(str(self.history_csv))]
+        store = self.backup_store() if backup else None
         if backup:
-            cbs.append(_make_backup_callback()(self.backup_store()))
-        cbs.append(_make_checkpoint_callback()(self.checkpoints, monitor=monitor, mode=mode))
+            cbs.append(_make_backup_callback()(store))
+        cbs.append(_make_checkpoint_callback()(self.checkpoints, monitor=monitor, mode=mode, store=store))
         if tensorboard:
             cbs.append(keras.callbacks.TensorBoard(str(self.path / "logs"), write_graph=False, profile_batch=0))
         return cbs
@@ -198,6 +211,17 @@ class RunDir:
                     out.append((int(m.group(1)), f"checkpoints/{p.name}", str(p), readable(f"checkpoints/{p.name}", str(p))))
         out.sort(key=lambda c: -c[0])  # stable: at one epoch, backups (listed first) before checkpoints
         return out
+
+
+def _refuse_foreign(path: Path) -> None:
+    """A ValueError when `path` holds files and is not a keras-iqa run (`out_dir.run_mark`)."""
+    names = sorted(n for n in os.listdir(path) if n != LOCK_FILE) if path.is_dir() else []
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a folder: choose a folder for the run")
+    if names and run_mark(path) is None:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ValueError(f"{path} is not a keras-iqa run folder (it holds {shown}): choose a new or empty folder; "
+                         "keras-iqa does not write over files it did not make")
 
 
 def _build_optimizers(model) -> None:

@@ -67,7 +67,7 @@ def test_config_sets_files_and_nesting(tmp_path):
 @pytest.mark.parametrize(
     "sets,match",
     [(["nope=1"], "Unknown config key 'nope'"), (["optimizer.nope=1"], "optimizer.nope"),
-     (["epochs=abc"], "invalid literal"), (["flip=maybe"], "boolean"), (["epochs"], "key=value"),
+     (["epochs=abc"], "config key 'epochs' expects an integer, got 'abc'"), (["flip=maybe"], "boolean"), (["epochs"], "key=value"),
      (["name.x=1"], "not a section")],
 )
 def test_config_errors(sets, match):
