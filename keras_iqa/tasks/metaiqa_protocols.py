@@ -21,6 +21,7 @@ import keras
 from keras_iqa.optimizers import FusedAdam
 from keras_iqa.tasks.evaluate import evaluate, predict_batches
 from keras_iqa.training import runner
+from keras_iqa.training.files import weights_writer
 from keras_iqa.training.meta_learner import MetaLearner, lr_factor
 
 __all__ = [
@@ -226,7 +227,7 @@ def synthetic_to_authentic(meta_tasks: Sequence[dict], build_model: Callable[[],
     out = {"meta": learner.fit_meta(meta_tasks, **fit), "model": model}
     out["meta_traces"] = dict(learner.trace_counts)
     if meta_run is not None:
-        runner.atomic_write(meta_run.path / "meta.weights.h5", lambda p: model.save_weights(p), suffix=".weights.h5")
+        runner.atomic_write(meta_run.path / "meta.weights.h5", weights_writer(model), suffix=".weights.h5")
     if train_data is not None:
         ft_run = None
         if run is not None:
