@@ -19,6 +19,7 @@ CACHE_ENV = "KERAS_IQA_CACHE"
 REMOTE_SCHEMES = ("kaggle", "hf", "https", "http")
 ENTRY_METADATA_FIELDS = ("card", "description", "dataset", "protocol", "srocc", "plcc", "machine", "license", "command")
 _LOOPBACK_HOSTS = ("localhost",)
+JSON_MAX_BYTES = 16 << 20  # config.json / metadata.json of a local or cached preset
 
 
 class PresetError(ValueError):
@@ -68,6 +69,10 @@ def _file_records(folder: Path, names=(CONFIG_FILE, WEIGHTS_FILE)) -> dict:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
+        size = Path(path).stat().st_size
+        if size > JSON_MAX_BYTES:  # a preset's JSON files are kilobytes: never read a huge one into memory
+            raise PresetError(f"{path}: {size:,} bytes is too large for a preset's {what} (at most {JSON_MAX_BYTES:,}); "
+                              "not a keras-iqa preset")
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PresetError(f"{path}: cannot read the preset's {what} ({type(e).__name__}: {e})") from None

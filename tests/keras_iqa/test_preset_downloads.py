@@ -290,6 +290,19 @@ def test_a_read_only_cache_gives_one_line_and_a_cached_preset_still_loads(server
             cache.chmod(0o755)
 
 
+def test_a_local_preset_with_a_huge_metadata_json_is_refused_unread(tmp_path):
+    _fake_preset(tmp_path / "p", 11)
+    with open(tmp_path / "p" / METADATA_FILE, "r+b") as f:
+        f.truncate(1 << 30)  # 1 GiB, sparse
+    tracemalloc.start()
+    try:
+        with pytest.raises(PresetError, match="1,073,741,824 bytes is too large for a preset's metadata.json"):
+            fetch_preset(str(tmp_path / "p"))
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
 # --------------------------------------------------------------------------------------------------- Kaggle, HF
 def test_hugging_face_files_over_their_cap_are_refused_before_downloading(tmp_path, monkeypatch):
     import huggingface_hub
