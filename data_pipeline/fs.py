@@ -429,10 +429,18 @@ def read_image(path) -> bytes:
     """The bytes of an image file for the decode policy (`data_pipeline.images`), from any path or URI.
 
     Raises:
-        ImageDecodeError: missing, unreadable or empty file (the message names it), so the writer records a reject.
+        ImageDecodeError: missing, unreadable, empty or too large file (the message names it; the size limit is checked
+            before reading: `data_pipeline.images.check_file_size`), so the writer records a reject.
     """
-    from data_pipeline.images import ImageDecodeError
+    from data_pipeline.images import ImageDecodeError, check_file_size
 
+    try:
+        nbytes = size(path)
+    except FileNotFoundError as e:
+        raise ImageDecodeError(f"{path}: file not found") from e
+    except Exception:  # a store that cannot tell the size: the read below reports the problem
+        nbytes = 0
+    check_file_size(path, nbytes)
     try:
         data = read_bytes(path)
     except FileNotFoundError as e:

@@ -7,6 +7,11 @@ Policy, applied in this order:
 4. grayscale and CMYK converted to RGB; alpha composited on white;
 5. long side capped at `max_long_side` (area resampling), short side raised to `min_short_side` (bicubic) with a warning.
 
+Before any pixel is decoded, the size limits (docs/security.md, Images) are checked: the file's size (from the file
+system, before it is read), then the width and height from the header (pixel count and aspect ratio). A JPEG over the
+pixel limit that the caller will resize anyway (`resize_target`) is decoded at 1/2, 1/4 or 1/8 size instead (libjpeg DCT
+scaling, `PIL.Image.draft`) when that still leaves at least twice the pixels the resize keeps on each side.
+
 Two implementations that agree on the same bytes:
 - `load_image(path_or_bytes)`: Pillow, returns uint8 HxWx3 numpy; raises `ImageDecodeError` with the reason.
 - `decode_image_tensor(encoded)`: TF graph (tf.function/serving friendly), returns uint8 HxWx3 tensor.
@@ -18,17 +23,32 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
+import re
 import warnings
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
 logger = logging.getLogger(__name__)
 
-Image.MAX_IMAGE_PIXELS = 300_000_000  # huge but legitimate photos; decompression bombs beyond this still fail
+#: The size limits' defaults and the environment variables that change them (docs/security.md, Images).
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS' default)
+DEFAULT_MAX_FILE_BYTES = 256 * 2**20
+DEFAULT_MAX_ASPECT_RATIO = 20.0
+ENV_MAX_PIXELS = "KERAS_IQA_MAX_IMAGE_PIXELS"
+ENV_MAX_FILE_BYTES = "KERAS_IQA_MAX_IMAGE_BYTES"
+ENV_MAX_ASPECT_RATIO = "KERAS_IQA_MAX_ASPECT_RATIO"
+_LIMITS = {  # field -> (environment variable, default, type)
+    "max_pixels": (ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, int),
+    "max_file_bytes": (ENV_MAX_FILE_BYTES, DEFAULT_MAX_FILE_BYTES, int),
+    "max_aspect_ratio": (ENV_MAX_ASPECT_RATIO, DEFAULT_MAX_ASPECT_RATIO, float),
+}
+#: libjpeg's DCT scalings that `PIL.Image.draft` can decode at (1/2, 1/4, 1/8).
+DRAFT_SCALES = (2, 4, 8)
 
 #: Formats whose original bytes `tf.io.decode_image` reads (GIF: first frame).
 GRAPH_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
@@ -49,35 +69,160 @@ class DecodePolicy:
     Args:
         min_short_side: images whose short side is smaller are upsampled (bicubic) to it, with a warning; 0 disables.
         max_long_side: images whose long side is larger are downsampled (area) to it; 0 disables.
+        max_pixels: width x height above which an image is refused, read from its header before decoding. None: the
+            environment variable KERAS_IQA_MAX_IMAGE_PIXELS, else 89,478,485; 0: no keras-iqa limit (Pillow's own
+            decompression-bomb limit, `PIL.Image.MAX_IMAGE_PIXELS`, still applies).
+        max_file_bytes: files larger than this are refused before they are read. None: KERAS_IQA_MAX_IMAGE_BYTES, else
+            256 MiB; 0: no limit.
+        max_aspect_ratio: long side / short side above which an image is refused (its test-time upsampling would be
+            huge). None: KERAS_IQA_MAX_ASPECT_RATIO, else 20; 0: no limit.
     """
 
     min_short_side: int = 0
     max_long_side: int = 0
+    max_pixels: Optional[int] = None
+    max_file_bytes: Optional[int] = None
+    max_aspect_ratio: Optional[float] = None
+
+    def resolved(self) -> "DecodePolicy":
+        """This policy with every limit left at None read from its environment variable, else its default.
+
+        Raises:
+            ValueError: an environment variable that is not a number >= 0 (the message names it).
+        """
+        values = {}
+        for field, (env, default, kind) in _LIMITS.items():
+            if getattr(self, field) is not None:
+                continue
+            text = os.environ.get(env, "").strip()
+            try:
+                value = kind(text.replace("_", "")) if text else default
+            except ValueError:
+                value = -1
+            if not value >= 0:
+                raise ValueError(f"{env}={text!r}: expected a number >= 0 (0 turns the limit off)")
+            values[field] = value
+        return replace(self, **values) if values else self
 
 
 DEFAULT_POLICY = DecodePolicy()
 Source = Union[str, os.PathLike, bytes]
+#: `resize_target(height, width) -> (h, w)`: the size the caller resizes the decoded image to, None when it does not
+#: (e.g. `data_pipeline.test_time.TestTimeCrops.resize_target`); lets a JPEG over the pixel limit decode at reduced size.
+ResizeTarget = Callable[[int, int], Optional[tuple]]
 
 
-def _open(source: Source) -> Image.Image:
+def _setting(field: str) -> str:
+    env = _LIMITS[field][0]
+    return f"set {env}=N or DecodePolicy({field}=N); 0 turns it off"
+
+
+def check_file_size(name, nbytes: int, policy: DecodePolicy = DEFAULT_POLICY) -> None:
+    """Refuses a file of `nbytes` over the policy's `max_file_bytes` (call it before reading the file).
+
+    Raises:
+        ImageDecodeError: naming the file, its size, the limit and the setting.
+    """
+    limit = policy.resolved().max_file_bytes
+    if limit and nbytes > limit:
+        raise ImageDecodeError(f"{name}: file of {nbytes:,} bytes is over the image file size limit of {limit:,} bytes "
+                               f"(max_file_bytes; {_setting('max_file_bytes')}); not read")
+
+
+def check_dimensions(name, width: int, height: int, policy: DecodePolicy = DEFAULT_POLICY,
+                     pixel_limit: bool = True) -> None:
+    """Refuses a `width` x `height` image over the policy's aspect ratio or (`pixel_limit`) pixel limit.
+
+    Raises:
+        ImageDecodeError: naming the image, its size, the limit and the setting.
+    """
+    policy = policy.resolved()
+    width, height = int(width), int(height)
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"{name}: empty image ({width} x {height} pixels)")
+    ratio = max(width, height) / min(width, height)
+    if policy.max_aspect_ratio and ratio > policy.max_aspect_ratio:
+        raise ImageDecodeError(f"{name}: {width} x {height} pixels has an aspect ratio of {ratio:.4g}:1, over the limit of "
+                               f"{policy.max_aspect_ratio:g}:1 (max_aspect_ratio; {_setting('max_aspect_ratio')})")
+    if pixel_limit and policy.max_pixels and width * height > policy.max_pixels:
+        raise ImageDecodeError(f"{name}: {width} x {height} = {width * height:,} pixels is over the image pixel limit of "
+                               f"{policy.max_pixels:,} (max_pixels; {_setting('max_pixels')})")
+
+
+def _name(source: Source) -> str:
+    return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def _open(source: Source, policy: DecodePolicy = DEFAULT_POLICY, resize_target: Optional[ResizeTarget] = None
+          ) -> Image.Image:
+    """Opens and decodes `source` after the size limits (file size, then the header's width and height)."""
+    name = _name(source)
+    policy = policy.resolved()
     try:
         if isinstance(source, (bytes, bytearray)):
             if not source:
                 raise ImageDecodeError("empty input (0 bytes)")
-            img = Image.open(io.BytesIO(source))
+            check_file_size(name, len(source), policy)
+            fp = io.BytesIO(source)
         else:
-            if os.path.getsize(source) == 0:
+            nbytes = os.path.getsize(source)
+            if nbytes == 0:
                 raise ImageDecodeError(f"{source}: empty file (0 bytes)")
-            img = Image.open(source)
+            check_file_size(name, nbytes, policy)
+            fp = source
+        img = Image.open(fp)  # reads the header only
+        _limit_size(img, name, policy, resize_target)
         img.load()
         return img
     except ImageDecodeError:
         raise
     except FileNotFoundError as e:
         raise ImageDecodeError(f"{source}: file not found") from e
-    except Exception as e:  # Pillow raises many types: UnidentifiedImageError, OSError (truncated), SyntaxError...
-        name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-        raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
+    except Image.DecompressionBombError as e:  # Pillow checks twice PIL.Image.MAX_IMAGE_PIXELS in Image.open
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "the image"
+        raise ImageDecodeError(f"{name}: {pixels} is over Pillow's decompression-bomb limit of "
+                               f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels (twice PIL.Image.MAX_IMAGE_PIXELS; raise "
+                               f"that too to go past it; keras-iqa's own limit: {_setting('max_pixels')})") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageDecodeError(f"{name}: cannot decode image (not a format Pillow reads: UnidentifiedImageError)") from e
+    except Exception as e:  # Pillow raises many types: OSError (truncated), SyntaxError, ValueError...
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the bytes", str(e))
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {reason})") from e
+
+
+def _oriented(img: Image.Image) -> tuple[int, int]:
+    """(height, width) of `img` once its EXIF orientation is applied (read from the header)."""
+    try:
+        transposed = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        transposed = False
+    return (img.width, img.height) if transposed else (img.height, img.width)
+
+
+def _limit_size(img: Image.Image, name: str, policy: DecodePolicy, resize_target: Optional[ResizeTarget]) -> None:
+    """The header checks: aspect ratio, then pixels; a JPEG over the pixel limit is set to decode at the smallest DCT
+    scaling that brings it under the limit, when the caller resizes it to at most half that size on each side."""
+    width, height = img.size
+    check_dimensions(name, width, height, policy, pixel_limit=False)
+    if not policy.max_pixels or width * height <= policy.max_pixels:
+        return
+    if img.format == "JPEG" and resize_target is not None:
+        oh, ow = _oriented(img)
+        target = resize_target(oh, ow)
+        for k in DRAFT_SCALES if target is not None else ():
+            rw, rh = -(-width // k), -(-height // k)
+            r_h, r_w = (rw, rh) if (oh, ow) != (height, width) else (rh, rw)
+            if r_h < 2 * target[0] or r_w < 2 * target[1]:
+                break
+            if rw * rh <= policy.max_pixels:
+                img.draft(None, (width // k, height // k))
+                if img.size == (rw, rh):
+                    logger.info("%s: %d x %d decoded at 1/%d size (%d x %d) for a resize to %d x %d", name, width, height,
+                                k, rw, rh, target[1], target[0])
+                    return
+                break
+    check_dimensions(name, width, height, policy)
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -88,16 +233,21 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         if mode == "I" and arr.max(initial=0) <= 255:
             arr8 = arr.astype(np.uint8)
         else:
-            arr8 = (arr.astype(np.uint32) >> 8).astype(np.uint8)
+            arr8 = (arr >> 8).astype(np.uint8)  # in the array's own dtype: no 4-byte copy of a 16-bit image
+        del arr
         return np.repeat(arr8[..., None], 3, axis=2)
     if mode == "F":
         arr = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA")).astype(np.float32)
-        alpha = rgba[..., 3:4] / 255.0
-        rgb = rgba[..., :3] * alpha + WHITE * (1.0 - alpha)
-        return np.round(rgb).astype(np.uint8)
+        rgba = np.asarray(img if mode == "RGBA" else img.convert("RGBA"))
+        out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+        step = max(1, (1 << 20) // max(1, rgba.shape[1]))  # ~1 M pixels of float32 at a time
+        for y in range(0, rgba.shape[0], step):
+            part = rgba[y:y + step].astype(np.float32)
+            alpha = part[..., 3:4] / 255.0
+            out[y:y + step] = np.round(part[..., :3] * alpha + WHITE * (1.0 - alpha))
+        return out
     if mode == "RGB":
         return np.asarray(img)
     if mode == "CMYK":
@@ -120,21 +270,29 @@ def _resize(arr: np.ndarray, policy: DecodePolicy, name: str) -> np.ndarray:
     return arr
 
 
-def load_image(source: Source, policy: DecodePolicy = DEFAULT_POLICY) -> np.ndarray:
+def load_image(source: Source, policy: DecodePolicy = DEFAULT_POLICY,
+               resize_target: Optional[ResizeTarget] = None) -> np.ndarray:
     """Decodes a file path or encoded bytes to uint8 HxWx3 RGB under the decode policy (Python path).
 
+    `resize_target(height, width)`: the size the caller resizes the image to next (None: it does not); a JPEG over
+    `max_pixels` is then decoded at reduced size instead of refused, when the reduced image keeps at least twice that
+    size on each side (the module docstring).
+
     Raises:
-        ImageDecodeError: unreadable, truncated, empty or non-image input; the message names the input and the reason.
+        ImageDecodeError: unreadable, truncated, empty, non-image or over-limit input; the message names the input and the
+            reason (for a limit: the value, the limit and its setting).
     """
-    return from_pil(_open(source), policy, name=str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>")
+    return from_pil(_open(source, policy, resize_target), policy, name=_name(source))
 
 
 def from_pil(img: Image.Image, policy: DecodePolicy = DEFAULT_POLICY, name: str = "<PIL image>") -> np.ndarray:
     """Steps 1-5 of the policy on an opened Pillow image (what `load_image` does after opening): uint8 HxWx3 RGB.
 
     Raises:
-        ImageDecodeError: pixels that cannot be read or give no RGB image; the message starts with `name`.
+        ImageDecodeError: pixels that cannot be read or give no RGB image, or an image over the size limits; the
+            message starts with `name`.
     """
+    check_dimensions(name, img.width, img.height, policy)
     try:
         if getattr(img, "is_animated", False):
             img = next(iter(ImageSequence.Iterator(img))).copy()

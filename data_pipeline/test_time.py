@@ -225,13 +225,20 @@ class TestTimeCrops:
         h, w = resized_size(height, width, self.resize)
         return upsampled_size(h, w, self.crop_size)
 
+    def resize_target(self, height: int, width: int) -> Optional[tuple[int, int]]:
+        """(h, w) the whole image is resized to (step 2 or 3), None when the crops are taken at the image's own scale.
+        What `data_pipeline.images.load_image(resize_target=...)` needs to decode a huge JPEG at reduced size."""
+        if self.policy == "resize":
+            return self.crop_size, self.crop_size
+        return None if self.resize is None else resized_size(height, width, self.resize)
+
     # ------------------------------------------------------------------------------------------------------ graph ops
     def prepare(self, image):
         """Steps 1, 3, 4: float32 [H', W', 3] tensor the crops are taken from (graph-safe)."""
         import tensorflow as tf
 
-        img = tf.cast(image, tf.float32)
-        return ensure_min_side(resize_image(img, self.resize), self.crop_size)
+        img = _float_unless_resized(image, self.resize is not None)
+        return ensure_min_side(tf.cast(resize_image(img, self.resize), tf.float32), self.crop_size)
 
     def crops(self, image):
         """The crops of ONE image: uint8 or float [H, W, 3] (values in [0, 255]) -> float32 [n, c, c, 3]. Graph-safe."""
@@ -239,7 +246,7 @@ class TestTimeCrops:
 
         c = self.crop_size
         if self.policy == "resize":
-            img = tf.image.resize(tf.cast(image, tf.float32), [c, c], method="bilinear", antialias=True)
+            img = tf.image.resize(_float_unless_resized(image, True), [c, c], method="bilinear", antialias=True)
             return tf.ensure_shape(tf.clip_by_value(img, 0.0, 255.0)[None], [1, c, c, 3])
         img = self.prepare(image)
         shape = tf.shape(img)
@@ -275,9 +282,29 @@ class TestTimeCrops:
 
         return tf.reduce_mean(tf.cast(crop_scores, tf.float32), axis=-1)
 
+    def crops_array(self, image: np.ndarray) -> np.ndarray:
+        """`crops` of a uint8 [H, W, 3] numpy image as a float32 numpy array. Crops at the image's own scale (no resize,
+        no upsampling) are sliced from the array (the same pixels, no copy of the image); others run `crop_function`."""
+        h, w = image.shape[:2]
+        if self.policy == "resize" or self.resize is not None or min(h, w) < self.crop_size:
+            import tensorflow as tf
+
+            return np.asarray(self.crop_function()(tf.constant(image)))
+        c = self.crop_size
+        return np.stack([image[y:y + c, x:x + c] for y, x in self.offsets(h, w)]).astype(np.float32)
+
     def crop_function(self):
         """A cached `tf.function` uint8 [H, W, 3] -> crops [n, c, c, 3] (traced once per contract)."""
         return _crop_function(self)
+
+
+def _float_unless_resized(image, resized: bool):
+    """Step 1. A uint8 image about to be resized stays uint8: `tf.image.resize` gives the same float32 values from it
+    as from its float32 copy, without holding that copy (4 bytes per value) of a large photo."""
+    import tensorflow as tf
+
+    image = tf.convert_to_tensor(image)
+    return image if resized and image.dtype == tf.uint8 else tf.cast(image, tf.float32)
 
 
 def resize_matrix(size_in: int, size_out: int, method: str, antialias: bool) -> np.ndarray:

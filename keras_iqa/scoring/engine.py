@@ -1,5 +1,6 @@
-"""The one scoring loop: images decoded in threads one batch ahead, cropped by the test-time contract, the crops of a
-batch scored together; `score_paths` (files) and `score_images` (decoded arrays) run it."""
+"""The one scoring loop: images decoded and cropped by the test-time contract in threads one batch ahead (only the crops
+wait for their batch, never a whole decoded photo), the crops of a batch scored together; `score_paths` (files) and
+`score_images` (decoded arrays) run it."""
 
 from __future__ import annotations
 
@@ -25,29 +26,40 @@ class _Result:
     error: Optional[str] = None
 
 
-def _load(item: _Item):
-    from data_pipeline.images import ImageDecodeError
+def _load(item: _Item, contract=None, policy=None):
+    """(image, None) or, with a test-time `contract`, (its crops [n, c, c, 3] float32, None); (None, reason) when the
+    item cannot be decoded, is over the decode policy's limits (`policy`; None: the default) or cannot be cropped."""
+    from data_pipeline.images import DEFAULT_POLICY, ImageDecodeError, check_dimensions
 
     try:
-        return item.load(), None
+        if contract is not None and item.load_reduced is not None:
+            img = item.load_reduced(contract.resize_target)
+        else:
+            img = item.load()
+        check_dimensions(item.source, img.shape[1], img.shape[0], policy or DEFAULT_POLICY, pixel_limit=False)
     except (ImageDecodeError, ValueError, TypeError, FileNotFoundError) as e:
         return None, str(e)
     except Exception as e:  # anything else a broken input triggers: report it and go on
         return None, f"{type(e).__name__}: {e}"
+    if contract is None:
+        return img, None
+    try:
+        return contract.crops_array(img), None
+    except Exception as e:
+        return None, f"cropping failed: {type(e).__name__}: {e}"
 
 
 def _run(scorer: Scorer, items: Iterable[_Item], batch_size: int = 8, workers: int = 2, want_crops: bool = False,
-         bar: Optional[Callable] = None):
-    """Yields each batch's `_Result`s (in input order). Images are decoded in `workers` threads one batch ahead, so the
-    next batch decodes while this one is scored; the crops of a batch's images share forward passes."""
-    import tensorflow as tf
-
+         bar: Optional[Callable] = None, policy=None):
+    """Yields each batch's `_Result`s (in input order). Images are decoded and cropped in `workers` threads one batch
+    ahead, so the next batch decodes while this one is scored; the crops of a batch's images share forward passes.
+    `policy`: the decode policy whose size limits every item meets (None: the default, limits from the environment)."""
     if int(batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if want_crops and scorer.image_scores:
         raise ValueError(f"{scorer.source}: a whole-photo .tflite gives one score per photo (its crops are inside the graph); "
                          "per-crop scores need the per-crop .tflite, the SavedModel or a Keras model")
-    crop = None if scorer.image_scores else scorer.test_time.crop_function()
+    contract = None if scorer.image_scores else scorer.test_time
     pending = collections.deque()
     it = iter(items)
     done = nbad = 0
@@ -57,7 +69,7 @@ def _run(scorer: Scorer, items: Iterable[_Item], batch_size: int = 8, workers: i
                 item = next(it, None)
                 if item is None:
                     return
-                pending.append((item, pool.submit(_load, item)))
+                pending.append((item, pool.submit(_load, item, contract, policy)))
 
         fill()
         while pending:
@@ -69,14 +81,11 @@ def _run(scorer: Scorer, items: Iterable[_Item], batch_size: int = 8, workers: i
                 res = _Result(item)
                 results.append(res)
                 if err is None:
-                    try:
-                        inputs.append(img if crop is None else np.asarray(crop(tf.constant(img))))
-                        good.append(res)
-                    except Exception as e:
-                        err = f"cropping failed: {type(e).__name__}: {e}"
+                    inputs.append(img)  # the crops, or the image for a whole-photo model
+                    good.append(res)
                 res.error = err
             if good:
-                if crop is None:
+                if contract is None:
                     scores, n, per_crop = scorer.image_scores(inputs), scorer.test_time.num_crops, None
                 else:
                     scores, n, per_crop = _image_scores(scorer, inputs, with_crops=True)
@@ -105,19 +114,21 @@ def _image_scores(scorer: Scorer, crops: list, with_crops: bool = False):
 
 def score_paths(scorer: Scorer, paths: Iterable[os.PathLike], recursive: bool = False, batch_size: int = 32,
                 progress: bool = True, workers: int = 2, on_rows: Optional[Callable[[list], None]] = None,
-                crop_scores: bool = False) -> tuple[list, list]:
+                crop_scores: bool = False, decode_policy=None) -> tuple[list, list]:
     """Scores every image under `paths`; returns (rows, bad).
 
     rows: dicts {path, score, score_normalized, crops} (plus `crop_scores`, a list, when asked); bad: (path, reason)
     for files that could not be decoded. `batch_size` images are decoded (in `workers` threads, one batch ahead), cropped
-    and scored together; `on_rows` receives each batch's rows (for streaming output).
+    and scored together; `on_rows` receives each batch's rows (for streaming output). `decode_policy`: a
+    `data_pipeline.images.DecodePolicy` whose size limits replace the defaults (docs/security.md, Images).
     """
     if int(batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     files, bad = iter_image_files(paths, recursive)
     bar = _progress(len(files)) if progress and files else None
     rows = []
-    for results in _run(scorer, (_file_item(f) for f in files), batch_size, workers, crop_scores, bar):
+    for results in _run(scorer, (_file_item(f, 0, decode_policy) for f in files), batch_size, workers, crop_scores, bar,
+                        decode_policy):
         batch_rows = []
         for r in results:
             if r.error is not None:
