@@ -134,8 +134,8 @@ def run_fetch(args):
 def run_show(args):
     from keras_iqa import presets
 
-    folder = presets.fetch_preset(args.handle)
-    meta = presets.load_metadata(str(folder))
+    folder = presets.fetch_preset(args.handle)  # verifies every file
+    meta = presets._read_json(folder / presets.METADATA_FILE, presets.METADATA_FILE)
     tt = meta.get("test_time")
     if isinstance(tt, dict) and isinstance(tt.get("positions"), list):
         meta["test_time"] = {**tt, "positions": f"{len(tt['positions'])} (fy, fx) pairs"}
