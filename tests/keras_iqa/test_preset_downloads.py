@@ -175,6 +175,27 @@ def test_a_file_larger_than_its_listed_size_is_refused(server, tmp_path):
     assert _left_in(tmp_path / "cache") == [] and hashes
 
 
+def test_a_registered_preset_caps_each_file_at_its_listed_size(server, tmp_path):
+    from keras_iqa.presets import register_preset, unregister_preset
+
+    hashes = _fake_preset(server["root"] / "p", 12)
+    sizes = {n: (server["root"] / "p" / n).stat().st_size for n in PRESET_FILES}
+    entry = {"handle": f"{server['url']}/p", "sha256": hashes, "bytes": {**sizes, METADATA_FILE: 10},
+             "metadata": {k: "x" for k in ("card", "description", "dataset", "protocol", "srocc", "plcc", "machine",
+                                           "license", "command")}}
+    with pytest.raises(PresetError, match="bytes must map files"):
+        register_preset("test_capped", {**entry, "bytes": {"weights.bin": 10}})
+    register_preset("test_capped", entry)
+    try:
+        with pytest.raises(PresetError, match="metadata.json is larger than 10 bytes \\(the size its preset lists"):
+            fetch_preset("test_capped", cache=tmp_path / "cache")
+        assert _left_in(tmp_path / "cache") == []
+        register_preset("test_capped", {**entry, "bytes": sizes}, replace=True)
+        assert fetch_preset("test_capped", cache=tmp_path / "cache").is_dir()
+    finally:
+        unregister_preset("test_capped")
+
+
 def test_without_a_listed_size_the_global_limit_applies(server, tmp_path, monkeypatch):
     _fake_preset(server["root"] / "p", 2, weights_size=50_000, list_sizes=False)
     monkeypatch.setenv("KERAS_IQA_MAX_DOWNLOAD_BYTES", "20000")
