@@ -36,8 +36,6 @@ __all__ = ["cli_session", "cli_value", "hint", "in_cli", "quiet_native", "settin
 #: packages whose own output (Python warnings, native lines) is "library chatter", shown only with `-v`
 LIBRARIES = ("tensorflow", "tf_keras", "keras", "keras_hub", "absl", "apache_beam", "ai_edge_litert", "h5py", "jax",
              "kagglehub", "google.protobuf", "tensorflow_serving")
-_OWN_DIRS = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + p + os.sep
-                  for p in ("keras_iqa", "data_pipeline"))
 _OWN_LOGGERS = ("keras_iqa", "data_pipeline")
 
 
@@ -131,8 +129,16 @@ def quiet_native():
         yield
 
 
-def _is_own(filename: str) -> bool:
-    return bool(filename) and os.path.abspath(filename).startswith(_OWN_DIRS)
+def _issuer() -> str:
+    """The module that called `warnings.warn` (whatever its `stacklevel` points at), seen from `showwarning`."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") in ("warnings", __name__):
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "") if frame is not None else ""
+
+
+def _within(module: str, packages) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 class _OneLine(logging.Formatter):
@@ -149,9 +155,10 @@ def cli_session(verbose: bool = False, flags: Optional[Mapping[str, str]] = None
     show = warnings.showwarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        if _is_own(filename):
+        issuer = _issuer()
+        if _within(issuer, _OWN_LOGGERS):
             print(f"warning: {message}", file=sys.stderr)
-        else:
+        elif verbose or not _within(issuer, LIBRARIES):
             show(message, category, filename, lineno, file, line)
 
     handler = logging.StreamHandler(sys.stderr)
@@ -160,8 +167,6 @@ def cli_session(verbose: bool = False, flags: Optional[Mapping[str, str]] = None
     saved = [(lg.propagate, lg.level) for lg in loggers]
     with warnings.catch_warnings():
         warnings.showwarning = showwarning
-        if not verbose:
-            warnings.filterwarnings("ignore", module="(" + "|".join(re.escape(p) for p in LIBRARIES) + r")(\.|$)")
         for lg in loggers:
             lg.addHandler(handler)
             lg.propagate = False  # one line each, even where a root handler exists (Beam's basicConfig)
