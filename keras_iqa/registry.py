@@ -88,6 +88,19 @@ def families() -> tuple:
     return tuple(FAMILIES)
 
 
+def not_a_model(config) -> Optional[str]:
+    """None when a saved Keras config (a `.keras` file's config.json, a preset's) names a keras-iqa model class
+    (`keras_iqa>REQA`, ...), else what it names ("keras.Sequential", "keras_iqa>RestorationNet", "a JSON list"), read
+    without deserializing anything."""
+    if not isinstance(config, dict):
+        return f"JSON {type(config).__name__}, not a Keras config"
+    name = config.get("registered_name") or ""
+    if name.startswith("keras_iqa>") and family_of_class(name.split(">", 1)[1]):
+        return None
+    cls = config.get("class_name")
+    return name or ".".join(str(v) for v in (config.get("module"), cls) if v) or "config without a class_name"
+
+
 def family_of_class(cls_name: str) -> Optional[str]:
     """The family whose first (its IQA model) class is `cls_name` ("REQA" -> "reqa"), else None."""
     return next((f.name for f in FAMILIES.values() if f.classes and f.classes[0] == cls_name), None)

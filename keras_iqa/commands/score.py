@@ -25,7 +25,8 @@ Examples:
 Python: keras_iqa.score(["photo.jpg", pil_image, uint8_array, jpeg_bytes], model="runs/reqa-koniq").
 
 Files that cannot be read are listed on stderr with the reason and skipped; the exit status is non-zero only when nothing
-could be scored.
+could be scored. A score outside the model's declared range is kept as given and flagged (column out_of_range, one
+warning). --scores never replaces a file keras-iqa score did not write (a label sheet, say) unless --overwrite.
 """
 
 
@@ -37,7 +38,9 @@ def register(sub):
                                                   "handle or model card name")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files and/or folders")
     p.add_argument("--recursive", "-r", action="store_true", help="descend into subfolders of folder PATHs")
-    p.add_argument("--scores", metavar="FILE", help="write the scores to FILE (.csv or .jsonl); default: CSV on stdout")
+    p.add_argument("--scores", metavar="FILE", help="write the scores to FILE (.csv or .jsonl); default: CSV on stdout. An "
+                   "existing FILE is replaced only when keras-iqa score wrote it (its header), or with --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="let --scores replace an existing file keras-iqa did not write")
     p.add_argument("--batch-size", "-b", type=int, default=32, metavar="N", help="images decoded and scored together (default 32)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding threads (default 2)")
     add_precision_arg(p, default="fp32", note="; Keras models only (run, .keras, preset, card): default fp32, the "
@@ -47,20 +50,27 @@ def register(sub):
     p.add_argument("--crop-scores", action="store_true",
                    help="add every test crop's score to each row (column crop_scores: space-separated in CSV, a list in "
                         "JSON lines)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="load a SavedModel or .tflite even when it holds ops a keras-iqa scorer does not use (file or "
+                        "system operations, custom ops); only for a model you made or verified (docs/security.md)")
     p.set_defaults(func=run)
 
 
 def run(args):
     from keras_iqa.scoring import load_scorer, score_paths, write_csv, write_rows
+    from keras_iqa.scoring.results import check_scores_target, flag_rows
 
     if args.scores and not args.scores.lower().endswith((".csv", ".tsv", ".txt", ".jsonl", ".json", ".ndjson")):
         raise ValueError(f"--scores {args.scores}: use a .csv or .jsonl file name")
+    if args.scores:
+        check_scores_target(args.scores, overwrite=args.overwrite)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    scorer = load_scorer(args.model, precision=args.precision)
+    scorer = load_scorer(args.model, precision=args.precision, trust=args.trust_model)
     rows, bad = score_paths(scorer, args.paths, recursive=args.recursive, batch_size=args.batch_size,
                             progress=not args.quiet and sys.stderr.isatty(), workers=args.workers,
                             crop_scores=args.crop_scores)
+    rows = flag_rows(rows, scorer.score_range, scorer.source)
     if args.scores:
         write_rows(rows, args.scores)
     else:

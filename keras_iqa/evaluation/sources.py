@@ -10,13 +10,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import keras
 import pandas as pd
 
 from data_pipeline import layout
-from keras_iqa import registry
 from keras_iqa.evaluation.datasets import read_metadata, read_splits
 from keras_iqa.evaluation.predict import predict_reader
+from keras_iqa.scoring.loading import load_keras_model
 
 __all__ = ["Source", "load_source", "pd_frame"]
 
@@ -78,8 +77,7 @@ def _check_table(df, what):
 
 
 def _load_keras(path):
-    registry.list_models()  # imports the model families so their classes are registered for deserialisation
-    return keras.saving.load_model(path, compile=False)
+    return load_keras_model(path)  # safe_mode; a foreign model or a file that is no .keras archive: one line
 
 
 def _find_key(cfg, key):

@@ -4,16 +4,25 @@
 - `score(crops)`: the final quality score per crop, shape [B], on the model's `score_range` scale;
 - `score_range`, `higher_better`, `crop_size`, `test_crops` (crops averaged per image at test time), `crop_policy`
   ("random" | "grid" | "resize") and `test_resize` (None | short side | (h, w), applied before cropping, as in training)
-  describe the test-time contract (`data_pipeline.test_time.TestTimeCrops.from_model`); they are saved by `get_config`.
+  describe the test-time contract (`data_pipeline.test_time.TestTimeCrops.from_model`); they are saved by `get_config`;
+- images (a path, a `PIL.Image`, a uint8 or [H, W(, C)] array, encoded bytes, a list of them) are not crops:
+  `model.score(images)` scores them through the test-time contract (`keras_iqa.score(images, model=model)`), and
+  `model(images)` refuses them in one line that says so; `model(crops)` is Keras's call as ever;
+- `from_config` rebuilds the architecture only: every `backbone_weights` in a saved config is ignored (set to None), so
+  loading a `.keras` file or a preset never fetches a backbone (docs/security.md, Models: data and programs).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import keras
+import numpy as np
+import PIL.Image
 from keras import ops
 
+from keras_iqa import scoring
 from keras_iqa.presets import save_to_preset
 
 #: The `IQAModel` arguments that describe the test-time contract (saved by `get_config`).
@@ -53,7 +62,21 @@ class IQAModel(keras.Model):
             if f.name not in CONTRACT_ARGS:
                 setattr(self, f.name, getattr(cfg, f.name))
 
+    def __call__(self, *args, **kwargs):
+        if args and is_image_input(args[0]):
+            raise TypeError(f"{type(self).__name__}(x) takes a float32 batch of crops [B, {self.crop_size}, "
+                            f"{self.crop_size}, 3]; for images (a path, PIL image, uint8 array, bytes) use "
+                            "model.score(x) or keras_iqa.score(x, model=model), which take the test-time crops")
+        return super().__call__(*args, **kwargs)
+
     def score(self, crops):
+        """Final score per crop, shape [B], for a batch of crops; for images (see the module docstring) the `Scores` of
+        `keras_iqa.score(images, model=self)`: one per image, through the test-time contract (`float(...)` for one)."""
+        if is_image_input(crops):
+            return scoring.score(crops, model=self)
+        return self.crop_scores(crops)
+
+    def crop_scores(self, crops):
         """Final score per crop, shape [B]. Subclasses whose `call` returns several outputs override this."""
         out = self(crops, training=False)
         return ops.reshape(out, (-1,))
@@ -68,6 +91,11 @@ class IQAModel(keras.Model):
         """Writes this model as a preset folder (config.json, model.weights.h5, metadata.json), keras-hub's layout;
         `keras_iqa.from_preset(preset_dir)` loads it. See `keras_iqa.presets.save_to_preset` (docs/presets.md)."""
         return save_to_preset(self, preset_dir, metadata=metadata)
+
+    @classmethod
+    def from_config(cls, config):
+        """The model of a saved config; the weights come from the saved file, never from `backbone_weights`."""
+        return cls(**without_layer_keys(config))
 
     def get_config(self):
         return {
@@ -104,8 +132,26 @@ def split_config(config_cls, kwargs: dict):
 
 def without_layer_keys(config: dict) -> dict:
     """A saved model config less the keys Keras adds to every layer's (`trainable`, `dtype`), for `from_config` of models
-    whose `__init__` takes only their own arguments."""
-    return {k: v for k, v in config.items() if k not in ("trainable", "dtype")}
+    whose `__init__` takes only their own arguments; every `backbone_weights` in it, nested ones too, is None: a loaded
+    model takes its weights from its own file, and a reference in a config (a hub handle, a URL, a path) is never
+    fetched (docs/security.md, Models: data and programs)."""
+    return _no_backbone_weights({k: v for k, v in config.items() if k not in ("trainable", "dtype")})
+
+
+def _no_backbone_weights(value):
+    if isinstance(value, dict):
+        return {k: None if k == "backbone_weights" else _no_backbone_weights(v) for k, v in value.items()}
+    return value
+
+
+def is_image_input(x) -> bool:
+    """True for what `keras_iqa.score` reads as images and Keras cannot take as crops: a path, encoded bytes, a
+    `PIL.Image`, a numpy array that is uint8 or [H, W(, C)], or a list / tuple holding one of these."""
+    if isinstance(x, (list, tuple)):
+        return any(is_image_input(v) for v in x)
+    if isinstance(x, np.ndarray):
+        return x.dtype == np.uint8 or x.ndim in (2, 3)
+    return isinstance(x, (str, bytes, os.PathLike, PIL.Image.Image))
 
 
 def config_json(cfg) -> dict:

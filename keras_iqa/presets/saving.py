@@ -126,6 +126,7 @@ def save_to_preset(model, preset_dir: os.PathLike, metadata: Optional[dict] = No
             raise PresetError(f"save_to_preset: {type(model).__name__} is not a keras-iqa model (no {attr}); presets hold "
                               "REQA, MetaIQA or HCL models")
     folder = Path(preset_dir).expanduser()
+    _no_savedmodel(folder, "save_to_preset: ")
     folder.mkdir(parents=True, exist_ok=True)
     meta = model_card(model, metadata)
     if not meta.get("name"):
@@ -138,6 +139,14 @@ def save_to_preset(model, preset_dir: os.PathLike, metadata: Optional[dict] = No
     meta["files"] = _file_records(folder)
     _write_atomic(folder / METADATA_FILE, json.dumps(meta, indent=2, default=_json_default) + "\n")
     return folder
+
+
+def _no_savedmodel(folder: Path, prefix: str = "") -> None:
+    """Presets are data (config + weights): a folder holding a SavedModel (a program) is never one."""
+    if (folder / "saved_model.pb").exists():
+        raise PresetError(f"{prefix}{folder} holds a SavedModel (saved_model.pb); a preset is config.json, "
+                          "model.weights.h5 and metadata.json only and never a SavedModel (score an exported SavedModel "
+                          "as a SavedModel, docs/security.md)")
 
 
 def _json_default(o):
@@ -174,6 +183,10 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
         **overrides: config fields replaced before the model is built, e.g. `test_crops=10`, `crop_policy="grid"`
             (architecture fields must match the weights).
 
+    The config is data: it is rebuilt with `safe_mode=True`, only a keras-iqa model class is accepted, its
+    `backbone_weights` is ignored (the weights come from model.weights.h5, nothing is fetched), and a folder holding a
+    SavedModel is refused (docs/security.md, Models: data and programs).
+
     Returns:
         The model, built, weights loaded; `model.card_name` is the card it came from and `model.preset_metadata` its
         metadata.json.
@@ -186,8 +199,12 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
 
     folder = fetch_preset(handle, cache=cache, sha256=sha256, force_download=force_download, timeout=timeout,
                           max_bytes=max_bytes)
+    _no_savedmodel(folder)
     meta = _read_json(folder / METADATA_FILE, METADATA_FILE)
-    config = _read_json(folder / CONFIG_FILE, CONFIG_FILE)
+    config = _strip(_read_json(folder / CONFIG_FILE, CONFIG_FILE))  # architecture only: no optimizer to rebuild
+    what = registry.not_a_model(config)
+    if what:
+        raise PresetError(f"{folder / CONFIG_FILE}: not a keras-iqa model (it is a {what})")
     if overrides:
         inner = config.get("config")
         if not isinstance(inner, dict):
@@ -195,7 +212,7 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
         inner.update(overrides)
     registry.list_models()  # imports the families: registers their serializable classes
     try:
-        model = keras.saving.deserialize_keras_object(config)
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except (TypeError, ValueError) as e:
         raise PresetError(f"{folder / CONFIG_FILE}: cannot build the model ({type(e).__name__}: {e})") from e
     c = int(model.crop_size)

@@ -74,16 +74,18 @@ from keras_iqa.scoring.inputs import (_ARRAY_HINT, _decode_bytes, _expand, _expa
                                       _is_array, _Item, _pixels, iter_image_files)
 from keras_iqa.scoring.loading import (_caller_stacklevel, _exported_precision, _from_keras_model,  # noqa: F401
                                        _from_preset, _is_keras_model, _is_preset_handle, _latest_version,
-                                       _load_path, _load_savedmodel, _photo_scores, load_keras_model, load_scorer)
+                                       _load_path, _load_savedmodel, _photo_scores, load_keras_model, load_model,
+                                       load_scorer)
 from keras_iqa.scoring.results import Scores, write_csv, write_rows
 from keras_iqa.scoring.scorer import PRECISIONS, Scorer, _contract_fields, resolve_precision  # noqa: F401
 
-__all__ = ["PRECISIONS", "Scorer", "Scores", "iter_image_files", "load_keras_model", "load_scorer", "resolve_precision",
-           "score", "score_images", "score_paths", "write_csv", "write_rows"]
+__all__ = ["PRECISIONS", "Scorer", "Scores", "iter_image_files", "load_keras_model", "load_model", "load_scorer",
+           "resolve_precision", "score", "score_images", "score_paths", "write_csv", "write_rows"]
 
 
 def score(inputs, model, *, precision: str = "fp32", crop_scores: bool = False, recursive: bool = False,
-          batch_size: int = 8, workers: int = 2, value_range: Optional[float] = None, progress: bool = False) -> Scores:
+          batch_size: int = 8, workers: int = 2, value_range: Optional[float] = None, progress: bool = False,
+          trust: bool = False) -> Scores:
     """Scores images with one call, through the model's test-time contract: `keras_iqa.score("photo.jpg", model=...)`.
 
     Args:
@@ -100,6 +102,8 @@ def score(inputs, model, *, precision: str = "fp32", crop_scores: bool = False, 
         batch_size: images decoded and scored together (their crops share forward passes).
         workers: decoding threads (they decode the next batch while the current one is scored).
         progress: a progress bar on stderr.
+        trust: load a SavedModel or .tflite even when it holds ops a keras-iqa scorer does not use (file or system
+            operations, custom ops; refused otherwise): only for a model you made or verified (docs/security.md).
 
     Returns:
         `Scores`: `.scores` float64 [N] (one per image, NaN where it failed), `.normalized`, `.sources`, `.crop_scores`,
@@ -121,7 +125,7 @@ def score(inputs, model, *, precision: str = "fp32", crop_scores: bool = False, 
     """
     if value_range is not None and value_range not in (1, 255):
         raise ValueError(f"value_range must be 1 or 255 (the largest pixel value of float inputs), got {value_range!r}")
-    scorer = _cached_scorer(model, precision)
+    scorer = _cached_scorer(model, precision, trust)
     items = _expand(inputs, recursive, value_range)
     bar = _progress(len(items)) if progress and items else None
     rows = [r for results in _run(scorer, items, batch_size, workers, crop_scores, bar) for r in results]
@@ -141,11 +145,11 @@ _SCORERS: "collections.OrderedDict" = collections.OrderedDict()
 _CACHE_SIZE = 2
 
 
-def _cached_scorer(model, precision: str) -> Scorer:
+def _cached_scorer(model, precision: str, trust: bool = False) -> Scorer:
     """`load_scorer`, remembering the last two models named by a path or preset handle (keyed with the file's
     modification time), so repeated `keras_iqa.score(..., model="runs/x")` calls load and trace once."""
     if not isinstance(model, (str, os.PathLike)):
-        return load_scorer(model, precision)
+        return load_scorer(model, precision, trust)
     text = os.fspath(model)
     p = Path(text).expanduser()
     stamp = None
@@ -154,12 +158,12 @@ def _cached_scorer(model, precision: str) -> Scorer:
         stamp = target.stat().st_mtime_ns
     else:
         if text in registry.list_models() and not _is_preset_handle(text):
-            return load_scorer(model, precision)  # a card: a fresh model every time, never cached
-    key = (str(p.resolve()) if p.exists() else text, precision, stamp)
+            return load_scorer(model, precision, trust)  # a card: a fresh model every time, never cached
+    key = (str(p.resolve()) if p.exists() else text, precision, stamp, trust)
     if key in _SCORERS:
         _SCORERS.move_to_end(key)
         return _SCORERS[key]
-    scorer = load_scorer(model, precision)
+    scorer = load_scorer(model, precision, trust)
     _SCORERS[key] = scorer
     while len(_SCORERS) > _CACHE_SIZE:
         _SCORERS.popitem(last=False)

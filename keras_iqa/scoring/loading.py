@@ -1,4 +1,9 @@
-"""Opening any MODEL as a `Scorer`: run directory, `.keras`, SavedModel, `.tflite`, preset handle, card name, model."""
+"""Opening any MODEL as a `Scorer`: run directory, `.keras`, SavedModel, `.tflite`, preset handle, card name, model.
+
+What is checked before a model is loaded (docs/security.md, Models: data and programs): a `.keras` file is a zip whose
+config names a keras-iqa model class, loaded with `safe_mode=True` (no Lambda code); a SavedModel's graph holds only the
+ops a keras-iqa scorer uses (`savedmodel_check`) and a `.tflite` no custom or Flex operator, unless `trust=True`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import os
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -14,6 +20,7 @@ import numpy as np
 
 from data_pipeline import layout
 from keras_iqa import registry
+from keras_iqa.scoring.savedmodel_check import check_savedmodel, check_tflite
 from keras_iqa.scoring.scorer import PRECISIONS, Scorer, _contract_fields, resolve_precision
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -31,12 +38,55 @@ def _from_keras_model(model, kind: str, source: str, precision: str = "fp32") ->
                   test_resize=getattr(model, "test_resize", None), precision=precision)
 
 
-def load_keras_model(path: os.PathLike):
-    """Loads a `.keras` file with every keras-iqa family registered (so their custom classes deserialize)."""
+def load_keras_model(path: os.PathLike, compile: bool = False):
+    """Loads a keras-iqa `.keras` file (`safe_mode=True`); anything else fails in one line naming the file and what it
+    is: not a zip ("not a .keras archive"), or a model of another class ("not a keras-iqa model (it is a ...)")."""
     import keras
 
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    if not zipfile.is_zipfile(p):
+        raise ValueError(f"{p}: not a .keras archive (a .keras file is the zip that model.save writes)")
+    try:
+        with zipfile.ZipFile(p) as z:
+            config = json.loads(z.read("config.json"))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{p}: not a .keras archive (no readable config.json: {e})") from e
+    what = registry.not_a_model(config)
+    if what:
+        raise ValueError(f"{p}: not a keras-iqa model (it is a {what})")
     registry.list_models()  # imports the family modules: registers their serializable classes
-    return keras.saving.load_model(str(path), compile=False)
+    model = keras.saving.load_model(str(p), compile=compile, safe_mode=True)
+    if not _is_keras_model(model):
+        raise ValueError(f"{p}: not a keras-iqa model (it is a {type(model).__module__}.{type(model).__name__})")
+    return model
+
+
+def load_model(path: os.PathLike, compile: bool = True):
+    """`keras_iqa.load_model`: a keras-iqa model from a `.keras` file, a run directory (its model.keras) or a preset
+    (folder or handle), the twin of `model.save(path)` / `save_to_preset`. `.keras` files load with `safe_mode=True`;
+    a config's `backbone_weights` is ignored (the weights come from the file); anything that is no keras-iqa model fails
+    in one line. `compile` restores a `.keras` file's optimizers (as `keras.saving.load_model` does).
+
+    Example:
+        >>> import tempfile
+        >>> import keras_iqa
+        >>> path = tempfile.mkdtemp() + "/m.keras"
+        >>> keras_iqa.create_model("metaiqa-tiny").save(path)
+        >>> type(keras_iqa.load_model(path)).__name__
+        'MetaIQA'
+    """
+    p = Path(os.fspath(path)).expanduser()
+    if p.is_dir() and layout.model_file(p) is not None:
+        return load_keras_model(layout.model_file(p), compile=compile)
+    if p.suffix == ".keras" or p.is_file():
+        return load_keras_model(p, compile=compile)
+    if _is_preset_handle(str(path)):
+        from keras_iqa.presets import from_preset
+
+        return from_preset(str(path))
+    raise FileNotFoundError(f"{path}: neither a .keras file, a run directory (model.keras) nor a preset folder / handle")
 
 
 def _latest_version(root: Path) -> Optional[Path]:
@@ -58,7 +108,7 @@ def _is_preset_handle(text: str) -> bool:
     return is_preset_handle(text)
 
 
-def load_scorer(model, precision: str = "fp32") -> Scorer:
+def load_scorer(model, precision: str = "fp32", trust: bool = False) -> Scorer:
     """Opens any MODEL (see the module docstring) as a `Scorer`. Errors name the model and what was expected there.
 
     Args:
@@ -66,6 +116,8 @@ def load_scorer(model, precision: str = "fp32") -> Scorer:
         precision: "fp32" (default: the scores of evaluation and the exports), "bf16" (Keras models only: a
             `mixed_bfloat16` copy with the backbone's batch norm folded; faster on CPUs with native bf16) or "auto"
             (bf16 where the CPU has native bf16, else fp32; exported models keep their own precision).
+        trust: load a SavedModel or .tflite even when it holds ops a keras-iqa scorer does not use (file or system
+            operations, custom ops): only for a model you made or verified; they are refused otherwise.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -82,7 +134,7 @@ def load_scorer(model, precision: str = "fp32") -> Scorer:
         if p.is_dir() and layout.model_file(p) is None and not (p / "saved_model.pb").is_file() \
                 and _is_preset_handle(str(p)):
             return _from_preset(str(p), precision)
-        return _load_path(p, precision)
+        return _load_path(p, precision, trust)
     if _is_preset_handle(text):
         return _from_preset(text, precision)
 
@@ -111,11 +163,13 @@ def _exported_precision(p: Path, precision: str) -> None:
                          "SavedModel or .tflite runs in the precision it was exported with")
 
 
-def _load_path(p: Path, precision: str) -> Scorer:
+def _load_path(p: Path, precision: str, trust: bool = False) -> Scorer:
     if p.is_file() and p.suffix == ".keras":
         return _from_keras_model(load_keras_model(p), "keras", str(p), precision)
     if p.is_file() and p.suffix == ".tflite":
         _exported_precision(p, precision)
+        if not trust:
+            check_tflite(p)
         from keras_iqa.export.tflite import TFLiteScorer, read_contract
 
         sidecar = p.with_suffix(".json")
@@ -136,7 +190,7 @@ def _load_path(p: Path, precision: str) -> Scorer:
                 p = latest
         if (p / "saved_model.pb").is_file():
             _exported_precision(p, precision)
-            return _load_savedmodel(p)
+            return _load_savedmodel(p, trust)
         if layout.looks_like_run_dir(p):
             layout.find_model_file(p)  # raises the run directory's message: no model.keras yet, and what to pass
         raise ValueError(f"{p} is neither a run directory (model.keras), nor a SavedModel (saved_model.pb), "
@@ -154,7 +208,7 @@ def _photo_scores(tfl) -> Callable[[list], np.ndarray]:
     return run
 
 
-def _load_savedmodel(p: Path) -> Scorer:
+def _load_savedmodel(p: Path, trust: bool = False) -> Scorer:
     import tensorflow as tf
 
     from keras_iqa.export.savedmodel import CONTRACT_FILE
@@ -163,6 +217,8 @@ def _load_savedmodel(p: Path) -> Scorer:
     if not meta_path.is_file():
         raise ValueError(f"{p}: {CONTRACT_FILE} is missing (not written by keras-iqa export); cannot know the crop contract")
     meta = json.loads(meta_path.read_text())
+    if not trust:
+        check_savedmodel(p)  # before anything of it runs: resource initializers run at load
     loaded = tf.saved_model.load(str(p))
     if "predict_crops" not in loaded.signatures:
         raise ValueError(f"{p}: no predict_crops signature (has {sorted(loaded.signatures)})")

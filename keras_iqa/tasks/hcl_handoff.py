@@ -37,7 +37,7 @@ def load_stage_model(init):
         except FileNotFoundError as e:
             raise type(e)(f"--init: {e}; give the run directory of the previous HCL stage (it holds model.keras once "
                           "that stage finished) or a .keras file") from None
-    return keras.models.load_model(path, compile=False)
+    return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def transfer_weights(src, dst) -> list:

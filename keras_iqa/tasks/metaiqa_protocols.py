@@ -66,7 +66,7 @@ def load_meta_weights(model: keras.Model, path: os.PathLike) -> keras.Model:
         raise FileNotFoundError(f"Meta-trained weights not found: {path} (expected a .weights.h5 or .keras file from "
                                 f"`keras-iqa train metaiqa`)")
     if path.endswith(".keras"):
-        model.set_weights(keras.models.load_model(path).get_weights())
+        model.set_weights(keras.models.load_model(path, compile=False, safe_mode=True).get_weights())
     else:
         model.load_weights(path)
     return model

@@ -130,7 +130,7 @@ class REQA(TwoOptimizerModel, IQAModel):
             s = ops.repeat(s, self.steps, axis=1)
         return ops.cast(s, "float32")
 
-    def score(self, crops):
+    def crop_scores(self, crops):
         """Final (last-step) score per crop, [B], on 0-100."""
         return self(crops, training=False)[:, -1]
 
