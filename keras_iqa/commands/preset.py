@@ -22,8 +22,8 @@ Examples:
 
 Publish the folder to Kaggle (kagglehub.model_upload) or Hugging Face (huggingface_hub.upload_folder), then load it
 anywhere with keras_iqa.from_preset(HANDLE). The cache is $KERAS_IQA_CACHE (default ~/.keras/keras_iqa/presets);
-downloads wait $KERAS_IQA_CONNECT_TIMEOUT / $KERAS_IQA_READ_TIMEOUT seconds (10 / 30) and accept files up to their listed
-size, metadata.json up to 1 MiB, others up to $KERAS_IQA_MAX_DOWNLOAD_BYTES (4 GiB) (docs/security.md).
+downloads wait $KERAS_IQA_CONNECT_TIMEOUT / $KERAS_IQA_READ_TIMEOUT seconds (10 / 30) and accept files up to their
+listed size, metadata.json up to 1 MiB, others up to $KERAS_IQA_MAX_DOWNLOAD_BYTES (4 GiB) (docs/security.md).
 """
 
 
@@ -156,7 +156,8 @@ def _summary(handle: str, folder: Path, meta: dict) -> list:
         ("architecture", f"{meta.get('card')} ({meta.get('family')})" + (f": {meta['architecture']}"
                                                                  if meta.get("architecture") else "")),
         ("scores", f"{lo:g} to {hi:g}, {meta.get('direction', '')}" if isinstance(lo, (int, float)) else None),
-        ("test time", f"{tt.get('num_crops')} crop(s) of {tt.get('crop_size')} px, {tt.get('policy')} positions" if tt else None),
+        ("test time", f"{tt.get('num_crops')} crop(s) of {tt.get('crop_size')} px, {tt.get('policy')} positions"
+         if tt else None),
         ("trained on", ", ".join(f"{k} {training[k]}" if k != "data" else str(training[k])
                                  for k in ("data", "split", "protocol") if training.get(k))),
         ("command", training.get("command")),

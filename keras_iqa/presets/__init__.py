@@ -19,8 +19,9 @@ Every file is checked against its SHA-256 (a registry entry's, a `sha256=` argum
 it enters the cache (`cache_dir()`: $KERAS_IQA_CACHE, else $KERAS_HOME/keras_iqa/presets, else ~/.keras/keras_iqa/presets;
 one folder per handle, `cache_key`). A mismatch or a truncated download raises `PresetHashError` with the expected and
 actual hash, and leaves nothing in the cache. Downloads are bounded (`download`: connect and idle-read timeouts, size
-caps, redirects held to the handle rules; docs/security.md); a cache that cannot be written raises `PresetCacheError`. Without network, a handle that is not cached raises `PresetUnavailableError` naming the
-handle, the cache folder and where to copy the files.
+caps, redirects held to the handle rules; docs/security.md); a cache that cannot be written raises `PresetCacheError`.
+Without network, a handle that is not cached raises `PresetUnavailableError` naming the handle, the cache folder and
+where to copy the files.
 
 Only `from_preset` and `save_to_preset` import Keras; the rest (handles, cache, registry) is plain Python, so
 `keras-iqa models` lists presets without TensorFlow.
@@ -63,7 +64,7 @@ from keras_iqa.presets.format import (_LOOPBACK_HOSTS, CACHE_ENV, CONFIG_FILE,  
 from keras_iqa.presets.saving import (_command, _family, _json_default, _maybe_json, _run_card, _strip,  # noqa: F401
                                       _write_atomic, from_preset, metadata_from_run, model_card, save_to_preset)
 
-__all__ = ["PresetCacheError", "PresetError", "PresetHashError", "PresetUnavailableError", "cache_dir", "cached_path", "fetch_preset",
-           "from_preset", "is_preset_handle", "list_presets", "load_metadata", "metadata_from_run", "model_card",
+__all__ = ["PresetCacheError", "PresetError", "PresetHashError", "PresetUnavailableError", "cache_dir", "cached_path",
+           "fetch_preset", "from_preset", "is_preset_handle", "list_presets", "load_metadata", "metadata_from_run", "model_card",
            "register_preset", "registered_presets", "registry_entry", "save_to_preset", "sha256_file",
            "unregister_preset", "validate_entry"]

@@ -149,7 +149,7 @@ def cache_error(path: Path, err: OSError) -> PresetCacheError:
     else:
         why = err.strerror or str(err)
     return PresetCacheError(f"the preset cache {path} cannot be written: {why}. Set {CACHE_ENV} to a writable folder "
-                            "(or pass cache=DIR)")
+                            "(Python: cache=DIR)")
 
 
 def _count(n: int) -> str:
@@ -178,11 +178,11 @@ def download(url: str, dst: Path, lim: Limits, cap: int, cap_reason: str, expect
     except urllib.error.URLError as e:
         if isinstance(e.reason, TimeoutError):
             raise Unreachable(f"{url}: no connection within {lim.connect:g} s (connect timeout; set "
-                              f"{CONNECT_TIMEOUT_ENV} or timeout=)") from None
+                              f"{CONNECT_TIMEOUT_ENV}, or timeout= in Python)") from None
         raise Unreachable(f"{url}: {e.reason}") from None
     except TimeoutError:
-        raise Unreachable(f"{url}: the server sent no answer for {lim.read:g} s (read timeout; set {READ_TIMEOUT_ENV} "
-                          "or timeout=)") from None
+        raise Unreachable(f"{url}: the server sent no answer for {lim.read:g} s (read timeout; set "
+                          f"{READ_TIMEOUT_ENV}, or timeout= in Python)") from None
     except (OSError, http.client.HTTPException) as e:
         raise Unreachable(f"{url}: {type(e).__name__}: {e}") from None
     too_large = (f"{url}: {name} is larger than {_size_word(cap)} ({cap_reason}); refused, nothing was cached")
@@ -202,7 +202,8 @@ def download(url: str, dst: Path, lim: Limits, cap: int, cap_reason: str, expect
                     block = response.read1(_CHUNK)  # what has arrived: counts the bytes a stall follows
                 except TimeoutError:
                     raise Unreachable(f"{url}: the server stopped sending {name} for {lim.read:g} s after "
-                                      f"{_count(received)} (read timeout; set {READ_TIMEOUT_ENV} or timeout=)") from None
+                                      f"{_count(received)} (read timeout; set {READ_TIMEOUT_ENV}, or timeout= in "
+                                      "Python)") from None
                 except (OSError, http.client.HTTPException) as e:
                     raise Unreachable(f"{url}: {name} broke off after {_count(received)} ({type(e).__name__}: "
                                       f"{e})") from None
@@ -235,4 +236,4 @@ def size_cap(name: str, known: Optional[int], lim: Limits, metadata_name: str) -
         return int(known), "the size its preset lists"
     if name == metadata_name and METADATA_MAX_BYTES < lim.max_bytes:
         return METADATA_MAX_BYTES, f"the limit for {metadata_name}"
-    return lim.max_bytes, f"the download limit; set {MAX_BYTES_ENV} or max_bytes= to change it"
+    return lim.max_bytes, f"the download limit; set {MAX_BYTES_ENV}, or max_bytes= in Python, to change it"

@@ -20,7 +20,7 @@ from keras_iqa.presets.download import Limits, Unreachable, cache_error, check_u
 from keras_iqa.presets.entries import registered_presets, validate_entry
 from keras_iqa.presets.format import (CACHE_ENV, CONFIG_FILE, METADATA_FILE, PRESET_FILES, REMOTE_SCHEMES, WEIGHTS_FILE,
                                       PresetError, PresetHashError, PresetUnavailableError, _expected_from_metadata,
-                                      _is_preset_dir, _normalize_sha, _read_json, _scheme, _verify, sha256_file)
+                                      _is_preset_dir, _normalize_sha, _read_json, _scheme, _verify)
 
 _STAGING = ".partial-"
 _STALE_STAGING_S = 24 * 3600  # a staging folder this old was left by a killed process
