@@ -7,6 +7,7 @@ import json
 from keras_iqa.commands import add_config_args, add_distribute_arg, add_precision_arg, formatter
 from keras_iqa.commands.train import add_overwrite_arg, claim, inputs
 from keras_iqa.registry import get_card
+from keras_iqa.training.memory import check_step_memory
 
 DESCRIPTION = """\
 Train HCL (reconstruction) (Wang et al., IJCV 2023; the paper body is unavailable, so this follows the design in README, HCL).
@@ -94,6 +95,9 @@ def run(args):
     if args.distribute:
         over["distribute"] = args.distribute
     cfg = load_config(cfg, files=args.config, sets=args.set, overrides=over)
+    images, stage_key = max((getattr(cfg, k).batch_size, k) for k in ("restoration", "synthetic", "finetune"))
+    check_step_memory(cfg.model.crop_size, images, getattr(cfg.model, "width", 1.0), key="model.crop_size",
+                      batch_key=f"{stage_key}.batch_size")
     stage = args.stages or args.stage
     doc = {**to_dict(cfg), "stage": stage, "pairs": inputs(args.pairs)[0], "data": inputs(*args.data),
            "synthetic": inputs(*args.synthetic), "init": inputs(args.init)[0]}

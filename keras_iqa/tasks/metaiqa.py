@@ -30,6 +30,7 @@ import keras_iqa
 from keras_iqa.caller import setting
 from keras_iqa.registry import get_card
 from keras_iqa.tasks import base
+from keras_iqa.training.memory import check_step_memory
 
 # the learner, fine-tuning and the protocols need TensorFlow: re-exported on first use (`keras-iqa --help` stays light)
 _PROTOCOLS = ("FINETUNE_PRESETS", "compile_for_finetune", "finetune", "load_meta_weights", "predict_batches", "evaluate_model",
@@ -150,6 +151,7 @@ class MetaIQATask(base.Task):
                              f"through the tasks one after another (use {setting('adam_state', 'fresh')}, or one device)")
         if cfg.finetune_resize is None and cfg.resize:
             cfg.finetune_resize = cfg.resize
+        check_step_memory(cfg.crop_size, cfg.batch_size, getattr(get_card(cfg.model).config(), "width", 1.0))
         return cfg
 
     def backbone_weights(self, cfg: MetaIQATrainConfig) -> Optional[str]:

@@ -25,9 +25,11 @@ from typing import Optional, Union
 
 import keras_iqa
 from keras_iqa.caller import setting
+from keras_iqa.config import apply_overrides
 from keras_iqa.registry import get_card
 from keras_iqa.tasks.base import Task, resolve_backbone_weights
 from keras_iqa.tasks.base import set_test_contract as _set_contract
+from keras_iqa.training.memory import check_step_memory
 
 __all__ = ["PRESETS", "REQATask", "REQATrainConfig", "TARGET", "TASK", "build_inputs", "build_model",
            "check_replica_batches", "set_test_contract", "summary_line", "train", "train_data", "train_repetitions", "validate"]
@@ -95,6 +97,9 @@ def validate(cfg: REQATrainConfig) -> REQATrainConfig:
         raise ValueError(f"coarse=paper groups the batch in micro-batches of 5; batch_size={cfg.batch_size} is not a multiple "
                          f"of 5 (use {setting('batch_size', 15)}, {setting('sampler', 'microbatch')} or "
                          f"{setting('coarse', 'official')})")
+    card = apply_overrides(get_card(cfg.model).config(), cfg.model_overrides, prefix="model_overrides.")  # keys, types
+    images, batch_key = (5 * cfg.micro_batches, "micro_batches") if cfg.sampler == "microbatch" else (cfg.batch_size, "batch_size")
+    check_step_memory(cfg.crop_size or card.crop_size, images, getattr(card, "width", 1.0), batch_key=batch_key)
     return cfg
 
 

@@ -103,10 +103,15 @@ def weights_writer(model):
     def write(path):
         data = weights_bytes(model)
         check_space(path, len(data))
-        with open(path, "wb") as f:
-            f.write(data)
+        write_bytes(path, data)
 
     return write
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Writes `data` to `path` with Python's file I/O (the one place weights reach the disk)."""
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def save_json(obj: Any, path: os.PathLike) -> None:

@@ -174,10 +174,13 @@ class OutputLock:
         self.held = True
         return True
 
-    def acquire(self) -> "OutputLock":
-        if self._create():
-            return self
-        text = self.path.read_text(encoding="utf-8", errors="replace") if self.path.exists() else ""
+    def _owner(self):
+        """(text, pid, started) of a stale lock (its process gone, on this host); None without a lock; `OutputInUse`
+        for a lock a live process (or one on another host, or an unreadable one) holds."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
         try:
             owner = json.loads(text)
             pid, host, started = int(owner["pid"]), str(owner["host"]), owner.get("started", "?")
@@ -188,6 +191,19 @@ class OutputLock:
             raise OutputInUse(f"{self.path.parent} is in use by another keras-iqa run (pid {pid} on {host}, since "
                               f"{started}): wait for it to end or choose another --out; if it is not running, delete "
                               f"{self.path}")
+        return text, pid, started
+
+    def check(self) -> None:
+        """`OutputInUse` when another live run holds the lock (reads only)."""
+        self._owner()
+
+    def acquire(self) -> "OutputLock":
+        if self._create():
+            return self
+        stale = self._owner()
+        if stale is None:  # released in between
+            return self.acquire()
+        text, pid, started = stale
         # stale: its process is gone. Move it aside (one taker wins the rename) and check it was the one we read.
         aside = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
         try:
@@ -224,6 +240,8 @@ def claim_output(out, kind: str, config: Optional[dict] = None, overwrite: bool 
     if _is_remote(out) or not is_chief():
         yield "new"
         return
+    if Path(out).is_dir():
+        OutputLock(out).check()  # a run in progress is the first thing to say
     check_out(out, kind, config, overwrite)  # before anything is created
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

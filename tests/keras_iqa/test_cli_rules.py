@@ -39,6 +39,7 @@ MEANINGS = {
     "--num-workers": (int, None, "store", None),
     "--train-ratio": (float, None, "store", None),
     "--epochs": (int, None, "store", "N"),
+    "--overwrite": (None, 0, "store_true", None),  # replace what the command would refuse to write over (train, score, export)
 }
 # names that must not come back with another meaning
 RETIRED = {"--report": "evaluate --out", "--splits": "--num-splits (prepare, synthesize) / --split (evaluate)"}

@@ -166,7 +166,8 @@ def test_single_results_lists_and_tables(env):
     with pytest.raises(ValueError, match="could not be scored"):
         float(keras_iqa.score(b"junk", model=model))
     df = keras_iqa.score([rgb, b"junk"], model=model, crop_scores=True).to_pandas()
-    assert list(df.columns) == ["source", "input_index", "score", "score_normalized", "crops", "error", "crop_scores"]
+    assert list(df.columns) == ["source", "input_index", "score", "score_normalized", "out_of_range", "crops", "error",
+                                "crop_scores"]
     assert df["error"].isnull().tolist() == [True, False]
 
 
