@@ -44,6 +44,7 @@ class _Session:
     verbose: bool = False
     flags: dict = field(default_factory=dict)  # config key / argument dest -> the running subcommand's flag
     config_keys: frozenset = frozenset()  # what `--set` takes in the running subcommand (dotted keys for sections)
+    switches: frozenset = frozenset()  # dests of flags that take no value (`--overwrite`)
 
 
 _session: Optional[_Session] = None
@@ -88,7 +89,7 @@ def setting(key: str, value) -> str:
         return python
     text = "..." if value is Ellipsis else cli_value(value)
     if key in s.flags:
-        return f"{s.flags[key]} {_shell(text)}"
+        return s.flags[key] if key in s.switches and value is True else f"{s.flags[key]} {_shell(text)}"
     keys = [k for k in s.config_keys if k == key] or [k for k in s.config_keys if k.endswith("." + key)]
     if len(keys) == 1:
         return f"--set {_shell(keys[0] + '=' + text)}"
@@ -147,11 +148,13 @@ class _OneLine(logging.Formatter):
 
 
 @contextlib.contextmanager
-def cli_session(verbose: bool = False, flags: Optional[Mapping[str, str]] = None, config_keys: Iterable[str] = ()):
-    """The block runs as `keras-iqa` (see the module docstring); everything is restored after it."""
+def cli_session(verbose: bool = False, flags: Optional[Mapping[str, str]] = None, config_keys: Iterable[str] = (),
+                switches: Iterable[str] = ()):
+    """The block runs as `keras-iqa` (see the module docstring); everything is restored after it. `flags`: argument
+    dest -> the subcommand's flag; `config_keys`: what its `--set` takes; `switches`: the dests of flags without a value."""
     global _session
     previous = _session
-    _session = _Session(verbose, dict(flags or {}), frozenset(config_keys))
+    _session = _Session(verbose, dict(flags or {}), frozenset(config_keys), frozenset(switches))
     show = warnings.showwarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):

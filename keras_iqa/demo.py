@@ -36,6 +36,7 @@ from data_pipeline import layout, pristine, distortions as D
 from data_pipeline.images import decode_image_tensor, encode_png
 from data_pipeline.schema import feature_spec
 from keras_iqa import cli
+from keras_iqa.caller import setting
 from keras_iqa.evaluation import reports as R
 from keras_iqa.progress import progress as make_bar
 
@@ -188,7 +189,7 @@ def run_demo(out: str = "demo_out", budget: str = "small", seed: int = 0, progre
     progress: a bar over the steps on stderr (elapsed and ETA, redrawn as each step starts); the commands it runs show their
     own bars."""
     if budget not in BUDGETS:
-        raise ValueError(f"--budget must be one of {sorted(BUDGETS)}, got {budget!r}")
+        raise ValueError(f"{setting('budget', budget)}: choose one of {sorted(BUDGETS)}")
     b = BUDGETS[budget]
     out_p = Path(out).resolve()
     data, runs, reports, exports = (out_p / d for d in ("data", "runs", "reports", "exports"))

@@ -66,8 +66,9 @@ def _run_as_cli(func, parser, args):
 
     path = parser.prog.split()[1:]  # "keras-iqa train reqa" -> ["train", "reqa"]
     flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings and a.dest != "help"}
+    switches = {a.dest for a in parser._actions if a.option_strings and a.nargs == 0}
     method = TRAIN_CONFIGS.get(path[1], {}) if len(path) == 2 and path[0] == "train" else {}
-    with cli_session(bool(getattr(args, "verbose", False)), flags, [r["key"] for r in method.get("keys", ())]):
+    with cli_session(bool(getattr(args, "verbose", False)), flags, [r["key"] for r in method.get("keys", ())], switches):
         return func(args)
 
 

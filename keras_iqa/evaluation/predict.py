@@ -12,6 +12,8 @@ from typing import Optional
 
 import numpy as np
 
+from keras_iqa.caller import hint
+
 __all__ = ["predict_reader", "predict_dataset", "make_score_fn"]
 
 
@@ -167,7 +169,8 @@ def predict_reader(model, reader, num_crops: Optional[int] = None, mode: Optiona
         contract = TestTimeCrops.from_model(model, num_crops=num_crops, policy=mode, seed=seed)
     if batch_images is not None:
         if int(batch_images) < 1:
-            raise ValueError(f"--batch-size must be >= 1 image, got {batch_images}")
+            raise ValueError(f"{hint(f'batch_images={batch_images}', f'--batch-size {batch_images}')}: give at least 1 "
+                             "image per batch")
         batch_size = int(batch_images) * max(1, int(contract.num_crops))
     ds = reader.eval_dataset(contract=contract)
     if desc is None:

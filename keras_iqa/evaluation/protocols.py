@@ -31,6 +31,7 @@ import pandas as pd
 
 from data_pipeline import layout
 from keras_iqa import metrics as M
+from keras_iqa.caller import hint, setting
 from keras_iqa.evaluation.datasets import (check_split_hygiene, load_dataset_info, read_metadata,  # noqa: F401
                                           read_splits, split_columns, split_ids)
 from keras_iqa.evaluation.fine_grained import fine_grained_report
@@ -208,7 +209,7 @@ def evaluate_official(source, data_dir, subset: str = "test", fine: bool = True,
     table = read_splits(data_dir)
     if "official" not in table.columns:
         raise ValueError(f"{info.get('dataset')} has no official split (no 'official' column in "
-                         f"{layout.splits_path(data_dir)}); use --protocol splits")
+                         f"{layout.splits_path(data_dir)}); use {setting('protocol', 'splits')}")
     ids = set(table.image_id[table.official == subset])
     train = set(table.image_id[table.official == "train"])
     if not ids:
@@ -267,7 +268,7 @@ def evaluate_lodo(sources, data_dir, held_out: Optional[Sequence] = None, split:
         h = held_out[i] if held_out is not None else _find_key(s.config, "held_out_distortion")
         if h is None:
             raise ValueError(f"{s.name}: which distortion was held out? Its config.json has no 'held_out_distortion'; "
-                             "pass --held-out TYPE (one per run, in order)")
+                             f"pass {hint('held_out=[TYPE, ...]', '--held-out TYPE')} (one per run, in order)")
         sel = (meta.distortion_name == str(h)) | (meta.distortion_type.astype(str) == str(h))
         ids = set(meta.image_id[sel])
         if test_ids is not None:

@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from data_pipeline.images import DEFAULT_POLICY, decode_image_tensor
+from keras_iqa.caller import setting
 from keras_iqa.export.contract import model_contract, write_json
 from data_pipeline.test_time import TestTimeCrops
 from keras_iqa.export.serving import write_serving_configs
@@ -165,14 +166,16 @@ def export_savedmodel(model, out: os.PathLike, version: Optional[int] = None, na
     root = Path(out)
     name = name or root.name
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise ValueError(f"model name {name!r} (from --out {out}) must be letters, digits, '_', '-' or '.' for TF Serving")
+        raise ValueError(f"model name {name!r} (from {setting('out', str(out))}) must be letters, digits, '_', '-' or '.' "
+                         "for TF Serving")
     version = next_version(root) if version is None else int(version)
     if version < 0:
-        raise ValueError(f"--version must be a non-negative integer, got {version}")
+        raise ValueError(f"{setting('version', version)}: the version must be a non-negative integer")
     target = root / str(version)
     if target.exists():
         if not overwrite:
-            raise ValueError(f"{target} already exists; pass --version {next_version(root)} or --overwrite")
+            raise ValueError(f"{target} already exists; pass {setting('version', next_version(root))} or "
+                             f"{setting('overwrite', True)}")
         shutil.rmtree(target)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{version}-{os.getpid()}"  # TF Serving ignores non-numeric folders; rename makes the version appear at once

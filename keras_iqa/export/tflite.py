@@ -32,7 +32,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from data_pipeline.test_time import TestTimeCrops
-from keras_iqa.caller import quiet_native
+from keras_iqa.caller import quiet_native, setting
 from keras_iqa.export.contract import model_contract, write_json
 from keras_iqa.export.parity import parity_report, photo_parity_report
 from keras_iqa.export.samples import calibration_crops, calibration_photos
@@ -111,7 +111,7 @@ def convert(model, quantize: str = "none", representative: Optional[np.ndarray] 
         ValueError: unknown `quantize`, int8 without `representative` crops, or ops that need Flex (named in the message).
     """
     if quantize not in QUANTIZE:
-        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+        raise ValueError(f"{setting('quantize', quantize)}: choose from {', '.join(QUANTIZE)}")
 
     # weights frozen into constants: no resource-variable ops in the flatbuffer (calibration cannot run those)
     fn = convert_variables_to_constants_v2(concrete_score_function(model, photo_size=photo_size))
@@ -215,7 +215,8 @@ def export_tflite(model, out: os.PathLike, quantize: Sequence[str] = ("none",), 
     out = Path(out)
     if out.suffix == ".tflite":
         if len(quantize) != 1:
-            raise ValueError(f"--out {out} names one file but {len(quantize)} variants were asked; give a directory")
+            raise ValueError(f"{setting('out', str(out))} names one file but {len(quantize)} variants were asked; give a "
+                             "directory")
         out_dir, paths = out.parent, {quantize[0]: out}
     else:
         out_dir = out

@@ -100,6 +100,9 @@ def test_setting_spells_flags_set_and_python_keywords():
         assert setting("milestones", [10, 20]) == "--set 'milestones=[10, 20]'"
         assert setting("target", "pseudo") == "target='pseudo'"  # nothing the command can set: the Python spelling
     assert setting("meta_target", "pseudo") == "meta_target='pseudo'"  # the session is over
+    with cli_session(flags={"overwrite": "--overwrite", "version": "--version"}, switches={"overwrite"}):
+        assert (setting("version", 2), setting("overwrite", True)) == ("--version 2", "--overwrite")
+    assert (setting("version", 2), setting("overwrite", True)) == ("version=2", "overwrite=True")
 
 
 def test_reader_target_hint_python_and_cli(tmp_path, capfd):

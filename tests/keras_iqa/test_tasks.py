@@ -164,12 +164,12 @@ def test_evaluate_reader_uses_the_test_time_contract(tmp_path):
 def test_reqa_config_checks_name_the_fix():
     from keras_iqa.tasks.reqa import REQATrainConfig, check_replica_batches, validate
 
-    with pytest.raises(ValueError, match=r"sampler='mini' is not one of .* --set sampler="):
+    with pytest.raises(ValueError, match=r"sampler='mini' is not one of .* \(set sampler=\.\.\.\)"):
         validate(REQATrainConfig(sampler="mini"))
     with pytest.raises(ValueError, match="batch_size=16 is not a multiple of 5"):
         validate(REQATrainConfig(sampler="batch", batch_size=16))
     assert validate(REQATrainConfig(sampler="batch", batch_size=16, coarse="official")).batch_size == 16
-    with pytest.raises(ValueError, match="--set micro_batches=2"):
+    with pytest.raises(ValueError, match=r"\(use micro_batches=2\)"):
         check_replica_batches(REQATrainConfig(micro_batches=3, distribute="mirrored"), 2)
 
 
