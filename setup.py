@@ -35,9 +35,9 @@ EXTRAS["demo"] = sorted({d for k in ("beam", "lite") for d in EXTRAS[k]})
 EXTRAS["dev"] = sorted(
     {"pytest", "hypothesis", "moto[server]"}  # moto: the S3 server tests/data_pipeline/test_scaling.py starts on 127.0.0.1
     # what tests import themselves, declared rather than left to arrive through another package: boto3 (test_scaling's S3
-    # client), networkx (test_import_graph), huggingface_hub (test_presets' offline hub), protobuf (test_export's
-    # text_format; its version is TensorFlow's)
-    | {"boto3", "huggingface_hub", "networkx", "protobuf"}
+    # client), h5py (test_resume reads weight files), networkx (test_import_graph), huggingface_hub (test_presets' offline
+    # hub), protobuf (test_export's text_format); h5py's and protobuf's versions are Keras's and TensorFlow's
+    | {"boto3", "h5py", "huggingface_hub", "networkx", "protobuf"}
     | {d for k in ("beam", "aws", "lite", "serving", "notebooks", "torch", "docs") for d in EXTRAS[k]}
 )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 ROOT = Path(__file__).parents[1]
-LOCAL = {"keras_iqa", "data_pipeline", "bench", "tests", "iqa_test_case", "distributed_checks"}
+LOCAL = {"keras_iqa", "data_pipeline", "bench", "tests", "iqa_test_case", "distributed_checks", "run_checks"}
 
 
 def _declared() -> set:

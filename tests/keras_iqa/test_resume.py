@@ -3,7 +3,9 @@
 In-process: the commit protocol of `BackupStore` at each moment a kill can hit it, damaged / missing / foreign backups
 (the reported case: `backup/latest.weights.h5` cut to 381 KB of 3.3 MB by a SIGKILL), and both optimizers' state coming
 back. Subprocesses: `keras-iqa train reqa|hcl|metaiqa` killed with SIGKILL (from outside mid-epoch, and from inside while
-the backup file is half written, KERAS_IQA_KILL_BACKUP), then re-run the documented way: they finish, no traceback.
+the backup file is half written, KERAS_IQA_KILL_BACKUP) once a backup is committed, then re-run the documented way: they
+finish with no traceback, exactly as the uninterrupted seeded run of the same command does when stopped at the same epoch
+and re-run (every array of the final model compared), with the test metrics that scipy computes from predictions.csv.
 """
 
 import csv
@@ -19,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from run_checks import arrays, assert_same_arrays, assert_same_finish, check_test_metrics, stopped_after
 
 from keras_iqa.training import runner
 from keras_iqa.training.runner import BackupStore, RunDir
@@ -188,6 +191,12 @@ def test_resume_restores_both_optimizers_state(tmp_path, card):
 
 
 # ---------------------------------------------------------------------------------------------------- real SIGKILLs
+# What a resumed run must equal. Seeds: `RunDir.create` seeds Python, NumPy and Keras from the config's seed and the input
+# pipelines are seeded (deterministic tf.data), so the same command gives the same numbers on the same machine; a resume
+# loads the last committed state exactly (weights and every optimizer's state) and then runs the rest of the command in a
+# fresh process whose data stream starts again from its seed (it is not fast-forwarded). So a run killed after epoch E's
+# commit must (a) have committed exactly the uninterrupted run's state of epoch E and (b) finish bit for bit as the
+# uninterrupted run does when it is stopped after E and re-run (`stopped_after`). Both compare every array exactly.
 def _cli(args, env_extra=None):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "KERAS_IQA_KILL_BACKUP": ""}
@@ -200,20 +209,23 @@ def _run(args, env_extra=None, timeout=600):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _kill_after_rows(args, history, rows, delay, timeout=600):
-    """Starts the command and SIGKILLs it `delay` s after `history` has `rows` epoch rows (or when it ends first)."""
+def _kill_when(args, path, log, timeout=600):
+    """Starts the command and SIGKILLs it as soon as `path` exists (a committed backup index); returns the exit code."""
     cmd, env = _cli(args)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t0 = time.time()
-    while proc.poll() is None and time.time() - t0 < timeout:
-        if history.exists() and len(history.read_text().strip().splitlines()) > rows:
-            time.sleep(delay)
-            break
-        time.sleep(0.05)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
-    return proc.returncode, err
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.time() + timeout
+            while not path.exists():  # polled every 10 ms: the kill follows the commit, whatever the machine's speed
+                assert proc.poll() is None, f"ended before {path.name} appeared: {Path(log).read_text()[-2000:]}"
+                assert time.time() < deadline, f"{path.name} did not appear in {timeout} s"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+    return proc.returncode
 
 
 def _assert_clean(proc):
@@ -232,53 +244,86 @@ def data(tmp_path_factory):
 
 
 def test_reqa_killed_mid_epoch_and_during_the_backup_write_resumes(data, tmp_path):
-    out = tmp_path / "reqa"
-    args = ["train", "reqa", "--model", "reqa-tiny", "--data", str(data / "auth"), "--out", str(out), "--quiet",
-            "--set", "epochs=6", "--set", "steps_per_epoch=2", "--set", "stage_epochs=1", "--set", "eval_crops=1"]
-    # 1. SIGKILL from outside half a second after epoch 2's history row (the reported case: killed in epoch 3)
-    rc, err = _kill_after_rows(args, out / "history.csv", rows=2, delay=0.5)
-    assert rc == -signal.SIGKILL, err[-2000:]
-    # 2. the re-run is killed from inside while it writes the backup after epoch 6 (half of the file written)
-    p = _run(args, {"KERAS_IQA_KILL_BACKUP": "6:write"})
+    def args(out):
+        return ["train", "reqa", "--model", "reqa-tiny", "--data", str(data / "auth"), "--out", str(out), "--quiet",
+                "--set", "epochs=4", "--set", "steps_per_epoch=2", "--set", "stage_epochs=1", "--set", "eval_crops=1"]
+
+    ref, out = tmp_path / "uninterrupted", tmp_path / "reqa"
+    _assert_clean(_run(args(ref)))
+    # 1. SIGKILL from outside as soon as epoch 3's backup is committed (the reported case: killed in the next epoch)
+    assert _kill_when(args(out), out / "backup" / "index-0003.json", tmp_path / "kill.log") == -signal.SIGKILL
+    store = RunDir(out).backup_store()
+    assert store.entries()[0]["epoch"] == 3, "the kill landed after epoch 4's commit"
+    committed = arrays(store.path(store.entries()[0]["files"]["weights"]["file"]))
+    assert_same_arrays(committed, ref / "backup" / "weights-0003.weights.h5", "epoch 3's committed backup")
+    # 2. the re-run is killed from inside while it writes the backup after epoch 4 (half of the file written)
+    p = _run(args(out), {"KERAS_IQA_KILL_BACKUP": "4:write"})
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     assert any(".partial" in f.name for f in (out / "backup").iterdir())
-    # 3. the next re-run finishes: epochs 0..3 once each, results written, the partial file cleaned up
-    p = _run(args)
+    # 3. the next re-run finishes: epochs 0..3 once each, the partial file cleaned up, results = scipy's over predictions
+    p = _run(args(out))
     _assert_clean(p)
     with open(out / "history.csv") as f:
-        assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(6)]
-    assert json.loads((out / "results.json").read_text())["test"]["n"] > 0
+        assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(4)]
     assert not any(".partial" in f.name for f in (out / "backup").iterdir())
+    check_test_metrics(out, data / "auth")
+    # 4. and it ends exactly where the uninterrupted run ends when stopped after epoch 3 and re-run
+    _assert_clean(_run(args(stopped_after(ref, tmp_path / "stopped", 3))))
+    assert_same_finish(out, tmp_path / "stopped")
 
 
 def test_hcl_killed_during_the_backup_write_with_a_damaged_backup_resumes(data, tmp_path):
-    out = tmp_path / "hcl"
-    args = ["train", "hcl", "--model", "hcl-tiny", "--stage", "finetune", "--data", str(data / "auth"), "--out", str(out),
-            "--quiet", "--precision", "fp32", "--set", "finetune.epochs=3", "--set", "finetune.steps_per_epoch=1",
-            "--set", "finetune.batch_size=4", "--set", "finetune.test_crops=1"]
-    p = _run(args, {"KERAS_IQA_KILL_BACKUP": "3:commit"})  # files written, index not committed
+    def args(out):
+        return ["train", "hcl", "--model", "hcl-tiny", "--stage", "finetune", "--data", str(data / "auth"), "--out",
+                str(out), "--quiet", "--precision", "fp32", "--set", "finetune.epochs=3", "--set",
+                "finetune.steps_per_epoch=1", "--set", "finetune.batch_size=4", "--set", "finetune.test_crops=1"]
+
+    def damage(run):  # the committed backup of epoch 2 cut to its first 1000 bytes on disk
+        store = RunDir(run).backup_store()
+        newest = Path(store.path(store.entries()[0]["files"]["weights"]["file"]))
+        newest.write_bytes(newest.read_bytes()[:1000])
+
+    ref, out = tmp_path / "uninterrupted", tmp_path / "hcl"
+    _assert_clean(_run(args(ref)))
+    p = _run(args(out), {"KERAS_IQA_KILL_BACKUP": "3:commit"})  # files written, index not committed
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     store = RunDir(out).backup_store()
     assert [e["epoch"] for e in store.entries()] == [2, 1]
-    newest = Path(store.path(store.entries()[0]["files"]["weights"]["file"]))
-    newest.write_bytes(newest.read_bytes()[:1000])  # and the committed backup of epoch 2 damaged on disk
-    p = _run(args)
+    assert_same_arrays(store.path(store.entries()[0]["files"]["weights"]["file"]),
+                        ref / "backup" / "weights-0002.weights.h5", "epoch 2's committed backup")
+    assert_same_arrays(out / "checkpoints" / "epoch_002.weights.h5", ref / "checkpoints" / "epoch_002.weights.h5",
+                        "epoch 2's checkpoint")
+    damage(out)
+    p = _run(args(out))
     _assert_clean(p)
     assert "resume: backup/weights-0002.weights.h5 has 1000 B" in p.stderr and "resuming after epoch 2" in p.stderr
     with open(out / "history.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
-    assert "test" in json.loads((out / "results.json").read_text())
+    check_test_metrics(out, data / "auth")
+    # the uninterrupted run stopped after epoch 2, its backup damaged the same way, re-run: the same finish
+    stopped = stopped_after(ref, tmp_path / "stopped", 2)
+    damage(stopped)
+    _assert_clean(_run(args(stopped)))
+    assert_same_finish(out, stopped)
 
 
 def test_metaiqa_killed_during_the_meta_state_write_resumes(data, tmp_path):
-    out = tmp_path / "meta"
-    args = ["train", "metaiqa", "--model", "metaiqa-tiny", "--crop-size", "32", "--batch-size", "4", "--meta-data",
-            str(data / "syn"), "--out", str(out), "--quiet", "--set", "meta_epochs=3", "--set", "inner_steps=1",
-            "--set", "tasks_per_batch=2"]
-    p = _run(args, {"KERAS_IQA_KILL_BACKUP": "2:write"})
+    def args(out):
+        return ["train", "metaiqa", "--model", "metaiqa-tiny", "--crop-size", "32", "--batch-size", "4", "--meta-data",
+                str(data / "syn"), "--out", str(out), "--quiet", "--set", "meta_epochs=3", "--set", "inner_steps=1",
+                "--set", "tasks_per_batch=2"]
+
+    ref, out = tmp_path / "uninterrupted", tmp_path / "meta"
+    _assert_clean(_run(args(ref)))
+    p = _run(args(out), {"KERAS_IQA_KILL_BACKUP": "3:write"})  # killed writing the state of meta epoch 3
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
-    p = _run(args)
+    state = "meta/meta_state"
+    for name in ("theta-0002.weights.h5", "adam-0002.npz"):  # the committed state of epoch 2 is the uninterrupted run's
+        assert_same_arrays(out / state / name, ref / state / name, name)
+    p = _run(args(out))
     _assert_clean(p)
     with open(out / "meta" / "history.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
     assert len(json.loads((out / "results.json").read_text())["meta_history"]["query_loss"]) == 3
+    _assert_clean(_run(args(stopped_after(ref, tmp_path / "stopped", 2, state_dir=state))))
+    assert_same_finish(out, tmp_path / "stopped")
