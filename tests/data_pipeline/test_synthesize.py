@@ -138,12 +138,18 @@ def test_pairs_reuse_the_synthetic_records(cli_run, pristine_dir):
     assert len(list(S.PairsFromSynthetic(str(out / "nope"), "syn_pairs", fallback)(rows[0]))) == 5 and calls == [rows[0]["id"]]
 
 
-def test_rerun_reuses_shards(cli_run):
+def test_rerun_reuses_shards(cli_run, capsys):
     rc, out, argv = cli_run
     before = json.loads((out / "syn" / "manifest.json").read_text())
-    assert cli.main(argv + ["--runner", "inline"]) == 0
+    capsys.readouterr()
+    assert cli.main(argv + ["--runner", "inline"]) == 0  # the same plan, complete: nothing is written again
+    said = capsys.readouterr().out
+    assert f"synthetic: already complete: {out / 'syn'}" in said and f"pair: already complete: {out / 'syn_pairs'}" in said
+    assert json.loads((out / "syn" / "manifest.json").read_text()) == before
+    # more split columns: every shard is reused, the manifest and splits.csv are written again
+    assert cli.main(argv + ["--runner", "inline", "--num-splits", "4"]) == 0
     after = json.loads((out / "syn" / "manifest.json").read_text())
-    assert after["writer"]["shards_reused"] == len(after["shards"]) >= 1
+    assert after["writer"]["shards_reused"] == len(after["shards"]) >= 1 and after["splits"]["num_splits"] == 4
     assert [s["sha256"] for s in after["shards"]] == [s["sha256"] for s in before["shards"]]
     # another seed changes the records: nothing is reused
     assert cli.main(argv + ["--runner", "inline", "--seed", "4"]) == 0
