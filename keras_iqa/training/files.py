@@ -74,7 +74,7 @@ def check_space(path, need: int) -> None:
     free (local paths; object stores are not checked)."""
     free = free_bytes(path)
     if free is not None and free < int(need) + SPACE_MARGIN:
-        raise DiskFullError(path, need=int(need))
+        raise DiskFullError(path, need=int(need) + SPACE_MARGIN)
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -183,7 +183,7 @@ def test_disk_full_during_a_backup_keeps_the_last_one_and_a_rerun_resumes(tmp_pa
 def test_no_room_for_a_checkpoint_is_refused_before_writing(tmp_path, monkeypatch):
     run = RunDir.create(tmp_path / "run", config={}, seed=0)
     monkeypatch.setattr(files, "free_bytes", lambda path: 1000)
-    with pytest.raises(DiskFullError, match=r"\(1000 B free, [0-9.]+ KB needed\); no backup was committed yet"):
+    with pytest.raises(DiskFullError, match=r"\(1000 B free, 1\.0 MB needed\); no backup was committed yet"):
         runner.fit(_model(), _data(), epochs=1, run=run, verbose=0, tensorboard=False)
     assert not list((run.shared / "backup").glob("*.h5"))
 
