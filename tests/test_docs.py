@@ -264,7 +264,6 @@ def _doc_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")  # keras-iqa from this venv
     env["CUDA_VISIBLE_DEVICES"] = ""
-    env.pop("PYTHONPATH", None)
     return env
 
 
