@@ -91,7 +91,7 @@ def _to(value: Any, hint):
                 continue
         raise _Mismatch
     origin = typing.get_origin(hint) or hint
-    if hint is Any or not isinstance(origin, type):
+    if hint is Any or origin is object or not isinstance(origin, type):
         return value
     if origin is type(None):
         if value is None:

@@ -25,7 +25,7 @@ from typing import Optional, Union
 
 import keras_iqa
 from keras_iqa.caller import setting
-from keras_iqa.config import apply_overrides
+from keras_iqa.config import apply_overrides, to_dict
 from keras_iqa.registry import get_card
 from keras_iqa.tasks.base import Task, resolve_backbone_weights
 from keras_iqa.tasks.base import set_test_contract as _set_contract
@@ -188,7 +188,6 @@ def train(cfg: REQATrainConfig, data: str, out, protocol: str = "paper", quiet: 
     """Trains REQA on `cfg.split` of the prepared dataset `data` into the run directory `out` (resumes when it exists) and
     evaluates it on the test subset under the model's test-time contract; returns the results (results.json) plus "run_dir".
     `protocol`: the preset name recorded in results.json."""
-    from keras_iqa.config import to_dict
     from keras_iqa.training import runner
     from keras_iqa.training.cpu import configure_cpu
 

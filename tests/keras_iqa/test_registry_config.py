@@ -174,7 +174,7 @@ def test_adding_a_method_is_a_model_package_a_task_module_and_one_entry(tmp_path
         "    name, config_cls, description = 'new', NewTrainConfig, 'train the new method'\n"
         "    def train(self, cfg, data, out):\n"
         "        result = {'config': dataclasses.asdict(cfg), 'data': data}\n"
-        "        pathlib.Path(out).mkdir(parents=True)\n"
+        "        pathlib.Path(out).mkdir(parents=True, exist_ok=True)\n"
         "        (pathlib.Path(out) / 'results.json').write_text(json.dumps(result))\n"
         "        return result\n"
         "TASK = NewTask()\n")
