@@ -83,22 +83,28 @@ FAMILIES: dict = {f.name: f for f in (
 _FAMILY_MODULES = tuple(f.package for f in FAMILIES.values())  # the built-in family packages (read FAMILIES instead)
 
 
+#: the base class of every keras-iqa model (named, not imported: the registry stays free of Keras)
+IQA_MODEL_CLASS = "keras_iqa.models.base.IQAModel"
+
+
 def families() -> tuple:
     """The family names (`keras-iqa train` methods), without importing any model."""
     return tuple(FAMILIES)
 
 
 def not_a_model(config) -> Optional[str]:
-    """None when a saved Keras config (a `.keras` file's config.json, a preset's) names a keras-iqa model class
-    (`keras_iqa>REQA`, ...), else what it names ("keras.Sequential", "keras_iqa>RestorationNet", "a JSON list"), read
-    without deserializing anything."""
+    """None when a saved Keras config (a `.keras` file's config.json, a preset's) names a registered keras-iqa model
+    class (an `IQAModel`: `keras_iqa>REQA`, a family of your own), else what it names ("keras.Sequential",
+    "keras_iqa>RestorationNet"), read without building anything. Import the families first (`list_models`)."""
+    import keras
+
     if not isinstance(config, dict):
         return f"JSON {type(config).__name__}, not a Keras config"
     name = config.get("registered_name") or ""
-    if name.startswith("keras_iqa>") and family_of_class(name.split(">", 1)[1]):
+    cls = keras.saving.get_registered_object(name) if name else None
+    if isinstance(cls, type) and any(f"{c.__module__}.{c.__name__}" == IQA_MODEL_CLASS for c in cls.__mro__):
         return None
-    cls = config.get("class_name")
-    return name or ".".join(str(v) for v in (config.get("module"), cls) if v) or "config without a class_name"
+    return name or ".".join(str(v) for v in (config.get("module"), config.get("class_name")) if v) or "config without a class"
 
 
 def family_of_class(cls_name: str) -> Optional[str]:

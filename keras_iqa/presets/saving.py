@@ -202,15 +202,15 @@ def from_preset(handle, load_weights: bool = True, cache: Optional[os.PathLike] 
     _no_savedmodel(folder)
     meta = _read_json(folder / METADATA_FILE, METADATA_FILE)
     config = _strip(_read_json(folder / CONFIG_FILE, CONFIG_FILE))  # architecture only: no optimizer to rebuild
-    what = registry.not_a_model(config)
-    if what:
-        raise PresetError(f"{folder / CONFIG_FILE}: not a keras-iqa model (it is a {what})")
     if overrides:
         inner = config.get("config")
         if not isinstance(inner, dict):
             raise PresetError(f"{folder / CONFIG_FILE}: no 'config' object to apply {sorted(overrides)} to")
         inner.update(overrides)
     registry.list_models()  # imports the families: registers their serializable classes
+    what = registry.not_a_model(config)
+    if what:
+        raise PresetError(f"{folder / CONFIG_FILE}: not a keras-iqa model (it is a {what})")
     try:
         model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except (TypeError, ValueError) as e:

@@ -53,10 +53,10 @@ def load_keras_model(path: os.PathLike, compile: bool = False):
             config = json.loads(z.read("config.json"))
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise ValueError(f"{p}: not a .keras archive (no readable config.json: {e})") from e
+    registry.list_models()  # imports the family modules: registers their serializable classes
     what = registry.not_a_model(config)
     if what:
         raise ValueError(f"{p}: not a keras-iqa model (it is a {what})")
-    registry.list_models()  # imports the family modules: registers their serializable classes
     model = keras.saving.load_model(str(p), compile=compile, safe_mode=True)
     if not _is_keras_model(model):
         raise ValueError(f"{p}: not a keras-iqa model (it is a {type(model).__module__}.{type(model).__name__})")
@@ -67,15 +67,8 @@ def load_model(path: os.PathLike, compile: bool = True):
     """`keras_iqa.load_model`: a keras-iqa model from a `.keras` file, a run directory (its model.keras) or a preset
     (folder or handle), the twin of `model.save(path)` / `save_to_preset`. `.keras` files load with `safe_mode=True`;
     a config's `backbone_weights` is ignored (the weights come from the file); anything that is no keras-iqa model fails
-    in one line. `compile` restores a `.keras` file's optimizers (as `keras.saving.load_model` does).
-
-    Example:
-        >>> import tempfile
-        >>> import keras_iqa
-        >>> path = tempfile.mkdtemp() + "/m.keras"
-        >>> keras_iqa.create_model("metaiqa-tiny").save(path)
-        >>> type(keras_iqa.load_model(path)).__name__
-        'MetaIQA'
+    in one line. `compile` restores a `.keras` file's optimizers (as `keras.saving.load_model` does). Example:
+    `model = keras_iqa.load_model("runs/reqa-koniq")`, then `model.score("photo.jpg")`.
     """
     p = Path(os.fspath(path)).expanduser()
     if p.is_dir() and layout.model_file(p) is not None:
