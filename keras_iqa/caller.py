@@ -1,7 +1,8 @@
 """Who is calling, Python or the `keras-iqa` command line, and what each of them is shown.
 
 From Python (the default) nothing changes: warnings are Python warnings and fix hints name Python keywords
-(`backbone_weights=None`). `keras-iqa` runs each command inside `cli_session(...)` (keras_iqa/cli.py), which
+(`backbone_weights=None`). `keras-iqa` runs each command inside `cli_session(...)` (keras_iqa/commands/__init__.py wraps
+every subcommand's `run` in it), which
 
 - prints each keras-iqa warning once, as one `warning: ...` line on stderr (no source line; the `keras_iqa` /
   `data_pipeline` loggers' warnings the same way);
@@ -36,7 +37,7 @@ __all__ = ["cli_session", "cli_value", "hint", "in_cli", "quiet_native", "settin
 #: packages whose own output (Python warnings, native lines) is "library chatter", shown only with `-v`
 LIBRARIES = ("tensorflow", "tf_keras", "keras", "keras_hub", "absl", "apache_beam", "ai_edge_litert", "h5py", "jax",
              "kagglehub", "google.protobuf", "tensorflow_serving")
-_OWN_LOGGERS = ("keras_iqa", "data_pipeline")
+_OWN = ("keras_iqa", "data_pipeline")  # keras-iqa's own packages: their warnings and loggers
 
 
 @dataclass
@@ -159,14 +160,14 @@ def cli_session(verbose: bool = False, flags: Optional[Mapping[str, str]] = None
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         issuer = _issuer()
-        if _within(issuer, _OWN_LOGGERS):
+        if _within(issuer, _OWN):
             print(f"warning: {message}", file=sys.stderr)
         elif verbose or not _within(issuer, LIBRARIES):
             show(message, category, filename, lineno, file, line)
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
-    loggers = [logging.getLogger(name) for name in _OWN_LOGGERS]
+    loggers = [logging.getLogger(name) for name in _OWN]
     saved = [(lg.propagate, lg.level) for lg in loggers]
     with warnings.catch_warnings():
         warnings.showwarning = showwarning
