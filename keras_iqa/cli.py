@@ -217,7 +217,8 @@ def _after_import(name: str, hook) -> None:
 
 class _Interrupt:
     """The SIGINT handler while a command runs: remembers the Ctrl-C (a Beam step re-raises it as another error), silences
-    Beam's logging (its ERROR record and traceback of the interrupted step), then raises KeyboardInterrupt as Python does."""
+    Beam's logging (its ERROR record and traceback of the interrupted step) and the errors of threads that end with the
+    run, then raises KeyboardInterrupt as Python does."""
 
     def __init__(self):
         self.seen = False
@@ -225,6 +226,7 @@ class _Interrupt:
     def __call__(self, signum, frame):
         self.seen = True
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+        threading.excepthook = lambda args: None  # e.g. Beam's worker threads, once their worker processes stopped
         raise KeyboardInterrupt
 
 
@@ -241,13 +243,14 @@ def _catching_ctrl_c():
     if threading.current_thread() is not threading.main_thread():
         yield handler
         return
-    beam_level = logging.getLogger("apache_beam").level
+    beam_level, hook = logging.getLogger("apache_beam").level, threading.excepthook
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield handler
     finally:
         signal.signal(signal.SIGINT, previous)
         logging.getLogger("apache_beam").setLevel(beam_level)
+        threading.excepthook = hook
 
 
 def main(argv=None) -> int:
