@@ -109,7 +109,8 @@ def resnet_features(
         raise ValueError(f"depth must be 18 or 50, got {depth!r}")
     if weights is not None:
         if width != 1.0 or blocks is not None:
-            raise ValueError("Pretrained weights need the standard network: leave width=1.0 and blocks=None")
+            raise ValueError("Pretrained weights need the standard network (width=1.0, blocks=None: a full-size card); a "
+                             f"narrower or shallower one starts from random weights ({setting('backbone_weights', None)})")
         preset = PRESETS[depth] if weights == "imagenet" else weights
         backbone = load_preset_backbone(preset)
     else:

@@ -222,8 +222,8 @@ def _command_section(parser, path: tuple, level: int) -> list:
 
 def _config_section(configs: dict) -> list:
     out = ["## Training config keys", "",
-           "Set with `--set KEY=VALUE` (repeatable) or `--config FILE` on `keras-iqa train METHOD`; the default is what a run "
-           "uses when neither a file, a flag nor `--set` gives the key. `auto` defaults are resolved when the run starts "
+           "Set with `--set KEY=VALUE` (repeatable) or `--config FILE` on `keras-iqa train METHOD`; the default is what a "
+           "run uses when neither a file, a flag nor `--set` gives the key. `auto` defaults are resolved when the run starts "
            "(the notes say how).", ""]
     for method, doc in configs.items():
         out += [f"### train {method} ({doc['config']})", "", "| key | type | default | note |", "|---|---|---|---|"]

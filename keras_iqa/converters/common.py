@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_iqa.caller import hint
+
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -94,4 +96,4 @@ def check_unused(plan: Plan, unused: list, strict: bool) -> None:
     if unused and strict:
         raise ValueError(f"the checkpoint holds {len(unused)} tensors the {plan.what} network does not have, e.g. "
                          f"{unused[:4]}: it is another network or a modified one (converting it would drop them silently; "
-                         "pass strict=False to convert anyway)")
+                         f"pass {hint('strict=False', '--allow-unused')} to convert anyway)")

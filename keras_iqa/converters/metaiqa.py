@@ -24,6 +24,7 @@ import re
 from typing import Optional
 
 import keras_iqa
+from keras_iqa.caller import setting
 from keras_iqa.converters.common import Plan, check_unused, strip_prefix
 from keras_iqa.converters.safe_load import load_state_dict
 
@@ -71,7 +72,7 @@ def load_state(model, state: dict, strict: bool = True) -> dict:
     """
     if getattr(model, "head", None) != "official":
         raise ValueError("the released MetaIQA checkpoints need the official head: convert into the 'metaiqa-official' card "
-                         "(or a card built with head='official')")
+                         f"({setting('card', 'metaiqa-official')}, or a card built with head='official')")
     state = strip_prefix(state)
     prefix = "resnet_layer." if "resnet_layer.conv1.weight" in state else ""
     plan = Plan(state, WHAT)

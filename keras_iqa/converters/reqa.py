@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 import keras_iqa
+from keras_iqa.caller import setting
 from keras_iqa.converters.common import Plan, check_unused, conv_kernel, dense_kernel, strip_prefix
 from keras_iqa.converters.metaiqa import resnet_plan
 from keras_iqa.converters.safe_load import load_state_dict
@@ -127,9 +128,10 @@ def load_state(model, state: dict, strict: bool = True) -> dict:
     """
     if not (getattr(model, "use_feedback", False) and getattr(model, "use_transformer", False)):
         raise ValueError("an official REQA checkpoint has the feedback network and the transformer: convert into a REQA card "
-                         "with feedback=True and transformer=True ('reqa')")
+                         f"with feedback=True and transformer=True ({setting('card', 'reqa')})")
     if not model.norm_first:
-        raise ValueError("the official transformer is pre-LN: convert into a card with norm_first=True")
+        raise ValueError("the official transformer is pre-LN: convert into a card with norm_first=True "
+                         f"({setting('card', 'reqa')})")
     state, dropped = _dedupe_shared(strip_prefix(state))
     plan = Plan(state, WHAT)
     cells = [f"{LDPM}lda{d}_feedback.{CELL_PREFIXES[0]}i_x.conv_1_x.weight" for d in (1, 2, 3)]
