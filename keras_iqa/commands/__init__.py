@@ -16,6 +16,9 @@ One meaning per flag name, in every subcommand (tests/keras_iqa/test_cli_rules.p
                        `train` method.
   --distribute S       auto | mirrored | multiworker (tf.distribute strategy), every `train` method.
   --seed N             the command's random seed.
+  --overwrite          replace what the command would otherwise refuse to write over: a `train` --out folder that is not a
+                       resumable run of that method and config, a `score --scores` file keras-iqa did not write, an
+                       `export` version folder.
   --pipeline-arg=--F=V one Apache Beam pipeline option (repeatable; `--beam-arg` is an alias), `prepare` / `synthesize`.
   --trust-model        load a SavedModel or .tflite that holds ops a keras-iqa scorer does not use (`score`; only for a
                        model you made or verified, docs/security.md).

@@ -49,7 +49,9 @@ def register(sub):
     p.add_argument("--meta-target", choices=("normalized", "pseudo", "mos"), help="meta-training target (default normalized)")
     p.add_argument("--split", metavar="COL", help="split column of the target's splits.csv (default split_00)")
     p.add_argument("--held-out", action="append", metavar="TYPE", help="lodo: held-out distortion name or type (repeatable)")
-    p.add_argument("--crop-size", type=int, metavar="PX", help="training crop size (default: the card's, 224)")
+    p.add_argument("--crop-size", type=int, metavar="PX", help="training crop size (default: the card's, 224)"
+                   "; refused before training when one step cannot fit in this machine's memory (about images per "
+                   "step x PX² x 4 KB x the card's width, docs/security.md)")
     p.add_argument("--batch-size", type=int, metavar="N", help="images per fine-tuning / baseline step")
     p.add_argument("--meta-epochs", type=int, metavar="N", help="meta-training epochs")
     p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs on --data")

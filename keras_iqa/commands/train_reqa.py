@@ -59,7 +59,9 @@ def register(sub):
     add_distribute_arg(p, note=": the model is built, compiled and fit under it; each replica trains on whole "
                        "micro-batches of the global batch (micro_batches a multiple of the replicas)")
     p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default 40; official preset 30)")
-    p.add_argument("--crop-size", type=int, metavar="PX", help="training crop size (default: the card's, 224; reqa-tiny 64)")
+    p.add_argument("--crop-size", type=int, metavar="PX", help="training crop size (default: the card's, 224; reqa-tiny 64)"
+                   "; refused before training when one step cannot fit in this machine's memory (about images per "
+                   "step x PX² x 4 KB x the card's width, docs/security.md)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
     add_config_args(p)
     p.set_defaults(func=run)
