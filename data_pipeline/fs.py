@@ -588,8 +588,12 @@ class lock:
                 fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return self._read(), None
-            with disk_full(p), os.fdopen(fd, "wb") as f:
-                f.write(self._body())
+            try:
+                with disk_full(p), os.fdopen(fd, "wb") as f:
+                    f.write(self._body())
+            except BaseException:  # no half-written lock left behind (a full disk, Ctrl-C)
+                os.remove(p)
+                raise
             return None
         s3 = _s3(p)
         if s3 is not None:
