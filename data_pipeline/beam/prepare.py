@@ -8,9 +8,10 @@ measured), anything else (TIFF, CMYK/16-bit/alpha, EXIF rotation, GIF...) as a l
 (`data_pipeline.images.canonical_bytes`). SPAQ's optional short-side resize happens here too (bicubic, stored as lossless PNG).
 `root` and `out` may be local folders or URIs (gs://, s3://, hdfs://: `data_pipeline.fs`; docs/scaling.md).
 
-Safety (docs/security.md#prepare): rows whose image leaves `root` are rejected unless `allow_outside_root`; path options are
-made absolute on the driver (relative to the current folder); the dataset folder is locked while it is written
-(`fs.lock`: a second run on it fails at once); a dataset already complete for the same rows and settings is not rewritten.
+Safety (docs/security.md, "Your files are never overwritten"): rows whose image leaves `root` are rejected unless
+`allow_outside_root`; path options are made absolute on the driver (relative to the current folder); the dataset folder is
+locked while it is written (`fs.lock`: a second run on it fails at once); a dataset already complete for the same rows and
+settings is not rewritten.
 """
 
 from __future__ import annotations

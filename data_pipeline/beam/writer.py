@@ -386,7 +386,7 @@ class _Tracker:
             self.thread.join(timeout=5)
 
 
-def _origin(exc: BaseException) -> BaseException:
+def _origin(exc: BaseException) -> Optional[BaseException]:
     """The exception a Beam step re-raised `exc` for (Beam wraps a step's error in a new one, chained to it): a Ctrl-C or
     a full disk stays what it is, not "RuntimeError: KeyboardInterrupt [while running 'Write']"."""
     seen, found = set(), None
@@ -519,7 +519,8 @@ def write_records(rows: Sequence[Mapping[str, Any]] | RowIndex, to_examples: Cal
     fps = [_fingerprint(b) for b in buckets]
     split_cfg = None if splits is None else splits if isinstance(splits, SplitConfig) else SplitConfig(**dict(splits))
     plan = hashlib.sha256(json.dumps(
-        {"shards": fps, "kind": kind, "dataset": dataset_name, "score_range": [float(v) for v in score_range],
+        {"schema": schema.SCHEMA_VERSION, "shards": fps, "kind": kind, "dataset": dataset_name,
+         "score_range": [float(v) for v in score_range],
          "higher_better": bool(higher_better), "splits": None if split_cfg is None else split_cfg.to_dict(),
          "extra": manifest_extra or {}}, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
