@@ -225,6 +225,20 @@ def _limit_size(img: Image.Image, name: str, policy: DecodePolicy, resize_target
     check_dimensions(name, width, height, policy)
 
 
+def _array(img: Image.Image) -> np.ndarray:
+    """`np.asarray(img)`, converted in strips of ~4 M pixels: Pillow's own conversion (`tobytes`) holds two copies of a
+    large image's bytes at once."""
+    w, h = img.size
+    step = max(1, (1 << 22) // max(1, w))
+    if h <= step:
+        return np.asarray(img)
+    first = np.asarray(img.crop((0, 0, w, 1)))
+    out = np.empty((h,) + first.shape[1:], first.dtype)
+    for y in range(0, h, step):
+        out[y:y + step] = np.asarray(img.crop((0, y, w, min(h, y + step))))
+    return out
+
+
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     """Mode handling of the policy (steps 3 and 4) on an already oriented Pillow image."""
     mode = img.mode
@@ -249,10 +263,10 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
             out[y:y + step] = np.round(part[..., :3] * alpha + WHITE * (1.0 - alpha))
         return out
     if mode == "RGB":
-        return np.asarray(img)
-    if mode == "CMYK":
-        return np.asarray(img.convert("RGB"))
-    return np.asarray(img.convert("RGB"))
+        return _array(img)
+    if mode == "L":  # what convert("RGB") does, without a 4-bytes-per-pixel copy
+        return np.repeat(_array(img)[..., None], 3, axis=2)
+    return _array(img.convert("RGB"))  # CMYK, P, YCbCr, 1, ...
 
 
 def _resize(arr: np.ndarray, policy: DecodePolicy, name: str) -> np.ndarray:
