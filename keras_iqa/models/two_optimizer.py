@@ -79,7 +79,7 @@ class TwoOptimizerModel:
         optimizers' state (a file without a backbone optimizer compiles with one optimizer, as it was saved)."""
         config = dict(config or {})
         bopt = config.pop("backbone_optimizer", None)
-        config = keras.saving.deserialize_keras_object(config)
+        config = keras.saving.deserialize_keras_object(config, safe_mode=True)
         self.compile(**config, backbone_optimizer=keras.optimizers.deserialize(bopt) if bopt else None)
 
     def train_step(self, data):

@@ -1,7 +1,7 @@
 """The TensorFlow ops a keras-iqa SavedModel holds: data for `keras_iqa.scoring.savedmodel_check`.
 
 Read with `savedmodel_check.graph_ops` from what `keras-iqa export --format savedmodel` wrote for every card (hcl,
-hcl-tiny, metaiqa, metaiqa-official, metaiqa-tiny, reqa, reqa-official, reqa-tiny); tests/keras_iqa/test_model_trust.py
+hcl-tiny, metaiqa, metaiqa-official, metaiqa-tiny, reqa, reqa-official, reqa-tiny); tests/keras_iqa/test_export.py
 exports every tiny card and checks that it passes. A change to the export that adds an op fails that test: add the op
 here when it reads no file and runs no code (never file, system or Python ops: ReadFile, WriteFile, MatchingFiles,
 PyFunc, ...).

@@ -125,6 +125,7 @@ print("RESULT" + json.dumps(out))
 def export_and_request_cases(models, tmp_path):
     """Exports each model; returns (cases for the fresh process, expected per model name)."""
     from keras_iqa.export.savedmodel import export_savedmodel
+    from keras_iqa.scoring.savedmodel_check import check_savedmodel
 
     images = sample_images()
     jpeg = [encode(im, "JPEG", quality=90) for im in images[:3]]
@@ -136,6 +137,7 @@ def export_and_request_cases(models, tmp_path):
     for name, model in models.items():
         path = export_savedmodel(model, tmp_path / "saved_models" / name)
         assert path == tmp_path / "saved_models" / name / "1"
+        check_savedmodel(path)  # every family's export passes the op check of untrusted SavedModels (docs/security.md)
         cases.append({
             "name": name, "path": str(path),
             "request": json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in blobs]}),
