@@ -20,6 +20,7 @@ import pytest
 
 from keras_iqa.cli import main
 from keras_iqa.config import load_config
+from keras_iqa.models.base import IQAModel
 from keras_iqa.tasks.reqa import REQATrainConfig
 from keras_iqa.training import files, runner
 from keras_iqa.training.files import DiskFullError
@@ -264,13 +265,33 @@ def test_scores_replaces_its_own_output_and_anything_with_overwrite(tmp_path):
     check_scores_target(other, overwrite=True)
 
 
-class _Overshoot(keras.Model):
-    """Scores 126.4 for every image on a declared 0..100 range."""
+@keras.saving.register_keras_serializable(package="keras_iqa_test_user_files")
+class Overshoot(IQAModel):
+    """Scores 126.4 for every image on a declared 0..100 range (a model asked about images unlike its training data)."""
 
-    score_range, higher_better, crop_size, test_crops, crop_policy, test_resize = (0.0, 100.0), True, 32, 1, "grid", None
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.head = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros")
 
     def call(self, x, training=False):
-        return keras.ops.zeros_like(x[:, 0, 0, 0]) + 126.4
+        return self.head(keras.ops.mean(x, axis=(1, 2)))[:, 0] + 126.4
+
+
+def test_keras_iqa_score_flags_a_score_outside_the_range(tmp_path, capsys):
+    from PIL import Image
+
+    model = Overshoot(score_range=(0, 100), higher_better=True, crop_size=32, test_crops=1, crop_policy="grid")
+    model(np.zeros((1, 32, 32, 3), "float32"))
+    run = RunDir.create(tmp_path / "run", config={})
+    run.save_final(model)
+    Image.fromarray(np.full((40, 48, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    rc = main(["score", str(run.path), str(tmp_path / "a.png"), "--scores", str(tmp_path / "s.csv"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.count("fall outside the range 0..100") == 1 and "a.png: 126.4" in err, err
+    header, row = (tmp_path / "s.csv").read_text().splitlines()
+    assert header == "path,score,score_normalized,out_of_range,crops"
+    path, score, norm, flag, crops = row.split(",")
+    assert float(score) == pytest.approx(126.4, abs=1e-3) and float(norm) == 1.0 and flag == "True"
 
 
 def test_a_score_outside_the_declared_range_is_flagged(tmp_path):
