@@ -92,7 +92,12 @@ class DecodePolicy:
         """
         values = {}
         for field, (env, default, kind) in _LIMITS.items():
-            if getattr(self, field) is not None:
+            given = getattr(self, field)
+            if given is not None:
+                if not given >= 0:
+                    raise ValueError(f"DecodePolicy({field}={given!r}): expected a number >= 0 (0 turns the limit off)")
+                if type(given) is not kind:
+                    values[field] = kind(given)
                 continue
             text = os.environ.get(env, "").strip()
             try:

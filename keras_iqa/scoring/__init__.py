@@ -85,7 +85,7 @@ __all__ = ["PRECISIONS", "Scorer", "Scores", "iter_image_files", "load_keras_mod
 
 def score(inputs, model, *, precision: str = "fp32", crop_scores: bool = False, recursive: bool = False,
           batch_size: int = 8, workers: int = 2, value_range: Optional[float] = None, progress: bool = False,
-          trust: bool = False) -> Scores:
+          trust: bool = False, decode_policy=None) -> Scores:
     """Scores images with one call, through the model's test-time contract: `keras_iqa.score("photo.jpg", model=...)`.
 
     Args:
@@ -102,6 +102,8 @@ def score(inputs, model, *, precision: str = "fp32", crop_scores: bool = False, 
         batch_size: images decoded and scored together (their crops share forward passes).
         workers: decoding threads (they decode the next batch while the current one is scored).
         progress: a progress bar on stderr.
+        decode_policy: a `data_pipeline.images.DecodePolicy` whose size limits (`max_pixels`, `max_file_bytes`,
+            `max_aspect_ratio`) replace the defaults and environment variables (docs/security.md, Images).
         trust: load a SavedModel or .tflite even when it holds ops a keras-iqa scorer does not use (file or system
             operations, custom ops; refused otherwise): only for a model you made or verified (docs/security.md).
 
@@ -126,9 +128,9 @@ def score(inputs, model, *, precision: str = "fp32", crop_scores: bool = False, 
     if value_range is not None and value_range not in (1, 255):
         raise ValueError(f"value_range must be 1 or 255 (the largest pixel value of float inputs), got {value_range!r}")
     scorer = _cached_scorer(model, precision, trust)
-    items = _expand(inputs, recursive, value_range)
+    items = _expand(inputs, recursive, value_range, decode_policy)
     bar = _progress(len(items)) if progress and items else None
-    rows = [r for results in _run(scorer, items, batch_size, workers, crop_scores, bar) for r in results]
+    rows = [r for results in _run(scorer, items, batch_size, workers, crop_scores, bar, decode_policy) for r in results]
     scores = np.array([r.score for r in rows], np.float64)
     norm = scorer.normalized(scores)
     norm[~np.isfinite(scores)] = np.nan
