@@ -139,6 +139,21 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path, caplog):
         OutputLock(tmp_path).acquire()
 
 
+def test_only_the_chief_of_a_multi_worker_run_claims_the_folder(tmp_path, monkeypatch):
+    from keras_iqa.training.out_dir import is_chief
+
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    for task, chief in (({"type": "worker", "index": 0}, True), ({"type": "worker", "index": 1}, False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert is_chief() is chief
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {**cluster, "chief": ["localhost:0"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert is_chief() is False
+    _user_folder(tmp_path / "mine")
+    with claim_output(tmp_path / "mine", "train reqa", {}) as state:  # a worker writes its own temporary folder
+        assert state == "new" and not (tmp_path / "mine" / LOCK_FILE).exists()
+
+
 # --------------------------------------------------------------------------------------------------------- disk full
 def _model():
     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
