@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from keras_iqa.caller import setting
 from keras_iqa.scoring.inputs import _file_item, _Item, iter_image_files
 from keras_iqa.scoring.scorer import Scorer
 
@@ -55,7 +56,7 @@ def _run(scorer: Scorer, items: Iterable[_Item], batch_size: int = 8, workers: i
     ahead, so the next batch decodes while this one is scored; the crops of a batch's images share forward passes.
     `policy`: the decode policy whose size limits every item meets (None: the default, limits from the environment)."""
     if int(batch_size) < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ValueError(f"{setting('batch_size', batch_size)}: give at least 1 image per batch")
     if want_crops and scorer.image_scores:
         raise ValueError(f"{scorer.source}: a whole-photo .tflite gives one score per photo (its crops are inside the graph); "
                          "per-crop scores need the per-crop .tflite, the SavedModel or a Keras model")
@@ -123,7 +124,7 @@ def score_paths(scorer: Scorer, paths: Iterable[os.PathLike], recursive: bool = 
     `data_pipeline.images.DecodePolicy` whose size limits replace the defaults (docs/security.md, Images).
     """
     if int(batch_size) < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ValueError(f"{setting('batch_size', batch_size)}: give at least 1 image per batch")
     files, bad = iter_image_files(paths, recursive)
     bar = _progress(len(files)) if progress and files else None
     rows = []

@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from data_pipeline.input import RecordReader, multi_dataset
 from data_pipeline.layout import RESULTS_FILE
-from keras_iqa.caller import setting
+from keras_iqa.caller import hint, setting
 from keras_iqa.models.hcl import HCLModelConfig, RestorationLoss, restoration_l1, PIXEL_LOSSES, build_restoration
 from keras_iqa.evaluation.restoration import restoration_report, to_restoration_targets  # noqa: F401
 from keras_iqa.tasks.base import Task
@@ -344,17 +344,20 @@ def train(cfg: HCLTrainConfig, out: str, stage: str = "all", pairs: Optional[str
     data = list(data)
     if stage == "all":
         if len(data) > 1:
-            raise ValueError("--stages all takes ONE authentic --data DIR; give the synthetic datasets with --synthetic")
+            stages = hint("stage='all'", "--stages all")
+            raise ValueError(f"{stages} takes ONE authentic {setting('data', 'DIR')}; give the "
+                             f"synthetic datasets with {hint('synthetic=[DIR, ...]', '--synthetic DIR')}")
         return run_all(cfg, pairs, list(synthetic), data[0] if data else None, out, init=init)
     if stage == "restoration":
         if not pairs:
-            raise ValueError("--stage restoration needs --pairs DIR (prepared pair records)")
+            raise ValueError(f"{setting('stage', 'restoration')} needs {setting('pairs', 'DIR')} (prepared pair records)")
         return train_restoration(cfg, pairs, out)
     if stage == "synthetic":
         return train_synthetic(cfg, list(synthetic) + data, out, init=init)
     if stage == "finetune":
         if len(data) != 1:
-            raise ValueError(f"--stage finetune needs exactly one --data DIR (the authentic dataset), got {len(data)}")
+            raise ValueError(f"{setting('stage', 'finetune')} needs exactly one {setting('data', 'DIR')} (the authentic "
+                             f"dataset), got {len(data)}")
         return train_finetune(cfg, data[0], out, init=init)
     raise ValueError(f"unknown HCL stage {stage!r}; one of {STAGES + ('all',)}")
 

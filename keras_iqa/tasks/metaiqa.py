@@ -27,7 +27,7 @@ import json
 from typing import Optional, Sequence, Union
 
 import keras_iqa
-from keras_iqa.caller import setting
+from keras_iqa.caller import hint, setting
 from keras_iqa.registry import get_card
 from keras_iqa.tasks import base
 from keras_iqa.training.memory import check_step_memory
@@ -250,9 +250,11 @@ class MetaIQATask(base.Task):
 
         cfg = self.validate(cfg)
         if not meta_data:
-            raise ValueError("--meta-data DIR is required (a prepared synthetic dataset with distortion types, e.g. kadid10k)")
+            raise ValueError(f"{hint('meta_data=[DIR, ...]', '--meta-data DIR')} is required (a prepared synthetic dataset "
+                             "with distortion types, e.g. kadid10k)")
         if cfg.protocol == "baseline" and not data:
-            raise ValueError("--protocol baseline needs --data (the target set to fine-tune and test on)")
+            raise ValueError(f"{setting('protocol', 'baseline')} needs {setting('data', 'DIR')} (the target set to "
+                             "fine-tune and test on)")
         cpu = configure_cpu(cfg.precision)  # dtype policy (--precision) and the benchmarked CPU thread defaults
         strategy = get_strategy(cfg.distribute)  # first: a multi-worker strategy must precede other TensorFlow work
         check_global_batch(cfg.batch_size, strategy)

@@ -192,5 +192,5 @@ def test_the_command_is_an_adapter_over_the_task():
             _metaiqa_cfg("paper", bad)
     with pytest.raises(ValueError, match="adam_state=fresh"):
         _metaiqa_cfg("official", "distribute=mirrored")
-    with pytest.raises(ValueError, match="--meta-data DIR is required"):
+    with pytest.raises(ValueError, match=r"meta_data=\[DIR, \.\.\.\] is required"):
         T.train(T.MetaIQATrainConfig(model="metaiqa-tiny"), meta_data=[], data=None, out="unused")

@@ -177,13 +177,13 @@ def test_hcl_train_dispatch_checks_before_any_work(tmp_path):
     from keras_iqa.tasks import hcl
 
     cfg = hcl.HCLTrainConfig()
-    with pytest.raises(ValueError, match="exactly one --data DIR"):
+    with pytest.raises(ValueError, match="stage='finetune' needs exactly one data='DIR'"):
         hcl.train(cfg, str(tmp_path / "o"), stage="finetune", data=["a", "b"])
-    with pytest.raises(ValueError, match="needs --pairs"):
+    with pytest.raises(ValueError, match="stage='restoration' needs pairs='DIR'"):
         hcl.train(cfg, str(tmp_path / "o"), stage="restoration")
     with pytest.raises(ValueError, match="unknown HCL stage 'warmup'"):
         hcl.train(cfg, str(tmp_path / "o"), stage="warmup")
-    with pytest.raises(ValueError, match="ONE authentic --data"):
+    with pytest.raises(ValueError, match="stage='all' takes ONE authentic data='DIR'"):
         hcl.train(cfg, str(tmp_path / "o"), stage="all", data=["a", "b"])
     assert not (tmp_path / "o").exists()
     res = {"restoration": {"holdout": {"psnr_gain": 1.0}}, "finetune": {"test": {"srocc": 0.5}}}
