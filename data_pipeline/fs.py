@@ -71,8 +71,10 @@ def configure(pipeline_args: Sequence[str] = ()) -> None:
     """
     global _CONFIGURED
     args = tuple(pipeline_args or ())
+    if not args:  # before Beam's import (seconds): a local run that starts no pipeline never needs it
+        return
     fsys = _beam()
-    if fsys is None or not args:
+    if fsys is None:
         return
     if _CONFIGURED is not None and _CONFIGURED[0] == args and fsys._pipeline_options is _CONFIGURED[1]:
         return  # set already, and no pipeline has replaced them since
