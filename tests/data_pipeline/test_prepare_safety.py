@@ -63,7 +63,7 @@ def _env():
 
 
 def _fifo(path):
-    """Replaces the image at `path` by a FIFO (a run that reaches it blocks there until `_feed`); returns its bytes."""
+    """Replaces the image at `path` by a FIFO (a run that reaches it blocks there until it is written); returns its bytes."""
     data = path.read_bytes()
     path.unlink()
     os.mkfifo(path)
