@@ -23,7 +23,8 @@ _WATCHED = ("keras", "keras_hub", "tensorflow")
 
 
 def _watched(name: str) -> bool:
-    return name.split(".")[0] in _WATCHED or name.startswith("keras_iqa.")
+    """Keras, TensorFlow and keras-hub themselves (their submodules finish within them) and keras-iqa's modules."""
+    return name in _WATCHED or name.startswith("keras_iqa.")
 
 
 def _importing(name: str) -> bool:
