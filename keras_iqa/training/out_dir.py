@@ -105,6 +105,12 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list:
     return out
 
 
+def _has_state(folder: Path) -> bool:
+    """True when a run in `folder` wrote more than its config and run info (history, checkpoints, backups, results)."""
+    bare = {MARK_FILE, LOCK_FILE, CONFIG_FILE, RUN_INFO_FILE}
+    return any(f not in bare for _, _, names in os.walk(folder) for f in names)
+
+
 def check_out(out, kind: str, config: Optional[dict] = None, overwrite: bool = False) -> str:
     """"new", "resume" or "overwrite" for a run of `kind` with `config` into `out`; a ValueError (one line: the folder,
     what is in it, the fix) when it would write over files that are not a keras-iqa run of that kind and config."""
@@ -122,6 +128,8 @@ def check_out(out, kind: str, config: Optional[dict] = None, overwrite: bool = F
     fix = "choose a new or empty folder, or add --overwrite to replace what a keras-iqa run writes there"
     if mark is None:
         raise ValueError(f"--out {out} is not a keras-iqa run folder (it holds {_listing(names)}): {fix}")
+    if not _has_state(p):  # a run that stopped before its first epoch (a wrong --data, say): nothing to keep
+        return "new"
     if mark.get("kind") and mark["kind"] != kind:
         raise ValueError(f"--out {out} holds a keras-iqa '{mark['kind']}' run, not '{kind}': {fix}")
     if config is not None and isinstance(mark.get("config"), dict):

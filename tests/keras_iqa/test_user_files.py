@@ -61,6 +61,9 @@ def test_out_rules_new_resume_other_kind_other_config(tmp_path):
     with claim_output(tmp_path / "run", "train reqa", cfg) as state:
         assert state == "new" and (tmp_path / "run" / LOCK_FILE).exists()
     assert not (tmp_path / "run" / LOCK_FILE).exists() and (tmp_path / "run" / MARK_FILE).exists()
+    # a run that stopped before its first epoch (a wrong --data): the corrected command starts it anew
+    assert check_out(tmp_path / "run", "train reqa", {**cfg, "data": "/right"}) == "new"
+    (tmp_path / "run" / "history.csv").write_text("epoch,loss\n0,1.0\n")
     assert check_out(tmp_path / "run", "train reqa", cfg) == "resume"
     assert check_out(tmp_path / "run", "train reqa", {**cfg, "epochs": 5}) == "resume"  # more epochs: resumable
     with pytest.raises(ValueError, match=r"holds a keras-iqa 'train reqa' run, not 'train metaiqa'.*--overwrite"):
@@ -69,6 +72,7 @@ def test_out_rules_new_resume_other_kind_other_config(tmp_path):
         check_out(tmp_path / "run", "train reqa", {**cfg, "lr": 0.2})
     # a run directory written through the Python API (run_info.json, no mark) is a keras-iqa run too
     RunDir.create(tmp_path / "api", config={"epochs": 1})
+    (tmp_path / "api" / "history.csv").write_text("epoch,loss\n0,1.0\n")
     assert check_out(tmp_path / "api", "train reqa", cfg) == "resume"
 
 
