@@ -85,6 +85,7 @@ def test_one_pixel_high_png_is_refused_by_its_aspect_ratio_before_decoding(tmp_p
     assert "max_aspect_ratio" in msg and "KERAS_IQA_MAX_ASPECT_RATIO" in msg
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns at open; keras-iqa refuses
 def test_oversized_png_and_jpeg_headers_are_refused_before_decoding(tmp_path, no_decoding):
     for name, data in (("big.png", png_header(10_000, 9_000)), ("big.jpg", jpeg_header(12_000, 9_000))):
         path = tmp_path / name
