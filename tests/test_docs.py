@@ -8,6 +8,7 @@ import importlib
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -286,36 +287,50 @@ def _run_step(step: dict, cwd: Path, env: dict) -> str | None:
 
 def _run_pages(pages, folder: Path) -> list:
     """Runs the steps of `pages` in `folder`; a step already run with the same text (the getting-started page repeats the
-    README) is not run twice. Returns the skipped steps; fails at the first step that breaks."""
+    README) is not run twice. Returns (skipped steps, run steps with their seconds); fails at the first step that breaks."""
     write_doc_files(folder)
-    env, done, skipped = _doc_env(), {}, []
+    env, done, skipped, ran = _doc_env(), {}, [], []
     for step in doc_steps(pages):
         if step["skip"]:
             skipped.append(step)
             continue
         if step["code"] in done:
             continue
+        t0 = time.monotonic()
         err = _run_step(step, folder, env)
         assert err is None, err
         done[step["code"]] = f"{step['page']}:{step['line']}"
-    return skipped
+        step["seconds"] = time.monotonic() - t0
+        ran.append(step)
+    return skipped, ran
 
 
 def test_quickstarts_run_as_written(tmp_path, capsys):
     """README.md and docs/getting-started.md, every runnable bash and python line, offline, in one folder."""
-    skipped = _run_pages(RUN_PAGES, tmp_path)
+    skipped, ran = _run_pages(RUN_PAGES, tmp_path)
     with capsys.disabled():
-        print("\nnot run (marked in the page):")
+        print(f"\nran {len(ran)} steps in {sum(s['seconds'] for s in ran):.0f} s:")
+        for s in ran:
+            print(f"  {s['seconds']:6.1f} s  {s['page']}:{s['line']}: {s['code'].splitlines()[0][:90]}")
+        print("not run (marked in the page):")
         for s in skipped:
             print(f"  {s['page']}:{s['line']}: {s['code'].splitlines()[0][:100]}  [{s['skip']}]")
-    assert (tmp_path / "my_scores.csv").exists() and (tmp_path / "labels.csv").read_text().startswith("file,mos")
+    # what the quickstarts promise: every photo scored, the label sheet untouched, both runs compared, int8 written
+    assert len((tmp_path / "my_scores.csv").read_text().splitlines()) == 1 + 30
+    assert len((tmp_path / "new_scores.csv").read_text().splitlines()) == 1 + 2
+    assert (tmp_path / "labels.csv").read_text().startswith("file,mos\n")
+    comparison = (tmp_path / "comparison.md").read_text()
+    assert "reqa-mine" in comparison and "meta-mine" in comparison
+    assert list((tmp_path / "exports" / "reqa-mine").glob("*_int8.tflite"))
+    assert 0 < sum(s["skip"].startswith("needs") for s in skipped) <= MAX_SKIPPED_LINES
 
 
 @pytest.mark.parametrize("page", EXAMPLE_PAGES)
 def test_page_examples_run(page, tmp_path):
     steps = [s for s in doc_steps([page]) if not s["skip"]]
     assert steps, f"{page} has no runnable examples"
-    _run_pages([page], tmp_path)
+    skipped, ran = _run_pages([page], tmp_path)
+    assert ran and not skipped
 
 
 def test_skipped_doc_lines_are_few_and_have_offline_twins():
