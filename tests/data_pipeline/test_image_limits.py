@@ -201,6 +201,7 @@ def scorers():
     return load_scorer(plain), load_scorer(resizing)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_scoring_reports_each_bad_shape_and_scores_the_rest(tmp_path, scorers):
     import keras_iqa
     from keras_iqa.scoring import score_paths
