@@ -16,6 +16,7 @@ from keras_iqa.layers.feedback import FeedbackBlock
 from keras_iqa.layers.transformer import QualityTransformer
 from keras_iqa.models.reqa import REQA
 from keras_iqa.training.curriculum import PAPER_STAGES, CurriculumSchedule, lr_at, official_head_lr, stage_weights
+from run_checks import check_metrics, check_test_metrics
 
 X = np.random.default_rng(0).uniform(0, 255, (10, 64, 64, 3)).astype("float32")
 Y = np.tile(np.array([10.0, 30.0, 50.0, 70.0, 90.0], "float32"), 2)
@@ -134,7 +135,8 @@ def test_cli_trains_tiny_run(tmp_path):
     assert res["history"]["w_3"] == pytest.approx([0.25 / 3, 0.25], rel=1e-5)
     assert len(res["history"]["test_srocc"]) == 1 and "srocc" in res["best_epoch_test"]  # evaluated at epoch 2 only
     assert [c[0] for c in res["curriculum"]] == [0, 1]
-    assert (out / "model.keras").exists() and (out / "history.csv").exists() and (out / "predictions.csv").exists()
+    assert (out / "model.keras").exists() and (out / "history.csv").exists()
+    check_test_metrics(out, tmp_path / "data")  # SROCC / PLCC = scipy's over predictions.csv, one row per test image
 
 
 def test_full_size_forward_shape():
@@ -186,5 +188,8 @@ def test_cli_sets_test_contract_and_one_target_scale(tmp_path):
     assert res["eval"]["crops"] == 3 and res["eval"]["mode"] == "grid" and res["eval"]["resize"] == [70, 70]
     m = keras.models.load_model(one / "model.keras")
     assert (m.test_crops, m.crop_policy, tuple(m.test_resize)) == (3, "grid", (70, 70))
-    df = pd.read_csv(one / "predictions.csv")
+    df = check_test_metrics(one, tmp_path / "data")  # split_01's test images, metrics = scipy's over predictions.csv
     assert df["target"].max() > 1.5  # 0-100 targets (the fixture's MOS spans most of its range), not 0-1
+    for row in summary["rows"]:  # each summary row = scipy's metrics over that split's own predictions.csv
+        preds = check_test_metrics(out / row["row"], tmp_path / "data", split=row["row"])
+        check_metrics(row, preds["pred"], preds["target"])

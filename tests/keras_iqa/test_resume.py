@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
 from run_checks import arrays, assert_same_arrays, assert_same_finish, check_test_metrics, stopped_after
 
 from keras_iqa.training import runner
