@@ -244,7 +244,7 @@ class OutputLock:
 @contextlib.contextmanager
 def claim_output(out, kind: str, config: Optional[dict] = None, overwrite: bool = False):
     """The block runs as the one run of `kind` in `out` (see the module docstring); yields "new", "resume" or
-    "overwrite"."""
+    "overwrite". A block that fails before the run wrote any state (`_has_state`) leaves no folder it created and no mark."""
     if _is_remote(out) or not is_chief():
         yield "new"
         return
@@ -252,6 +252,7 @@ def claim_output(out, kind: str, config: Optional[dict] = None, overwrite: bool 
         OutputLock(out).check()  # a run in progress is the first thing to say
     check_out(out, kind, config, overwrite)  # before anything is created
     folder = Path(out)
+    existed = folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = OutputLock(folder).acquire()
     root = os.path.abspath(str(folder))
@@ -265,6 +266,11 @@ def claim_output(out, kind: str, config: Optional[dict] = None, overwrite: bool 
                   folder / MARK_FILE)
         _CLAIMED.add(root)
         yield state
+    except BaseException:
+        if not _has_state(folder):  # stopped before its first epoch (a bad value, a wrong --data): leave no trace
+            lock.release()
+            shutil.rmtree(folder, ignore_errors=True) if not existed else (folder / MARK_FILE).unlink(missing_ok=True)
+        raise
     finally:
         _CLAIMED.discard(root)
         lock.release()

@@ -61,6 +61,11 @@ def test_out_rules_new_resume_other_kind_other_config(tmp_path):
     with claim_output(tmp_path / "run", "train reqa", cfg) as state:
         assert state == "new" and (tmp_path / "run" / LOCK_FILE).exists()
     assert not (tmp_path / "run" / LOCK_FILE).exists() and (tmp_path / "run" / MARK_FILE).exists()
+    with pytest.raises(FileNotFoundError):  # fails before any state: no folder left behind
+        with claim_output(tmp_path / "failed", "train reqa", cfg):
+            RunDir.create(tmp_path / "failed", config=cfg)
+            raise FileNotFoundError("records/x: no manifest.json")
+    assert not (tmp_path / "failed").exists()
     # a run that stopped before its first epoch (a wrong --data): the corrected command starts it anew
     assert check_out(tmp_path / "run", "train reqa", {**cfg, "data": "/right"}) == "new"
     (tmp_path / "run" / "history.csv").write_text("epoch,loss\n0,1.0\n")
