@@ -283,7 +283,7 @@ def test_cli_twin(env, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0 and "(bf16;" in captured.err
     header, row = captured.out.strip().splitlines()
-    assert header == "path,score,score_normalized,crops,crop_scores" and len(row.split(",")[-1].split()) == 3
+    assert header == "path,score,score_normalized,out_of_range,crops,crop_scores" and len(row.split(",")[-1].split()) == 3
     with pytest.warns(UserWarning, match="model card"):
         assert main(["score", "metaiqa-tiny", str(photos / "a.png"), "-q"]) == 0
     assert main(["score", str(env["savedmodel"]), str(photos / "a.png"), "--precision", "bf16"]) == 2
