@@ -1,5 +1,6 @@
 """`--distribute multiworker` on localhost: two worker processes (TF_CONFIG) train REQA together; after one worker is
-SIGKILLed mid-run, the restarted job resumes from the chief's backup and finishes without redoing finished epochs.
+SIGKILLed mid-run (once a backup is committed), the restarted job resumes from the chief's backup, finishes without redoing
+finished epochs and ends exactly where the uninterrupted job ends when stopped at the same epoch and restarted.
 
 Each worker is one replica (its CPU); both read the same tiny dataset and keep their own half of every global batch (one
 micro-batch of 5 each). Ports are free ports of 127.0.0.1 picked by the test; every process is ended by the test.
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from run_checks import assert_same_arrays, assert_same_finish, check_test_metrics, stopped_after
 
 ROOT = Path(__file__).parents[2]
 
@@ -57,43 +59,60 @@ def _rows(history):
         return [r["epoch"] for r in csv.DictReader(f)]
 
 
-def test_two_workers_train_and_resume_after_one_is_killed(tmp_path):
-    from data_pipeline.fixtures import write_tiny_records
-    from keras_iqa.training.runner import BackupStore
-
-    write_tiny_records(str(tmp_path / "data"), kind="authentic", n=30, size=(72, 80))
-    out = tmp_path / "run"
-    args = ["train", "reqa", "--model", "reqa-tiny", "--data", str(tmp_path / "data"), "--out", str(out), "--quiet",
-            "--distribute", "multiworker", "--precision", "fp32", "--set", "epochs=4", "--set", "steps_per_epoch=2",
-            "--set", "micro_batches=2", "--set", "stage_epochs=1", "--set", "eval_crops=1"]
-    procs = _start(args, tmp_path, "first")
-    try:
-        t0 = time.time()
-        # an epoch is done once its backup is committed (its history row is written just before the backup)
-        while not list((out / "backup").glob("index-*.json")) and time.time() - t0 < 400:
-            assert all(p.poll() is None for p, _ in procs), (tmp_path / "first-worker0.log").read_text()[-3000:]
-            time.sleep(0.1)
-        assert list((out / "backup").glob("index-*.json")), "the workers committed no epoch in time"
-        procs[1][0].send_signal(signal.SIGKILL)  # the non-chief worker dies in the middle of the run
-        procs[1][0].wait(timeout=60)
-        time.sleep(1.0)
-    finally:
-        _stop(procs)  # the chief waits on the lost worker's collectives: the job is stopped and restarted, as a scheduler would
-    done_before = BackupStore(out / "backup").entries()[0]["epoch"]
-    assert 1 <= done_before < 4
-
-    procs = _start(args, tmp_path, "second")
+def _job(args, out_dir, tag):
+    """Runs the two-worker job to its end; returns the workers' logs after checking both exited 0 without a traceback."""
+    procs = _start(args, out_dir, tag)
     try:
         for p, _ in procs:
             p.wait(timeout=600)
     finally:
         _stop(procs)
-    logs = [(tmp_path / f"second-worker{i}.log").read_text() for i in range(2)]
+    logs = [(out_dir / f"{tag}-worker{i}.log").read_text() for i in range(2)]
     assert [p.returncode for p, _ in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert not any("Traceback" in t for t in logs)
+    return logs
+
+
+def test_two_workers_train_and_resume_after_one_is_killed(tmp_path):
+    """The non-chief worker is SIGKILLed as soon as epoch 3's backup is committed; the restarted job finishes exactly as
+    the uninterrupted job does when stopped after epoch 3 and restarted (every array of model.keras equal: the same seed
+    on every worker, and a two-value all-reduce is the same sum whatever the order; docs in test_resume.py)."""
+    from data_pipeline.fixtures import write_tiny_records
+    from keras_iqa.training.runner import BackupStore
+
+    write_tiny_records(str(tmp_path / "data"), kind="authentic", n=30, size=(72, 80))
+
+    def args(out):
+        return ["train", "reqa", "--model", "reqa-tiny", "--data", str(tmp_path / "data"), "--out", str(out), "--quiet",
+                "--distribute", "multiworker", "--precision", "fp32", "--set", "epochs=4", "--set", "steps_per_epoch=2",
+                "--set", "micro_batches=2", "--set", "stage_epochs=1", "--set", "eval_crops=1"]
+
+    ref, out = tmp_path / "uninterrupted", tmp_path / "run"
+    _job(args(ref), tmp_path, "uninterrupted")
+    procs = _start(args(out), tmp_path, "first")
+    try:
+        t0 = time.time()
+        # epoch 3 is done once its backup is committed (its history row is written just before the backup)
+        while not (out / "backup" / "index-0003.json").exists():
+            assert all(p.poll() is None for p, _ in procs), (tmp_path / "first-worker0.log").read_text()[-3000:]
+            assert time.time() - t0 < 400, "the workers did not commit epoch 3 in time"
+            time.sleep(0.01)  # polling: the kill follows the commit
+        procs[1][0].send_signal(signal.SIGKILL)  # the non-chief worker dies in the middle of epoch 4
+        procs[1][0].wait(timeout=60)
+    finally:
+        _stop(procs)  # the chief waits on the lost worker's collectives: the job is stopped and restarted, as a scheduler would
+    store = BackupStore(out / "backup")
+    assert store.entries()[0]["epoch"] == 3  # epoch 4 needs both workers: it cannot have been committed
+    assert_same_arrays(store.path(store.entries()[0]["files"]["weights"]["file"]),
+                       ref / "backup" / "weights-0003.weights.h5", "epoch 3's committed backup")
+
+    _job(args(out), tmp_path, "second")
     assert _rows(out / "history.csv") == ["0", "1", "2", "3"]  # every epoch once
     res = json.loads((out / "results.json").read_text())
-    assert len(res["history"]["loss"]) == 4 - done_before  # the restarted job ran only the epochs left
+    assert len(res["history"]["loss"]) == 1  # the restarted job ran only the epoch left
     assert BackupStore(out / "backup").entries()[0]["epoch"] == 4
     assert sorted(p.name for p in (out / "backup").iterdir()) == ["index-0003.json", "index-0004.json",
                                                                    "weights-0003.weights.h5", "weights-0004.weights.h5"]
+    check_test_metrics(out, tmp_path / "data")
+    _job(args(stopped_after(ref, tmp_path / "stopped", 3)), tmp_path, "stopped")
+    assert_same_finish(out, tmp_path / "stopped")
