@@ -29,7 +29,8 @@ import threading
 
 from keras_iqa.commands import add_output_args
 
-COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "preset", "models", "demo")
+COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "preset", "models", "demo",
+            "baseline")
 #: Commands that a re-run with the same arguments resumes (complete shards, the last finished epoch): Ctrl-C says so.
 RESUMABLE = ("prepare", "synthesize", "train")
 

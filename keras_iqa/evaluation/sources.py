@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import pandas as pd
 
 from data_pipeline import layout
+from keras_iqa.classical.baseline import Baseline, is_baseline, load_baseline, predict_records
 from keras_iqa.evaluation.datasets import read_metadata, read_splits
 from keras_iqa.evaluation.predict import predict_reader
 from keras_iqa.scoring.loading import load_keras_model
@@ -48,6 +49,9 @@ def load_source(src: Union[str, os.PathLike, Any]) -> Source:
         return Source(name="predictions", table=src.assign(image_id=src.image_id.astype(str)))
     if not isinstance(src, (str, os.PathLike)):
         return Source(name=getattr(src, "name", "model"), model=src)
+    if is_baseline(src):  # a classical baseline: "niqe" or a fitted folder (brisque.json); docs/baselines.md
+        b = load_baseline(src)
+        return Source(name=b.name, model=b, path=b.source)
     path = Path(src)
     if path.is_dir():
         model_file = layout.find_model_file(path)  # the run's model.keras (an HCL `--stages all` folder: its last stage's)
@@ -63,7 +67,8 @@ def load_source(src: Union[str, os.PathLike, Any]) -> Source:
         df = pd.read_csv(path, dtype={"image_id": str})
         _check_table(df, str(path))
         return Source(name=path.stem, table=df, path=str(path))
-    raise ValueError(f"{src}: expected a run directory (with model.keras), a .keras file or a predictions .csv")
+    raise ValueError(f"{src}: expected a run directory (with model.keras), a .keras file, a predictions .csv or a baseline "
+                     "(niqe, or a folder with brisque.json)")
 
 
 def pd_frame(rows):
@@ -130,6 +135,9 @@ def _predict(source: Source, data_dir, split: Optional[str], subset: Optional[st
             raise ValueError(f"{source.name}: predictions missing for {len(ids) - len(df)} of the {len(ids)} test images "
                              f"(e.g. {sorted(set(ids) - set(df.image_id))[0]!r})")
         return df[["image_id", "target", "pred"]].reset_index(drop=True)
+    if isinstance(source.model, Baseline):
+        df = predict_records(source.model, data_dir, split, subset, progress=progress, desc=f"predict {source.name}")
+        return df[df.image_id.isin(ids)].reset_index(drop=True) if ids is not None else df
     # late on purpose: tests swap sys.modules["data_pipeline.input"] for a stub reader (tests/test_import_policy.py LATE)
     from data_pipeline.input import RecordReader
 

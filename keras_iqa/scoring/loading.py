@@ -20,6 +20,7 @@ import numpy as np
 
 from data_pipeline import layout
 from keras_iqa import registry
+from keras_iqa.classical.baseline import Baseline, is_baseline, load_baseline
 from keras_iqa.scoring.savedmodel_check import check_savedmodel, check_tflite
 from keras_iqa.scoring.scorer import PRECISIONS, Scorer, _contract_fields, resolve_precision
 
@@ -122,6 +123,8 @@ def load_scorer(model, precision: str = "fp32", trust: bool = False) -> Scorer:
         raise TypeError(f"model must be a path, preset handle, card name, keras-iqa keras.Model or Scorer, got "
                         f"{type(model).__name__}")
     text = os.fspath(model)
+    if is_baseline(text):  # a classical baseline: "niqe" or a fitted folder (brisque.json); docs/baselines.md
+        return baseline_scorer(load_baseline(text))
     p = Path(text).expanduser()
     if p.exists():
         if p.is_dir() and layout.model_file(p) is None and not (p / "saved_model.pb").is_file() \
@@ -142,6 +145,12 @@ def load_scorer(model, precision: str = "fp32", trust: bool = False) -> Scorer:
     hint = f" (did you mean the card {', '.join(repr(c) for c in close)}?)" if close else ""
     raise FileNotFoundError(f"MODEL {text} does not exist (expected a run directory, .keras file, SavedModel directory, "
                             f".tflite, a preset handle or a model card name){hint}")
+
+
+def baseline_scorer(b: Baseline) -> Scorer:
+    """A classical baseline as a whole-photo `Scorer` (its features read the whole decoded image; no crops)."""
+    return Scorer(lambda crops: b.score_images(list(crops)), "baseline", b.source, tuple(b.score_range), b.higher_better,
+                  224, 1, "resize", extra={"baseline": b}, image_scores=b.score_images)
 
 
 def _from_preset(handle: str, precision: str) -> Scorer:
