@@ -27,6 +27,7 @@ EXTRAS = {
     "notebooks": ["nbclient", "nbformat", "ipykernel"],
     "torch": ["torch==2.13.0", "safetensors"],  # `keras-iqa convert` (checkpoints, .safetensors) and the bench peers
     "docs": ["mkdocs==1.6.1", "mkdocstrings-python==2.0.11"],  # the MkDocs site under docs/ (mkdocs.yml)
+    "classical": ["scikit-learn"],  # `keras-iqa baseline fit brisque` (the SVR); scoring a fitted baseline needs only numpy
 }
 # demo: what `keras-iqa demo` (`make demo`) runs: Beam for synthesize/prepare (DirectRunner), the LiteRT interpreter for the
 # TFLite export's parity check and `score` on the .tflite. No torch, notebooks, pytest or docs.
@@ -38,7 +39,7 @@ EXTRAS["dev"] = sorted(
     # client), h5py (test_resume reads weight files), networkx (test_import_graph), huggingface_hub (test_presets' offline
     # hub), protobuf (test_export's text_format); h5py's and protobuf's versions are Keras's and TensorFlow's
     | {"boto3", "h5py", "huggingface_hub", "networkx", "protobuf"}
-    | {d for k in ("beam", "aws", "lite", "serving", "notebooks", "torch", "docs") for d in EXTRAS[k]}
+    | {d for k in ("beam", "aws", "lite", "serving", "notebooks", "torch", "docs", "classical") for d in EXTRAS[k]}
 )
 
 setup(
