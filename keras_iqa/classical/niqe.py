@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from data_pipeline import pristine
 from keras_iqa.classical.features import gray, half, local_stats, scale_features
 
 PATCH = 96
@@ -66,8 +67,6 @@ def fit_niqe(images: Iterable, patch: int = PATCH, sharpness: float = SHARPNESS)
 @functools.lru_cache(maxsize=1)
 def pristine_model() -> NiqeModel:
     """The default MVG: `fit_niqe` on the bundled natural-scene photos (computed once per process)."""
-    from data_pipeline import pristine
-
     return fit_niqe(pristine.load_embedded(name) for name in pristine.NATURAL)
 
 
