@@ -8,7 +8,7 @@ Light to import (the feature code, SciPy and TensorFlow load when a baseline fir
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,7 +23,8 @@ NIQE_RANGE = (0.0, 100.0)
 
 @dataclass
 class Baseline:
-    """A classical method: `score_images(list of HxWx3 uint8) -> [N] float64` on `score_range` (`higher_better`)."""
+    """A classical method: `score_images(list of HxWx3 uint8) -> [N] float64` on `score_range` (`higher_better`);
+    `trained_on`: the dataset and split a fitted one learned from (its `split` is what `evaluate` tests it on)."""
 
     name: str
     method: str
@@ -31,6 +32,7 @@ class Baseline:
     score_range: tuple
     higher_better: bool
     source: str
+    trained_on: dict = field(default_factory=dict)
 
 
 def is_baseline(model) -> bool:
@@ -67,7 +69,7 @@ def _brisque(path: Path) -> Baseline:
         return np.array([m.predict(brisque_features(img))[0] for img in images], np.float64)
 
     name = path.parent.name if path.name == BRISQUE_FILE else path.stem
-    return Baseline(name, "brisque", run, tuple(m.score_range), m.higher_better, str(path))
+    return Baseline(name, "brisque", run, tuple(m.score_range), m.higher_better, str(path), dict(m.trained_on))
 
 
 def _niqe() -> Baseline:

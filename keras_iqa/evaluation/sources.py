@@ -51,7 +51,7 @@ def load_source(src: Union[str, os.PathLike, Any]) -> Source:
         return Source(name=getattr(src, "name", "model"), model=src)
     if is_baseline(src):  # a classical baseline: "niqe" or a fitted folder (brisque.json); docs/baselines.md
         b = load_baseline(src)
-        return Source(name=b.name, model=b, path=b.source)
+        return Source(name=b.name, model=b, path=b.source, config=dict(b.trained_on))
     path = Path(src)
     if path.is_dir():
         model_file = layout.find_model_file(path)  # the run's model.keras (an HCL `--stages all` folder: its last stage's)
