@@ -32,6 +32,8 @@ DOCTEST_MODULES = (
     "data_pipeline.pristine",
     "data_pipeline.test_time",
     "keras_iqa.backbones",
+    "keras_iqa.caller",
+    "keras_iqa.classical.features",
     "keras_iqa.config",
     "keras_iqa.converters",
     "keras_iqa.converters.metaiqa",
