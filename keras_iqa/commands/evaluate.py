@@ -10,7 +10,8 @@ DESCRIPTION = """\
 Evaluate trained models on prepared datasets and write a report (results.json, results.csv, predictions.csv, summary.md,
 scatter / per-range / error-histogram / confusion PNGs).
 
-SOURCE is a run directory (holding model.keras and config.json), a .keras file, or a CSV of predictions (image_id,pred).
+SOURCE is a run directory (holding model.keras and config.json), a .keras file, a CSV of predictions (image_id,pred),
+or a classical baseline: niqe, or a folder holding brisque.json (keras-iqa baseline fit brisque).
 Protocols never train. A protocol that retrains per split takes one SOURCE per split:
   splits    N random splits: SOURCE i is scored on the TEST subset of its split (its config.json `split`, else --split,
             else split_00, split_01, ... in order); summary = median and mean +- std over splits. One SOURCE with several
@@ -44,7 +45,7 @@ Then compare runs side by side:  keras-iqa report reports/reqa-koniq reports/cro
 def register(sub):
     p = sub.add_parser("evaluate", help="metrics under the field's protocols (splits, official, cross, lodo), gMAD",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter())
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="run dir(s), .keras file(s) or predictions CSV(s)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="run dir(s), .keras file(s), predictions CSV(s) or baselines")
     p.add_argument("--data", action="append", default=[], metavar="DIR",
                    help="prepared dataset (repeatable: several only for --protocol cross)")
     p.add_argument("--protocol", default="splits", choices=("splits", "official", "cross", "lodo", "gmad"),
