@@ -116,3 +116,17 @@ def test_a_malformed_brisque_json_fails_in_one_line(tmp_path, capsys, content, k
     assert main(["score", str(folder), str(img)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "brisque.json" in err[0] and key in err[0] and "keras-iqa baseline fit brisque" in err[0]
+
+
+def test_niqe_evaluates_by_name_with_its_lower_is_better_direction(tmp_path):
+    from scipy.stats import spearmanr
+
+    data, rep = tmp_path / "rec", tmp_path / "rep"
+    write_tiny_records(str(data), kind="authentic", n=10, size=(96, 128))
+    assert main(["evaluate", "niqe", "--data", str(data), "--protocol", "cross", "--out", str(rep), "--no-plots", "-q"]) == 0
+    with open(rep / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    pred, mos = [float(r["pred"]) for r in rows], [float(r["target"]) for r in rows]
+    srocc = json.loads((rep / "results.json").read_text())["rows"][0]["srocc"]
+    assert len(rows) == 10 and srocc != 0
+    assert srocc == pytest.approx(-spearmanr(pred, mos)[0])  # lower NIQE = better: the sign flips
