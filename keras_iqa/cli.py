@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 
+from keras_iqa.caller import stderr_fd_silenced
 from keras_iqa.commands import add_output_args
 
 COMMANDS = ("prepare", "synthesize", "train", "evaluate", "report", "export", "score", "convert", "preset", "models", "demo",
@@ -82,29 +83,6 @@ def _version() -> str:
         return "keras-iqa (not installed)"
 
 
-@contextlib.contextmanager
-def _stderr_fd_silenced():
-    """Points file descriptor 2 at /dev/null (C/C++ writers included) for the duration of the block."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 class _QuietLoader:
     """Wraps an extension-module loader: loading (dlopen + static initializers) and init run with fd 2 silenced."""
 
@@ -112,11 +90,11 @@ class _QuietLoader:
         self._loader = loader
 
     def create_module(self, spec):
-        with _stderr_fd_silenced():
+        with stderr_fd_silenced():
             return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        with _stderr_fd_silenced():
+        with stderr_fd_silenced():
             return self._loader.exec_module(module)
 
     def __getattr__(self, name):
