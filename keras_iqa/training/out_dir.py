@@ -1,4 +1,4 @@
-"""The `--out` folder of `keras-iqa train`: what a run may write into (`check_out`) and one run at a time (`OutputLock`).
+"""The `--out` folder of `keras-iqa train`: what a run may write into (`check_out`) and one run at a time (`fs.lock`).
 
 `claim_output(out, kind, config)` is what every `train` command wraps its run in:
 
@@ -7,11 +7,12 @@
   or `distribute` too); anything else is refused with one line naming the folder, what is in it and `--overwrite`;
 - `overwrite=True` removes what a keras-iqa run writes there (`RUN_ENTRIES`: config, history, checkpoints, backups, model,
   results, the sub-runs of MetaIQA, HCL and `--split all`) and starts over; any other file is left alone;
-- `OutputLock` makes two runs on one folder refuse each other: `LOCK_FILE` is created with O_CREAT | O_EXCL and holds the
-  pid, host and start time; a lock whose process is gone (same host, no such pid) is taken over with a message.
+- `fs.lock` (`LOCK_FILE`) makes two runs on one folder refuse each other, on a local disk (O_CREAT | O_EXCL) and on an
+  object store (a conditional create on s3://); a lock whose process is gone (same host, no such pid) is taken over with
+  a message.
 
-Only the chief of a multi-worker run (TF_CONFIG) claims the folder; object-store paths are not claimed (docs/security.md,
-Your files are never overwritten).
+Only the chief of a multi-worker run (TF_CONFIG) claims the folder; object-store folders are locked but not checked or
+marked (docs/security.md, Your files are never overwritten).
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import json
 import os
 import re
 import shutil
-import socket
-import sys
 from pathlib import Path
 from typing import Optional
 
 from data_pipeline.layout import (BACKUP_DIR, CHECKPOINTS_DIR, CONFIG_FILE, HCL_STAGE_DIRS, HISTORY_FILE, MODEL_FILE,
                                   RESULTS_FILE, RUN_INFO_FILE)
+from data_pipeline import fs
 from keras_iqa.training.files import _is_remote, log, save_json
 
 MARK_FILE = ".keras-iqa-run.json"
@@ -42,10 +42,6 @@ _SPLIT_DIR = re.compile(r"^split_\d+$")
 RESUMABLE_CHANGES = ("epochs", "meta_epochs", "finetune_epochs", "baseline_epochs", "repetitions", "distribute")
 
 _CLAIMED: set = set()
-
-
-class OutputInUse(RuntimeError):
-    """Another run holds the `--out` folder's lock."""
 
 
 def is_chief() -> bool:
@@ -153,109 +149,25 @@ def clear_run(out) -> list:
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class OutputLock:
-    """`LOCK_FILE` in a folder, created atomically (O_CREAT | O_EXCL) with this process's pid, host and start time."""
-
-    def __init__(self, folder):
-        self.path = Path(folder) / LOCK_FILE
-        self.held = False
-
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        doc = {"pid": os.getpid(), "host": socket.gethostname(),
-               "started": _dt.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv}
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-        self.held = True
-        return True
-
-    def _owner(self):
-        """(text, pid, started) of a stale lock (its process gone, on this host); None without a lock; `OutputInUse`
-        for a lock a live process (or one on another host, or an unreadable one) holds."""
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return None
-        try:
-            owner = json.loads(text)
-            pid, host, started = int(owner["pid"]), str(owner["host"]), owner.get("started", "?")
-        except (ValueError, KeyError, TypeError):
-            raise OutputInUse(f"{self.path.parent}: another keras-iqa run holds {self.path} (unreadable); if none is "
-                              f"running, delete that file") from None
-        if host != socket.gethostname() or _alive(pid):
-            raise OutputInUse(f"{self.path.parent} is in use by another keras-iqa run (pid {pid} on {host}, since "
-                              f"{started}): wait for it to end or choose another --out; if it is not running, delete "
-                              f"{self.path}")
-        return text, pid, started
-
-    def check(self) -> None:
-        """`OutputInUse` when another live run holds the lock (reads only)."""
-        self._owner()
-
-    def acquire(self) -> "OutputLock":
-        if self._create():
-            return self
-        stale = self._owner()
-        if stale is None:  # released in between
-            return self.acquire()
-        text, pid, started = stale
-        # stale: its process is gone. Move it aside (one taker wins the rename) and check it was the one we read.
-        aside = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            pass
-        else:
-            moved = aside.read_text(encoding="utf-8", errors="replace")
-            if moved != text:  # a live lock created in between: put it back
-                with contextlib.suppress(OSError):
-                    os.link(aside, self.path)
-                aside.unlink()
-                raise OutputInUse(f"{self.path.parent} is in use by another keras-iqa run: wait for it to end or choose "
-                                  "another --out")
-            aside.unlink()
-        if not self._create():
-            raise OutputInUse(f"{self.path.parent} is in use by another keras-iqa run: wait for it to end or choose "
-                              "another --out")
-        log.warning("%s: took over the lock of keras-iqa run pid %d (started %s), which is no longer running",
-                    self.path.parent, pid, started)
-        return self
-
-    def release(self) -> None:
-        if self.held:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            self.held = False
-
-
 @contextlib.contextmanager
 def claim_output(out, kind: str, config: Optional[dict] = None, overwrite: bool = False):
     """The block runs as the one run of `kind` in `out` (see the module docstring); yields "new", "resume" or
-    "overwrite". A block that fails before the run wrote any state (`_has_state`) leaves no folder it created and no mark."""
-    if _is_remote(out) or not is_chief():
+    "overwrite". A block that fails before the run wrote any state (`_has_state`) leaves no folder it created and no mark.
+    Object-store folders are locked (`fs.lock`: a conditional create on s3://) but not checked or marked."""
+    if not is_chief():
         yield "new"
         return
-    if Path(out).is_dir():
-        OutputLock(out).check()  # a run in progress is the first thing to say
+    lock_path = fs.join(os.fspath(out), LOCK_FILE)
+    if _is_remote(out):
+        with fs.lock(lock_path, command=f"keras-iqa {kind}"):
+            yield "new"
+        return
     check_out(out, kind, config, overwrite)  # before anything is created
     folder = Path(out)
     existed = folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = OutputLock(folder).acquire()
     root = os.path.abspath(str(folder))
+    lock = fs.lock(lock_path, command=f"keras-iqa {kind}")
+    lock.__enter__()  # creates the folder; fs.LockedError when another run holds it (nothing of ours to undo)
     try:
         state = check_out(out, kind, config, overwrite)  # again, under the lock
         if state == "overwrite":
@@ -268,9 +180,9 @@ def claim_output(out, kind: str, config: Optional[dict] = None, overwrite: bool 
         yield state
     except BaseException:
         if not _has_state(folder):  # stopped before its first epoch (a bad value, a wrong --data): leave no trace
-            lock.release()
+            lock.__exit__(None, None, None)
             shutil.rmtree(folder, ignore_errors=True) if not existed else (folder / MARK_FILE).unlink(missing_ok=True)
         raise
     finally:
         _CLAIMED.discard(root)
-        lock.release()
+        lock.__exit__(None, None, None)

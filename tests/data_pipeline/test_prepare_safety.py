@@ -356,3 +356,16 @@ def test_ctrl_c_in_a_command_that_does_not_resume_says_interrupted(monkeypatch, 
     monkeypatch.setattr("keras_iqa.commands.models.run", interrupted)
     assert cli.main(["models"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_two_train_runs_on_one_s3_out_refuse_each_other(s3):
+    from keras_iqa.training.out_dir import LOCK_FILE, claim_output
+
+    fs.configure(s3["args"])
+    out = f"s3://{BUCKET}/train-run"
+    with claim_output(out, "train reqa", {}) as state:
+        assert state == "new" and json.loads(fs.read_bytes(f"{out}/{LOCK_FILE}"))["pid"] == os.getpid()
+        with pytest.raises(fs.LockedError, match="another run is writing here"):
+            with claim_output(out, "train reqa", {}):
+                pass
+    assert not fs.exists(f"{out}/{LOCK_FILE}")

@@ -25,7 +25,8 @@ from keras_iqa.tasks.reqa import REQATrainConfig
 from keras_iqa.training import files, runner
 from keras_iqa.training.files import DiskFullError
 from keras_iqa.training.memory import check_step_memory
-from keras_iqa.training.out_dir import (LOCK_FILE, MARK_FILE, OutputInUse, OutputLock, check_out, claim_output)
+from data_pipeline import fs
+from keras_iqa.training.out_dir import LOCK_FILE, MARK_FILE, check_out, claim_output
 from keras_iqa.training.runner import RunDir
 
 ROOT = Path(__file__).parents[2]
@@ -123,7 +124,8 @@ def test_two_train_runs_on_one_out_refuse_each_other(tmp_path, capsys):
         assert ready.exists(), "the first run did not take the lock"
         rc = main(["train", "reqa", "--data", str(tmp_path / "records"), "--out", str(out), *TINY])
         err = capsys.readouterr().err
-        assert rc == 2 and f"is in use by another keras-iqa run (pid {holder.pid} on {socket.gethostname()}" in err
+        assert rc == 2 and f"another run is writing here (keras-iqa train reqa started" in err
+        assert f"by pid {holder.pid} on {socket.gethostname()})" in err
         lock = json.loads((out / LOCK_FILE).read_text())
         assert lock["pid"] == holder.pid and lock["host"] == socket.gethostname() and lock["started"]
     finally:
@@ -135,17 +137,19 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "t0"}))
-    caplog.set_level(logging.WARNING, logger="keras_iqa")
-    lock = OutputLock(tmp_path).acquire()
-    assert f"took over the lock of keras-iqa run pid {dead.pid} (started t0)" in caplog.text
-    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-    with pytest.raises(OutputInUse, match=f"pid {os.getpid()}"):  # this process holds it now
-        OutputLock(tmp_path).acquire()
-    lock.release()
+    caplog.set_level(logging.WARNING)
+    with claim_output(tmp_path, "train reqa", {}):
+        assert f"removed a stale lock (a run started t0 by pid {dead.pid}" in caplog.text
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with pytest.raises(fs.LockedError, match=f"pid {os.getpid()}"):  # this process holds it now
+            with claim_output(tmp_path, "train reqa", {}):
+                pass
+    assert not (tmp_path / LOCK_FILE).exists()
     # a lock from another host is never taken over (its process cannot be checked from here)
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": "elsewhere", "started": "t0"}))
-    with pytest.raises(OutputInUse, match="on elsewhere"):
-        OutputLock(tmp_path).acquire()
+    with pytest.raises(fs.LockedError, match="on elsewhere"):
+        with claim_output(tmp_path, "train reqa", {}):
+            pass
 
 
 def test_only_the_chief_of_a_multi_worker_run_claims_the_folder(tmp_path, monkeypatch):
