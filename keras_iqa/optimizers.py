@@ -84,14 +84,22 @@ def apply_optimizer_groups(tape, loss, groups, extra_gradient=None) -> None:
     `loss` must be computed inside `tape` and already scaled for the replicas (`scale_for_replicas`, or what a Keras
     `compute_loss` returns): one backward pass serves every group. `extra_gradient(g, v)` adds a term to each non-None
     gradient (e.g. coupled L2 `wd * v`), divided by the replicas like the loss, so the all-reduced sum adds it exactly
-    once. An optimizer that scales losses (`keras.optimizers.LossScaleOptimizer`, mixed float16) gets its gradients
-    multiplied by its scale, which its `apply` divides out again. Variables without a gradient are skipped (each
-    optimizer is built on its whole group first, `build_optimizer_groups`, so its state matches saved files).
+    once. Loss scaling (mixed float16: `keras.optimizers.LossScaleOptimizer`): the backward pass is seeded with the
+    smallest of the optimizers' scales (as if the loss were multiplied by it, so float16 gradients do not underflow; an
+    optimizer whose gradients overflowed lowers its scale, so the next pass uses the lowered one), the float32
+    gradients are divided by it again, and each scaling optimizer gets them multiplied by its own scale, which its
+    `apply` divides out (skipping the step and lowering the scale on inf/NaN). Variables without a gradient are skipped
+    (each optimizer is built on its whole group first, `build_optimizer_groups`, so its state matches saved files).
     """
     groups = [(opt, list(vs)) for opt, vs in groups if opt is not None and len(vs)]
     build_optimizer_groups(groups)
     all_vars = [v for _, vs in groups for v in vs]
-    grads = dict(zip((id(v) for v in all_vars), tape.gradient(loss, all_vars)))
+    scales = [ops.cast(f, "float32") for f in (opt.scale_loss(1.0) for opt, _ in groups) if not isinstance(f, float)]
+    seed = ops.min(ops.stack(scales)) if scales else None
+    raw = tape.gradient(loss, all_vars, output_gradients=None if seed is None else ops.cast(seed, loss.dtype))
+    if seed is not None:
+        raw = [g if g is None else g / ops.cast(seed, g.dtype) for g in raw]
+    grads = dict(zip((id(v) for v in all_vars), raw))
     n = replicas_in_sync()
     for opt, variables in groups:
         gs = [grads[id(v)] for v in variables]

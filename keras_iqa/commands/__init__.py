@@ -77,7 +77,8 @@ def _run_as_cli(func, parser, args):
 
 def add_precision_arg(p, default=None, note: str = "") -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=default, metavar="{auto,fp32,bf16}",
-                   help="dtype policy: auto (mixed_bfloat16 on CPUs with native bf16, else fp32; the GPU's policy as set), "
+                   help="dtype policy: auto (mixed_bfloat16 on CPUs with native bf16, else fp32; training on a GPU: "
+                        "mixed_bfloat16 from compute capability 8.0, mixed_float16 with loss scaling before), "
                         "fp32, or bf16 (mixed_bfloat16)" + note)
 
 

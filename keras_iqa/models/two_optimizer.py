@@ -5,7 +5,7 @@ faithful way to give the backbone its own learning rate (REQA: 2e-5 against 2e-4
 frozen). The mixin, on public Keras APIs only:
 
 - `compile(optimizer, backbone_optimizer=None, **kwargs)`: Keras's compile plus the backbone optimizer (without one the
-  model trains with Keras's single optimizer); both are built on their variable groups at once when the model is built;
+  model trains with Keras's single optimizer; under `mixed_float16` both are wrapped in `LossScaleOptimizer`); both are built on their variable groups at once when the model is built;
 - `backbone_optimizer`, `optimizer_groups()`: which optimizer updates which variables (`backbone_variables()` is the one
   thing a family says);
 - `get_compile_config` / `compile_from_config`: both optimizers' configs go into a `.keras` file, and `load_model` rebuilds
@@ -36,7 +36,11 @@ class TwoOptimizerModel:
     def compile(self, optimizer="adam", backbone_optimizer=None, **kwargs):
         """Keras's `compile` plus `backbone_optimizer` (an optimizer, its name or config; None: one optimizer for all)."""
         super().compile(optimizer=optimizer, **kwargs)
-        self._backbone_optimizer = keras.optimizers.get(backbone_optimizer) if backbone_optimizer is not None else None
+        bopt = keras.optimizers.get(backbone_optimizer) if backbone_optimizer is not None else None
+        if (bopt is not None and self.dtype_policy.name == "mixed_float16" and kwargs.get("auto_scale_loss", True)
+                and not isinstance(bopt, keras.optimizers.LossScaleOptimizer)):
+            bopt = keras.optimizers.LossScaleOptimizer(bopt, name="backbone_loss_scale_optimizer")  # as Keras's compile
+        self._backbone_optimizer = bopt
         if self.built:  # each optimizer on its own group, now (under the strategy scope when there is one)
             build_optimizer_groups(self.optimizer_groups())
 

@@ -255,7 +255,9 @@ class MetaIQATask(base.Task):
         if cfg.protocol == "baseline" and not data:
             raise ValueError(f"{setting('protocol', 'baseline')} needs {setting('data', 'DIR')} (the target set to "
                              "fine-tune and test on)")
-        cpu = configure_cpu(cfg.precision)  # dtype policy (--precision) and the benchmarked CPU thread defaults
+        # dtype policy (--precision) and the CPU thread defaults; the bi-level loop applies gradients itself, without loss
+        # scaling, so "auto" never picks float16 on a GPU (keras_iqa.training.cpu)
+        cpu = configure_cpu(cfg.precision, loss_scaling=False)
         strategy = get_strategy(cfg.distribute)  # first: a multi-worker strategy must precede other TensorFlow work
         check_global_batch(cfg.batch_size, strategy)
         run_dir = RunDir.create(out, config={**to_dict(cfg), "meta_data": list(meta_data), "data": data}, seed=cfg.seed,

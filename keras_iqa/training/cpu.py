@@ -5,7 +5,10 @@ README, Benchmarks):
 
 - precision: "auto" picks `mixed_bfloat16` (bf16 compute, fp32 variables; no loss scaling needed, bf16 has fp32's exponent
   range) when the CPU has native bf16 dot products (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo), else fp32. "fp32" and
-  "bf16" force one. Nothing changes when a GPU is visible and precision is "auto".
+  "bf16" force one. On a GPU, "auto" picks by its compute capability: `mixed_bfloat16` from 8.0 (Ampere and later have bf16
+  tensor cores), `mixed_float16` before (float16 tensor cores; Keras wraps the optimizers in `LossScaleOptimizer`, and
+  `keras_iqa.optimizers.apply_optimizer_groups` scales the backward pass of the two-optimizer step). A training loop that
+  applies gradients without loss scaling (MetaIQA's bi-level loop) passes `loss_scaling=False`: fp32 there before 8.0.
 - threads: intra-op pool = `threads` (default: the CPUs this process may use), inter-op pool = 2: two independent ops (e.g.
   a convolution's input and filter gradients) may run at once and fill each other's idle threads. Measured on 2 cores
   (README, Benchmarks): inter-op 2 vs 1 gave +8 % (ResNet-18) and +10 % (ResNet-50) bf16 training images/s at batch 16
@@ -17,6 +20,8 @@ Example:
 >>> from keras_iqa.training.cpu import configure_cpu, resolve_precision
 >>> resolve_precision("auto", flags={"avx512_bf16"}), resolve_precision("auto", flags=set())  # this CPU: flags=None
 ('bf16', 'fp32')
+>>> resolve_precision("auto", gpu=True, capability=(7, 0)), resolve_precision("auto", gpu=True, capability=(9, 0))
+('fp16', 'bf16')
 >>> applied = configure_cpu("fp32")      # before building models; "auto" picks by the CPU flags as above
 >>> applied["policy"], applied["precision"]
 ('float32', 'fp32')
@@ -30,7 +35,7 @@ import warnings
 from typing import Optional
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # "fp16": only "auto" on a GPU
 
 
 def cpu_flags() -> set[str]:
@@ -59,19 +64,39 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_precision(precision: str = "auto", flags: Optional[set] = None, gpu: bool = False) -> str:
-    """"fp32" or "bf16" for a requested precision; "auto" -> bf16 on CPUs with native bf16, fp32 elsewhere or on GPU."""
+def gpu_capability(gpu=None) -> Optional[tuple]:
+    """(major, minor) compute capability of `gpu` (a `tf.config` physical device; default: the first GPU), or None."""
+    import tensorflow as tf
+
+    if gpu is None:
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        gpu = gpus[0]
+    cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+    return tuple(int(x) for x in cc) if cc else None
+
+
+def resolve_precision(precision: str = "auto", flags: Optional[set] = None, gpu: bool = False,
+                      capability: Optional[tuple] = None, loss_scaling: bool = True) -> str:
+    """"fp32", "bf16" or "fp16" for a requested precision. "auto": on a GPU with a known compute `capability` (major, minor),
+    bf16 from 8.0, else fp16 (float16 needs loss scaling: fp32 when the training loop has none, `loss_scaling=False`); on
+    a GPU of unknown capability fp32; on CPU bf16 where it has native bf16 dot products, else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
     if gpu:
-        return "fp32"
+        if capability is None:
+            return "fp32"
+        if tuple(capability) >= (8, 0):
+            return "bf16"
+        return "fp16" if loss_scaling else "fp32"
     return "bf16" if has_native_bf16(flags) else "fp32"
 
 
 def configure_cpu(precision: str = "auto", threads: Optional[int] = None, inter_op_threads: Optional[int] = None,
-                  onednn: bool = True, verbose: bool = False) -> dict:
+                  onednn: bool = True, verbose: bool = False, loss_scaling: bool = True) -> dict:
     """Applies the CPU defaults; returns what was applied (store it in the run's config.json).
 
     Args:
@@ -80,6 +105,7 @@ def configure_cpu(precision: str = "auto", threads: Optional[int] = None, inter_
         inter_op_threads: inter-op threads (default 2).
         onednn: set TF_ENABLE_ONEDNN_OPTS=1 (only effective before TensorFlow is imported).
         verbose: print the applied settings.
+        loss_scaling: the training loop applies Keras's loss scaling (False: "auto" never picks float16 on a GPU).
 
     Thread pools can only be sized before TensorFlow's runtime starts; if it already has, the pools are left as they are and
     `applied["threads_applied"]` is False (a warning says so). The dtype policy is global and applies to models built after.
@@ -103,12 +129,12 @@ def configure_cpu(precision: str = "auto", threads: Optional[int] = None, inter_
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     applied["gpu"] = gpu
-    resolved = resolve_precision(precision, gpu=gpu)
-    if gpu and precision == "auto":
-        applied["policy"] = keras.mixed_precision.global_policy().name
-    else:
-        keras.mixed_precision.set_global_policy(_POLICY[resolved])
-        applied["policy"] = _POLICY[resolved]
+    capability = gpu_capability() if gpu else None
+    if gpu:
+        applied["gpu_capability"] = ".".join(map(str, capability)) if capability else "unknown"
+    resolved = resolve_precision(precision, gpu=gpu, capability=capability, loss_scaling=loss_scaling)
+    keras.mixed_precision.set_global_policy(_POLICY[resolved])
+    applied["policy"] = _POLICY[resolved]
     applied["precision"] = resolved
 
     intra = int(threads) if threads else ncpu
@@ -134,7 +160,8 @@ def add_cpu_args(parser) -> None:
     """Adds `--cpu-precision` and `--threads` to an argparse parser (the train commands use it)."""
     parser.add_argument("--cpu-precision", choices=PRECISIONS, default="auto",
                         help="compute precision on CPU: auto = mixed_bfloat16 on CPUs with AVX512-BF16/AMX, else fp32 "
-                             "(default: %(default)s; ignored on GPU unless forced)")
+                             "(default: %(default)s; on a GPU auto = mixed_bfloat16 from compute capability 8.0, "
+                             "mixed_float16 with loss scaling before)")
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow intra-op threads (default: all CPUs this process may use)")
 
