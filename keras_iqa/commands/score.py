@@ -21,6 +21,10 @@ Examples:
   keras-iqa score presets/reqa-koniq photo.jpg --precision bf16      # Keras models: bf16 with batch norm folded
   keras-iqa score runs/reqa-koniq photo.jpg --crop-scores --scores crops.jsonl
   keras-iqa score reqa-tiny photo.jpg                                 # a card: random weights, tries the command
+  keras-iqa score saved_models/reqa gs://bucket/photos/ --runner DataflowRunner --out gs://bucket/scores \\
+      --pipeline-arg=--project=my-project --pipeline-arg=--region=europe-west1 --pipeline-arg=--setup_file=./setup.py
+  keras-iqa score runs/reqa-koniq photos/ @more.txt --runner DirectRunner --num-workers 2 --out scores/
+      (Beam: shards scores-*-of-*.csv with an error column, then manifest.json; the same command resumes a killed job)
 
 Python: keras_iqa.score(["photo.jpg", pil_image, uint8_array, jpeg_bytes], model="runs/reqa-koniq").
 
@@ -53,10 +57,49 @@ def register(sub):
     p.add_argument("--trust-model", action="store_true",
                    help="load a SavedModel or .tflite even when it holds ops a keras-iqa scorer does not use (file or "
                         "system operations, custom ops); only for a model you made or verified (docs/security.md)")
+    b = p.add_argument_group("batch scoring on a Beam runner (docs/scaling.md)")
+    b.add_argument("--runner", default=None, help="score on Beam (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, "
+                   "...) into sharded tables under --out; PATHs may also be gs://, s3://, hdfs:// files or prefixes and "
+                   "@FILE lists of paths; a killed job run again scores only what is missing")
+    b.add_argument("--out", metavar="PREFIX", help="with --runner: the output folder or URI (shards scores-*-of-*.csv or "
+                                                   ".jsonl, then manifest.json)")
+    b.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="with --runner: shard format (default csv)")
+    b.add_argument("--num-shards", type=int, default=None, metavar="N",
+                   help="with --runner: output shards (default one per 1,000 images; a resume keeps the existing count)")
+    b.add_argument("--num-workers", type=int, default=1, metavar="N",
+                   help="with --runner DirectRunner: worker processes (multi_processing mode when > 1; default 1)")
+    b.add_argument("--pipeline-arg", dest="pipeline_arg", action="append", default=[], metavar="ARG",
+                   help="Beam pipeline option passed through, also used for the driver's own reads and writes "
+                        "(repeatable; write --pipeline-arg=--flag=value)")
     p.set_defaults(func=run)
 
 
+def run_batch(args) -> int:
+    """`--runner`: `keras_iqa.scoring.batch.score_pipeline`, then one summary line."""
+    from keras_iqa.commands.prepare import runner_args
+    from keras_iqa.scoring.batch import score_pipeline
+
+    if not args.out:
+        raise ValueError("--runner needs --out PREFIX (the folder or URI the shards and manifest.json go to)")
+    if args.scores or args.crop_scores:
+        raise ValueError("--runner writes shards under --out: drop --scores / --crop-scores")
+    m = score_pipeline(args.model, args.paths, args.out, args.runner, runner_args(args), fmt=args.format,
+                       num_shards=args.num_shards, batch_size=args.batch_size, workers=args.workers,
+                       precision=args.precision, trust=args.trust_model, recursive=args.recursive)
+    for path, reason in m["skipped_inputs"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"scored {m['rows'] - m['failed']} image(s), {m['failed']} failed (rows with an error) into "
+          f"{len(m['shards'])} shard(s) under {args.out} ({m['scored_now']} scored by this run); manifest.json written",
+          file=sys.stderr)
+    return 0 if m["rows"] > m["failed"] else 1
+
+
 def run(args):
+    if args.runner:
+        return run_batch(args)
+    if args.out:
+        raise ValueError("--out is for batch scoring on a Beam runner: add --runner DirectRunner (or write one table "
+                         "with --scores FILE)")
     from keras_iqa.scoring import load_scorer, score_paths, write_csv, write_rows
     from keras_iqa.scoring.results import check_scores_target, flag_rows
 
