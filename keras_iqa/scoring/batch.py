@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -98,6 +99,24 @@ def _item(path: str) -> _Item:
                  load_reduced=lambda target: _decode_bytes(fs.read_image(path), path, None, target))
 
 
+def _local_model(model: str) -> str:
+    """`model` itself when local or not a URI; a model file or folder (SavedModel, run directory) at a URI copied to a
+    temporary folder of this worker first, under the same name."""
+    if not fs.is_uri(model):
+        return model
+    dest = os.path.join(tempfile.mkdtemp(prefix="keras-iqa-model-"), fs.basename(model))
+    if not fs.isdir(model):
+        with open(dest, "wb") as f:
+            f.write(fs.read_bytes(model))
+        return dest
+    for src in fs.walk_files(model):
+        local = os.path.join(dest, fs.relpath(src, model))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, "wb") as f:
+            f.write(fs.read_bytes(src))
+    return dest
+
+
 class ScoreModelHandler(ModelHandler):
     """RunInference's model: `load_scorer(model)` once per worker process; a batch of paths -> one row dict each."""
 
@@ -111,7 +130,7 @@ class ScoreModelHandler(ModelHandler):
 
     def load_model(self):
         fs.configure(self.pipeline_args)
-        return load_scorer(self.model, precision=self.precision, trust=self.trust)
+        return load_scorer(_local_model(self.model), precision=self.precision, trust=self.trust)
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self.batch_size}
@@ -203,7 +222,8 @@ def score_pipeline(model, inputs: Sequence[str], out: str, runner: str = "Direct
     """Scores every image of `inputs` on a Beam runner into sharded tables under `out`; returns the manifest.
 
     Args:
-        model: a run directory, .keras, SavedModel, .tflite or preset handle every worker can read (`load_scorer`).
+        model: a run directory, .keras, SavedModel, .tflite or preset handle (`load_scorer`) every worker can read; one
+            at a URI (gs://, s3://, ...) is copied to each worker process first.
         inputs: local files / folders, gs:// s3:// hdfs:// files / prefixes, `@FILE` lists of paths.
         out: the output prefix (local folder or URI).
         runner, pipeline_args: Beam runner and its options (e.g. `--direct_num_workers=2`, `--s3_endpoint_url=...`);

@@ -80,13 +80,15 @@ def test_without_runner_out_is_refused(photos, capsys):
 
 
 def test_killed_job_on_s3_resumes_with_nothing_scored_twice_or_lost(photos, moto_s3):
+    """Model, images and output on S3; the job SIGKILLed once its first shard is committed, then run again."""
     client, bucket = moto_s3["client"], moto_s3["bucket"]
     for f in sorted((photos / "photos").iterdir()):
         client.upload_file(str(f), bucket, f"in/{f.name}")
+    client.upload_file(str(photos / "model.keras"), bucket, "models/model.keras")  # each worker copies it
     src, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
     names = sorted(f"{src}/{f.name}" for f in (photos / "photos").iterdir())
     assert len({shard_of(n, 4) for n in names}) >= 2  # more than one shard, so a kill after the first leaves work
-    cmd = [sys.executable, "-m", "keras_iqa.cli", "score", str(photos / "model.keras"), src, "--runner", "DirectRunner",
+    cmd = [sys.executable, "-m", "keras_iqa.cli", "score", f"s3://{bucket}/models/model.keras", src, "--runner", "DirectRunner",
            "--out", out, "--num-shards", "4", "--batch-size", "2", *[f"--pipeline-arg={a}" for a in moto_s3["args"]]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run(cmd, env={**env, "KERAS_IQA_KILL_SCORE": "1"}, capture_output=True, text=True, timeout=300)
