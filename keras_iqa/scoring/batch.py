@@ -37,7 +37,8 @@ from data_pipeline import fs
 from data_pipeline.images import is_image_file
 from keras_iqa.scoring.engine import _run
 from keras_iqa.scoring.inputs import _decode_bytes, _expand_path, _file_item, _Item
-from keras_iqa.scoring.loading import load_scorer
+from keras_iqa import registry
+from keras_iqa.scoring.loading import _is_preset_handle, load_scorer
 from keras_iqa.scoring.results import out_of_range
 
 #: The columns of a shard: `keras-iqa score`'s, then the reason an input could not be scored (empty when it was).
@@ -97,6 +98,17 @@ def _item(path: str) -> _Item:
         return _file_item(path)
     return _Item(path, 0, lambda: _decode_bytes(fs.read_image(path), path),
                  load_reduced=lambda target: _decode_bytes(fs.read_image(path), path, None, target))
+
+
+def _check_model(model: str) -> None:
+    """On the driver, before any worker starts: a FileNotFoundError naming a MODEL that is nowhere."""
+    if fs.is_uri(model) and not _is_preset_handle(model):
+        found = fs.exists(model) or fs.isdir(model)
+    else:
+        found = Path(model).expanduser().exists() or model in registry.list_models() or _is_preset_handle(model)
+    if not found:
+        raise FileNotFoundError(f"MODEL {model} does not exist (expected a run directory, .keras file, SavedModel "
+                                "directory or .tflite, local or at a URI every worker reads, or a preset handle)")
 
 
 def _local_model(model: str) -> str:
@@ -241,6 +253,7 @@ def score_pipeline(model, inputs: Sequence[str], out: str, runner: str = "Direct
     if int(batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     fs.configure(pipeline_args)
+    _check_model(os.fspath(model))
     out = fs.abspath(out)
     paths, problems = list_inputs(inputs, recursive)
     if not paths:

@@ -72,6 +72,17 @@ def test_pipeline_scores_equal_keras_iqa_score_and_errors_are_rows(photos, tmp_p
     assert main(["score", model, str(folder), f"@{listing}", "--runner", "DirectRunner", "--out", str(out)]) == 0
     again, manifest = _rows(out)
     assert manifest["scored_now"] == 0 and sorted(r["path"] for r in again) == sorted(r["path"] for r in rows)
+    capsys.readouterr()
+    assert main(["score", model, str(folder), "--runner", "DirectRunner", "--out", str(out), "--num-shards", "5"]) != 0
+    assert "already holds shards of 3" in capsys.readouterr().err  # another shard count would split inputs anew
+
+
+def test_missing_model_is_one_line_before_any_worker(photos, tmp_path, capsys):
+    rc = main(["score", str(tmp_path / "nosuch.keras"), str(photos / "photos"), "--runner", "DirectRunner",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "nosuch.keras does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_runner_out_is_refused(photos, capsys):
