@@ -103,9 +103,9 @@ def keras_rows(family: str, quick: bool) -> list:
         keras.utils.set_random_seed(0)
         model = keras_iqa.create_model(family, backbone_weights=None)
         y = _compile(family, model, b, rng)
-        model.jit_compile = xla
+        model.jit_compile = xla  # explicit both ways: Keras's default "auto" is XLA on a GPU
         rows.append(measure(lambda: model.train_on_batch(x, y), repeats=repeats, warmup=warmup, items=b,
-                            name=f"{family} train{' XLA' if xla else ''}", xla=xla, **common))
+                            name=f"{family} train{' XLA' if xla else ''}", xla=bool(model.jit_compile), **common))
         del model
         keras.backend.clear_session()
         gc.collect()
