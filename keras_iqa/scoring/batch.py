@@ -33,7 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from data_pipeline import fs
+from data_pipeline import fs, layout
 from data_pipeline.images import is_image_file
 from keras_iqa.scoring.engine import _run
 from keras_iqa.scoring.inputs import _decode_bytes, _expand_path, _file_item, _Item
@@ -245,7 +245,8 @@ def score_pipeline(model, inputs: Sequence[str], out: str, runner: str = "Direct
         batch_size: images per RunInference batch; workers: decoding threads per batch.
 
     Raises:
-        ValueError: no input, an unknown format, or `num_shards` other than that of the shards already under `out`.
+        ValueError: no input, an unknown format, or `num_shards` other than that of the shards already under `out`;
+        FileNotFoundError: a MODEL that is nowhere; fs.LockedError: another job is writing under `out`.
     """
     t0 = time.time()
     if fmt not in FORMATS:
@@ -259,41 +260,42 @@ def score_pipeline(model, inputs: Sequence[str], out: str, runner: str = "Direct
     if not paths:
         raise ValueError("nothing to score: " + "; ".join(f"{p}: {r}" for p, r in problems) if problems
                          else "nothing to score: no input given")
-    existing = _existing(out)
-    counts = {n for _, n, _ in existing.values()}
-    if len(counts) > 1 or any(f != fmt for _, _, f in existing.values()):
-        raise ValueError(f"{out}: holds shards of another job ({', '.join(sorted(existing)[:3])}); choose another --out")
-    if counts:
-        kept = counts.pop()
-        if num_shards is not None and int(num_shards) != kept:
-            raise ValueError(f"--num-shards {num_shards}: {out} already holds shards of {kept}; give --num-shards {kept} "
-                             "(or nothing) to resume, or choose another --out")
-        num_shards = kept
-    num_shards = int(num_shards or max(1, math.ceil(len(paths) / 1000)))
-    done = set()
-    for name in existing:
-        done.update(r["path"] for r in read_shard(fs.join(out, name)))
-    todo = [p for p in paths if p not in done]
-    if todo:
-        args = list(pipeline_args)
-        if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_num_workers") for a in args):
-            args.append("--direct_num_workers=1")
-        handler = KeyedModelHandler(ScoreModelHandler(model, precision, trust, batch_size, workers, pipeline_args))
-        with beam.Pipeline(options=PipelineOptions(args, runner=runner)) as p:
-            _ = (p | "Inputs" >> beam.Create([(shard_of(q, num_shards), q) for q in todo])
-                 | "Spread" >> beam.Reshuffle()
-                 | "Score" >> RunInference(handler)
-                 | "Rows" >> beam.MapTuple(lambda shard, result: (shard, result.inference))
-                 | "ByShard" >> beam.GroupByKey()
-                 | "Write" >> beam.Map(_WriteShard(out, num_shards, fmt, pipeline_args)))
-    shards = []
-    for name in sorted(_existing(out)):
-        rows = read_shard(fs.join(out, name))
-        failed = sum(1 for r in rows if r["error"])
-        shards.append({"name": name, "rows": len(rows), "scored": len(rows) - failed, "failed": failed})
-    manifest = {"format": fmt, "num_shards": num_shards, "columns": list(COLUMNS), "model": os.fspath(model),
-                "inputs": len(paths), "scored_now": len(todo), "skipped_inputs": [list(p) for p in problems],
-                "rows": sum(s["rows"] for s in shards), "failed": sum(s["failed"] for s in shards), "shards": shards,
-                "runner": runner, "seconds": round(time.time() - t0, 3)}
-    fs.replace_atomically(fs.join(out, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    with fs.lock(fs.join(out, layout.LOCK), "score --runner"):  # one job per output prefix at a time
+        existing = _existing(out)
+        counts = {n for _, n, _ in existing.values()}
+        if len(counts) > 1 or any(f != fmt for _, _, f in existing.values()):
+            raise ValueError(f"{out}: holds shards of another job ({', '.join(sorted(existing)[:3])}); choose another --out")
+        if counts:
+            kept = counts.pop()
+            if num_shards is not None and int(num_shards) != kept:
+                raise ValueError(f"--num-shards {num_shards}: {out} already holds shards of {kept}; give --num-shards {kept} "
+                                 "(or nothing) to resume, or choose another --out")
+            num_shards = kept
+        num_shards = int(num_shards or max(1, math.ceil(len(paths) / 1000)))
+        done = set()
+        for name in existing:
+            done.update(r["path"] for r in read_shard(fs.join(out, name)))
+        todo = [p for p in paths if p not in done]
+        if todo:
+            args = list(pipeline_args)
+            if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_num_workers") for a in args):
+                args.append("--direct_num_workers=1")
+            handler = KeyedModelHandler(ScoreModelHandler(model, precision, trust, batch_size, workers, pipeline_args))
+            with beam.Pipeline(options=PipelineOptions(args, runner=runner)) as p:
+                _ = (p | "Inputs" >> beam.Create([(shard_of(q, num_shards), q) for q in todo])
+                     | "Spread" >> beam.Reshuffle()
+                     | "Score" >> RunInference(handler)
+                     | "Rows" >> beam.MapTuple(lambda shard, result: (shard, result.inference))
+                     | "ByShard" >> beam.GroupByKey()
+                     | "Write" >> beam.Map(_WriteShard(out, num_shards, fmt, pipeline_args)))
+        shards = []
+        for name in sorted(_existing(out)):
+            rows = read_shard(fs.join(out, name))
+            failed = sum(1 for r in rows if r["error"])
+            shards.append({"name": name, "rows": len(rows), "scored": len(rows) - failed, "failed": failed})
+        manifest = {"format": fmt, "num_shards": num_shards, "columns": list(COLUMNS), "model": os.fspath(model),
+                    "inputs": len(paths), "scored_now": len(todo), "skipped_inputs": [list(p) for p in problems],
+                    "rows": sum(s["rows"] for s in shards), "failed": sum(s["failed"] for s in shards), "shards": shards,
+                    "runner": runner, "seconds": round(time.time() - t0, 3)}
+        fs.replace_atomically(fs.join(out, MANIFEST), json.dumps(manifest, indent=1) + "\n")
     return manifest
