@@ -61,12 +61,12 @@ def register(sub):
     b.add_argument("--runner", default=None, help="score on Beam (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, "
                    "...) into sharded tables under --out; PATHs may also be gs://, s3://, hdfs:// files or prefixes and "
                    "@FILE lists of paths; a killed job run again scores only what is missing")
-    b.add_argument("--out", metavar="PREFIX", help="with --runner: the output folder or URI (shards scores-*-of-*.csv or "
+    b.add_argument("--out", metavar="DIR", help="with --runner: the output folder or URI prefix (shards scores-*-of-*.csv or "
                                                    ".jsonl, then manifest.json)")
     b.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="with --runner: shard format (default csv)")
-    b.add_argument("--num-shards", type=int, default=None, metavar="N",
+    b.add_argument("--num-shards", type=int, default=None,
                    help="with --runner: output shards (default one per 1,000 images; a resume keeps the existing count)")
-    b.add_argument("--num-workers", type=int, default=1, metavar="N",
+    b.add_argument("--num-workers", type=int, default=1,
                    help="with --runner DirectRunner: worker processes (multi_processing mode when > 1; default 1)")
     b.add_argument("--pipeline-arg", dest="pipeline_arg", action="append", default=[], metavar="ARG",
                    help="Beam pipeline option passed through, also used for the driver's own reads and writes "
