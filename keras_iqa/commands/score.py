@@ -80,7 +80,7 @@ def run_batch(args) -> int:
     from keras_iqa.scoring.batch import score_pipeline
 
     if not args.out:
-        raise ValueError("--runner needs --out PREFIX (the folder or URI the shards and manifest.json go to)")
+        raise ValueError("--runner needs --out DIR (the folder or URI prefix the shards and manifest.json go to)")
     if args.scores or args.crop_scores:
         raise ValueError("--runner writes shards under --out: drop --scores / --crop-scores")
     m = score_pipeline(args.model, args.paths, args.out, args.runner, runner_args(args), fmt=args.format,
