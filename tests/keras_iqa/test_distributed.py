@@ -33,7 +33,10 @@ def checks(tmp_path_factory):
 def _ok(result, name):
     assert "error" not in result, f"{name}: {result.get('error')}\n{result.get('traceback', '')}"
     assert result["moved"] > 100 * TOL, f"{name}: the step barely moved the weights ({result['moved']}): the check is blind"
-    assert result["max_diff"] < TOL, f"{name}: 2 replicas differ from 1 device by {result['max_diff']}"
+    # float32: summing a batch's gradients as two replica halves reorders the additions, so the weights may differ by a
+    # few dozen float32 roundings of the step's size (1e-5 relative = 84 eps); a wrong replica scaling differs by ~1/2.
+    tol = max(TOL, 1e-5 * result["moved"])
+    assert result["max_diff"] < tol, f"{name}: 2 replicas differ from 1 device by {result['max_diff']} (bound {tol})"
 
 
 def test_two_logical_devices(checks):
