@@ -22,8 +22,7 @@ from data_pipeline.beam.prepare import prepare
 from keras_iqa import cli
 
 OPTIONS = {"image_dir": "photos", "image_column": "file", "score_column": "score", "score_range": "1,10"}
-BUCKET = "keras-iqa-locks"
-KEYS = ("--s3_access_key_id=testing", "--s3_secret_access_key=testing", "--s3_region_name=us-east-1")
+BUCKET = "keras-iqa-test"  # conftest.moto_s3's bucket
 
 
 def _folder(tmp_path, n=6):
@@ -190,25 +189,11 @@ def test_two_prepares_on_one_output_one_refused_no_scores_lost(tmp_path):
     assert not (out / "custom" / layout.LOCK).exists()
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with one bucket; yields the pipeline args that reach it."""
-    pytest.importorskip("apache_beam.io.aws.s3filesystem")
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                              region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        args = [f"--s3_endpoint_url={url}", *KEYS]
-        fs.configure(args)
-        yield {"client": client, "args": args}
-    finally:
-        server.stop()
+@pytest.fixture
+def s3(moto_s3):
+    """conftest's moto server (bucket BUCKET), this process's file layer pointed at it."""
+    fs.configure(moto_s3["args"])
+    return moto_s3
 
 
 def test_two_prepares_on_one_s3_output_one_refused_no_scores_lost(tmp_path, s3):

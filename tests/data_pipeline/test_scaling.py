@@ -16,34 +16,16 @@ from data_pipeline.beam import writer
 from keras_iqa import cli
 
 pytest.importorskip("apache_beam.io.aws.s3filesystem")
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
 
 BUCKET = "keras-iqa-test"
-KEYS = ("--s3_access_key_id=testing", "--s3_secret_access_key=testing", "--s3_region_name=us-east-1")
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A moto S3 server on 127.0.0.1 (a free port) with one bucket; yields the pipeline args that reach it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                              region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield {"client": client, "args": [f"--s3_endpoint_url={url}", *KEYS], "url": url}
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-def s3(s3_server):
-    """The server, with this process's file layer pointed at it (a pipeline run elsewhere may have replaced the options)."""
-    fs.configure(s3_server["args"])
-    return s3_server
+def s3(moto_s3):
+    """conftest's moto server, with this process's file layer pointed at it (a pipeline run elsewhere may have replaced
+    the options)."""
+    fs.configure(moto_s3["args"])
+    return moto_s3
 
 
 def _upload(client, folder, prefix):
